@@ -1,0 +1,5 @@
+"""costmodel's own error for bad input; the CLI maps it to exit 2. (costmodel never imports reproduce.)"""
+
+
+class BadInput(ValueError):
+    """A value the caller can fix: an unknown accelerator, cloud or model, a negative budget."""

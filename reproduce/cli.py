@@ -1,0 +1,58 @@
+"""`reproduce`: the command line. Each noun lives in its own module (cli_*.py) and registers itself here.
+
+Heavy imports (sky, torch, boto3, openai) happen inside commands, so `reproduce --help` stays fast.
+User errors become one line and exit 2; over budget exits 3 (reproduce.errors).
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from reproduce.errors import OverBudget, UserError
+
+app = typer.Typer(
+    help="Reproduce reasoning-model recipes (Sky-T1) on the cheapest cloud GPUs, within a budget.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+COMMAND_MODULES = ("cli_prices", "cli_plan", "cli_run", "cli_audit", "cli_stages")
+
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"reproduce.{name}")
+        except ModuleNotFoundError as e:  # a noun still being built must not break the others
+            if e.name != f"reproduce.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except (UserError, OverBudget) as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code 2
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

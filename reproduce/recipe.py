@@ -1,0 +1,129 @@
+"""Recipes are data: a YAML file, plus `--set dotted.key=value` overrides and a scale.
+
+A recipe is a plain nested dict. `load()` returns it with overrides applied and checked, so everything
+downstream (plan, stages, task rendering) reads one dict and never re-parses flags.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+
+import yaml
+
+from reproduce.errors import UserError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+SCALES = ("full", "smoke")
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def load(name_or_path: str = "sky-t1-32b-preview", sets: list[str] = (), scale: str = "full") -> dict:
+    if scale not in SCALES:
+        raise UserError(f"unknown scale {scale!r}: expected one of {', '.join(SCALES)}")
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        hint = difflib.get_close_matches(str(name_or_path), available(), n=1)
+        raise UserError(f"unknown recipe {name_or_path!r}: expected a file or one of {', '.join(available())}"
+                        + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    smoke = recipe.pop("smoke", {}) or {}
+    if scale == "smoke":
+        for key, value in smoke.items():
+            set_key(recipe, key, value)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected dotted.key=value, e.g. sft.num_train_epochs=6")
+        set_key(recipe, key.strip(), parse_value(raw))
+    recipe["scale"] = scale
+    recipe["source_file"] = str(path)
+    return recipe
+
+
+def parse_value(raw: str):
+    """`6` -> int, `1e-5` -> float, `true` -> bool, `[a, b]` -> list, anything else -> str."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def set_key(recipe: dict, dotted: str, value) -> None:
+    """Set an existing key. `sources.*.problems` sets it in every list item; `sources.apps.problems`
+    picks the item whose `name` is `apps`; a number picks by position."""
+    parts = dotted.split(".")
+    targets = [recipe]
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        nxt = []
+        for node in targets:
+            if isinstance(node, list):
+                items = _list_items(node, part, dotted)
+                if last:
+                    raise UserError(f"--set {dotted}: cannot replace a whole list item")
+                nxt.extend(items)
+            elif isinstance(node, dict):
+                if part not in node:
+                    raise UserError(f"unknown key {dotted!r}{_nearest(recipe, dotted)}")
+                if last:
+                    node[part] = _coerce(node[part], value, dotted)
+                else:
+                    nxt.append(node[part])
+            else:
+                raise UserError(f"unknown key {dotted!r}: {'.'.join(parts[:i])} is a value, not a section")
+        targets = nxt
+
+
+def _list_items(node: list, part: str, dotted: str) -> list:
+    if part == "*":
+        return node
+    if part.isdigit() and int(part) < len(node):
+        return [node[int(part)]]
+    named = [x for x in node if isinstance(x, dict) and x.get("name") == part]
+    if not named:
+        names = [x.get("name") for x in node if isinstance(x, dict)]
+        raise UserError(f"--set {dotted}: no item named {part!r}; expected *, an index or one of {names}")
+    return named
+
+
+def _coerce(old, new, dotted):
+    """Keep types honest: a number stays a number, a bool a bool."""
+    if old is None or isinstance(new, type(old)):
+        return new
+    if isinstance(old, bool) or isinstance(new, bool):
+        raise UserError(f"--set {dotted}={new!r}: expected true or false")
+    if isinstance(old, (int, float)) and isinstance(new, (int, float)):
+        return new
+    if isinstance(old, dict) and isinstance(new, dict):
+        return new
+    raise UserError(f"--set {dotted}={new!r}: expected a {type(old).__name__} like {old!r}")
+
+
+def _nearest(recipe: dict, dotted: str) -> str:
+    hint = difflib.get_close_matches(dotted, list(all_keys(recipe)), n=1, cutoff=0.5)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def all_keys(node, prefix=""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            yield key
+            yield from all_keys(v, key + ".")
+    elif isinstance(node, list):
+        for item in node:
+            if isinstance(item, dict) and "name" in item:
+                yield from all_keys(item, f"{prefix}{item['name']}.")
+
+
+def dump(recipe: dict) -> str:
+    return yaml.safe_dump(copy.deepcopy(recipe), sort_keys=False)
