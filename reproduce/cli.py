@@ -16,6 +16,11 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Reproduce reasoning-model recipes (Sky-T1) on the cheapest cloud GPUs, within a budget."""
+
+
 COMMAND_MODULES = ("cli_prices", "cli_plan", "cli_run", "cli_audit", "cli_stages")
 
 
@@ -49,10 +54,13 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:  # click usage errors carry their own exit code 2
-        import click
+    except Exception as e:
+        from costmodel.errors import BadInput
 
-        if isinstance(e, click.ClickException):
+        if isinstance(e, BadInput):
+            typer.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click usage errors: exit 2, one message
             e.show()
             sys.exit(e.exit_code)
         raise

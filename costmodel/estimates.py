@@ -1,0 +1,308 @@
+"""Workload -> hours -> dollars. Pure arithmetic: no cloud calls, no imports of `reproduce`.
+
+Every figure that is an assumption says so, with its source or derivation; finished runs override
+throughputs through `calibration` (a mapping passed in by the caller, see costmodel.calibration).
+
+    generation   hours = output tokens / (tokens/s per GPU x GPUs)          (decode-bound)
+    sft          hours = (6 N + 6 L d S) x tokens / (GPUs x peak FLOP/s x MFU)
+    spot         + expected preemptions x (recovery + work lost since the last checkpoint)
+    rewrite      $     = tokens x $/1M tokens x batch discount
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from costmodel.errors import BadInput
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    bf16_tflops: float   # dense BF16 peak, per GPU
+    mem_gb: float
+    hbm_tbps: float      # memory bandwidth, decode throughput scales with it
+    source: str
+
+
+GPUS = {
+    "H100": GpuSpec(989, 80, 3.35, "NVIDIA H100 SXM datasheet (dense BF16 989 TFLOPS, 3.35 TB/s)"),
+    "H200": GpuSpec(989, 141, 4.8, "NVIDIA H200 SXM datasheet (dense BF16 989 TFLOPS, 4.8 TB/s)"),
+    "A100-80GB": GpuSpec(312, 80, 2.04, "NVIDIA A100 80GB SXM datasheet (BF16 312 TFLOPS, 2.04 TB/s)"),
+}
+
+# Decode throughput of a 32.8B bf16 model on one H100, tensor parallel 2, long outputs:
+# KV cache 262 KB/token (64 layers x 8 KV heads x 128 x 2 x 2 B) leaves ~300k cached tokens for 4 replicas'
+# worth of 40 GB, ~110 sequences in flight; a decode step reads 33 GB of weights + ~40 GB of KV per GPU pair
+# at 3.35 TB/s ~= 25 ms -> ~4,400 tok/s per pair; at ~60% of that bound, 1,300 tok/s per GPU. Our derivation.
+DECODE_TOK_S_PER_GPU_32B_H100 = 1300.0
+TP_EFFICIENCY = {1: 1.0, 2: 1.0, 4: 0.85, 8: 0.7}  # all-reduce per layer costs more with wider TP (assumption)
+PREFILL_SPEEDUP = 10.0  # prompt tokens process ~10x faster than decoded ones (assumption)
+
+# Model FLOPs utilisation by SFT configuration, (zero_stage, cpu_offload, packing) -> (MFU, source).
+MFU = {
+    (3, True, False): (0.0764, "calibrated: NovaSky's 19 h on 8xH100 (BLOG) for ZeRO-3 + CPU offload, no packing"),
+    (3, True, True): (0.085, "offload-bound: the CPU Adam step dominates, packing adds little (assumption)"),
+    (3, False, False): (0.30, "ZeRO-3 in one NVLink node, flash-attention, batch 1 (assumption; Llama 3 "
+                              "reports 38-43% MFU on H100, arXiv 2407.21783 Table 4)"),
+    (3, False, True): (0.38, "packing fills every sequence to cutoff (Llama 3: 38-43% MFU on H100)"),
+    (2, False, False): (0.32, "ZeRO-2 (assumption, as ZeRO-3 + less all-gather)"),
+    (2, False, True): (0.40, "ZeRO-2 with packing (assumption)"),
+    (0, False, False): (0.30, "single process / DDP (assumption)"),
+    (0, False, True): (0.38, "single process / DDP with packing (assumption)"),
+}
+LIGER_SPEEDUP = 1.10    # Liger-Kernel README claims ~20% throughput; we take half (assumption)
+NODE_SCALING = 0.85     # each doubling of nodes keeps 85% per-GPU efficiency over the network (assumption)
+
+
+@dataclass
+class StageEstimate:
+    stage: str
+    kind: str                        # gpu | cpu | api | none
+    accelerator: str | None = None   # "H100:8" per node
+    nodes: int = 1
+    gpus: int = 0                    # all nodes
+    spot: bool = False
+    cloud: str | None = None
+    region: str | None = None
+    zone: str | None = None
+    instance_type: str | None = None
+    price_per_hour: float = 0.0      # whole placement (all nodes), $/h, in the chosen market
+    price_source: str = ""
+    price_date: str = ""
+    base_hours: float = 0.0          # work alone
+    overhead_hours: float = 0.0      # startup + expected preemption cost
+    hours: float = 0.0               # wall hours billed
+    gpu_hours: float = 0.0
+    cpu_hours: float = 0.0
+    compute_usd: float = 0.0
+    on_demand_usd: float | None = None   # same stage on-demand, for comparison
+    spot_usd: float | None = None        # same stage on spot
+    api_usd: float = 0.0
+    api_tokens: dict = field(default_factory=dict)
+    total_usd: float = 0.0
+    arithmetic: str = ""
+    assumptions: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gpu_spec(name: str) -> GpuSpec:
+    if name not in GPUS:
+        raise BadInput(f"no GPU spec for {name!r}: expected one of {', '.join(GPUS)}")
+    return GPUS[name]
+
+
+def decode_tok_s_per_gpu(params_b: float, gpu: str, tp: int, calibration: dict | None = None) -> tuple[float, str]:
+    key = f"decode_tok_s_per_gpu/{params_b:g}B/{gpu}/tp{tp}"
+    if calibration and key in calibration:
+        return calibration[key], f"calibrated from finished runs ({key})"
+    spec = gpu_spec(gpu)
+    tok_s = (DECODE_TOK_S_PER_GPU_32B_H100 * (32.8 / max(params_b, 0.1)) * (spec.hbm_tbps / GPUS["H100"].hbm_tbps)
+             * TP_EFFICIENCY.get(tp, 0.6))
+    return tok_s, (f"{DECODE_TOK_S_PER_GPU_32B_H100:,.0f} tok/s/GPU for 32.8B on H100 (derived), scaled by model "
+                   f"size, HBM bandwidth and TP={tp} efficiency {TP_EFFICIENCY.get(tp, 0.6)}")
+
+
+def generation_hours(prompt_tokens: float, output_tokens: float, params_b: float, gpu: str, gpus: int,
+                     tp: int, calibration: dict | None = None) -> tuple[float, dict]:
+    tok_s, why = decode_tok_s_per_gpu(params_b, gpu, tp, calibration)
+    seconds = (output_tokens + prompt_tokens / PREFILL_SPEEDUP) / (tok_s * gpus)
+    return seconds / 3600, {"tok_s_per_gpu": tok_s, "throughput_source": why,
+                            "output_tokens": output_tokens, "prompt_tokens": prompt_tokens}
+
+
+def sft_mfu(zero_stage: int, cpu_offload: bool, packing: bool, liger: bool,
+            calibration: dict | None = None) -> tuple[float, str]:
+    key = f"mfu/zero{zero_stage}/offload={cpu_offload}/packing={packing}/liger={liger}"
+    if calibration and key in calibration:
+        return calibration[key], f"calibrated from finished runs ({key})"
+    if (zero_stage, cpu_offload, packing) not in MFU:
+        raise BadInput(f"no MFU figure for ZeRO-{zero_stage} offload={cpu_offload} packing={packing}: "
+                       f"expected one of {sorted(MFU)}")
+    mfu, why = MFU[(zero_stage, cpu_offload, packing)]
+    if liger:
+        mfu, why = mfu * LIGER_SPEEDUP, why + f"; x{LIGER_SPEEDUP} Liger kernels"
+    return mfu, why
+
+
+def sft_flops(params_b: float, layers: int, hidden: int, samples: int, mean_tokens: float, cutoff: int,
+              epochs: float) -> tuple[float, float]:
+    """Model FLOPs: 6 N per token for the matmuls + 6 L d S for causal attention at mean length S."""
+    seq = min(mean_tokens, cutoff)
+    tokens = samples * seq * epochs
+    per_token = 6 * params_b * 1e9 + 6 * layers * hidden * seq
+    return per_token * tokens, tokens
+
+
+def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int,
+              calibration: dict | None = None) -> tuple[float, dict]:
+    flops, tokens = sft_flops(student["params_b"], student.get("layers", 64), student.get("hidden", 5120),
+                              sft["samples"], sft["mean_sample_tokens"], sft["cutoff_len"], sft["num_train_epochs"])
+    mfu, why = sft_mfu(sft["zero_stage"], sft["cpu_offload"], sft["packing"], sft.get("liger_kernel", False),
+                       calibration)
+    gpus = gpus_per_node * nodes
+    scaling = NODE_SCALING ** math.log2(nodes) if nodes > 1 else 1.0
+    peak = gpu_spec(gpu).bf16_tflops * 1e12
+    seconds = flops / (gpus * peak * mfu * scaling)
+    steps = math.ceil(sft["samples"] * sft["num_train_epochs"]
+                      / (sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus))
+    return seconds / 3600, {"flops": flops, "train_tokens": tokens, "mfu": mfu, "mfu_source": why,
+                            "node_scaling": scaling, "peak_tflops_per_gpu": peak / 1e12, "steps": steps,
+                            "hours_per_step": seconds / 3600 / max(steps, 1)}
+
+
+def spot_overhead(hours: float, rate_per_hour: float, recovery_hours: float, checkpoint_hours: float) -> tuple[float, float]:
+    """Expected extra wall hours from preemptions: each one costs a recovery plus, on average, half the
+    work since the last checkpoint. Returns (overhead hours, expected preemptions)."""
+    expected = rate_per_hour * hours
+    return expected * (recovery_hours + checkpoint_hours / 2), expected
+
+
+def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, costs: dict,
+                    checkpoint_hours: float) -> StageEstimate:
+    """Fill placement, hours and dollars of a GPU stage from an Offer (costmodel.prices) or None (local)."""
+    est.base_hours = base_hours
+    startup = costs["startup_hours"] * est.nodes if offer is not None else 0.0
+
+    def total_hours(on_spot: bool) -> tuple[float, float]:
+        if not on_spot:
+            return base_hours + startup, 0.0
+        extra, n = spot_overhead(base_hours, costs["spot_preemptions_per_hour"], costs["recovery_hours"],
+                                 checkpoint_hours)
+        return base_hours + startup + extra, n
+
+    if offer is None:  # this machine: no bill
+        est.hours, est.price_source = base_hours, "local machine ($0)"
+        est.gpu_hours = est.hours * est.gpus
+        est.arithmetic = f"local: {est.gpu_hours:,.2f} GPU-h at $0"
+        return _total(est)
+    est.cloud, est.region, est.zone, est.instance_type = offer.cloud, offer.region, offer.zone, offer.instance_type
+    est.price_source, est.price_date = offer.source, offer.date
+    for market in (True, False):
+        node_price = offer.price(market)
+        if node_price is None:
+            continue
+        h, _ = total_hours(market)
+        usd = node_price * est.nodes * h
+        if market:
+            est.spot_usd = usd
+        else:
+            est.on_demand_usd = usd
+    est.spot = spot and offer.spot is not None
+    est.price_per_hour = offer.price(est.spot) * est.nodes
+    est.hours, preemptions = total_hours(est.spot)
+    est.overhead_hours = est.hours - base_hours
+    est.details["expected_preemptions"] = preemptions
+    est.gpu_hours = est.hours * est.gpus
+    est.compute_usd = est.price_per_hour * est.hours
+    per_gpu = est.price_per_hour / est.gpus
+    est.arithmetic = (f"{est.gpus} x ${per_gpu:,.2f}/h x {est.hours:,.2f} h = ${est.compute_usd:,.2f}"
+                      f"  ({base_hours:,.2f} h work + {est.overhead_hours:,.2f} h startup/preemption)")
+    return _total(est)
+
+
+def _total(est: StageEstimate) -> StageEstimate:
+    est.total_usd = est.compute_usd + est.api_usd
+    return est
+
+
+# ---- the six stages of a recipe ------------------------------------------------------------------
+
+def workload(recipe: dict) -> dict:
+    """Problems, samples and tokens the recipe implies, before any pricing."""
+    gen = recipe["generate"]
+    samples = sum(s["problems"] for s in recipe["sources"]) * gen["samples_per_problem"]
+    kept = sum(s["problems"] * s["keep_rate"] for s in recipe["sources"]) * gen["samples_per_problem"]
+    by_domain = {}
+    for s in recipe["sources"]:
+        by_domain[s["domain"]] = by_domain.get(s["domain"], 0) + s["problems"] * gen["samples_per_problem"]
+    ev = recipe["eval"]
+    eval_samples = sum(b["problems"] * b["n"] for b in ev["benchmarks"])
+    return {"samples": samples, "kept": kept, "by_domain": by_domain,
+            "prompt_tokens": samples * gen["mean_prompt_tokens"],
+            "output_tokens": samples * gen["mean_response_tokens"],
+            "eval_samples": eval_samples,
+            "eval_output_tokens": eval_samples * ev["mean_response_tokens"],
+            "eval_prompt_tokens": eval_samples * gen["mean_prompt_tokens"]}
+
+
+def estimate_generate(recipe: dict, offer, calibration=None, stage="generate") -> StageEstimate:
+    cfg = recipe[stage]
+    gpu, per_node = _accel(cfg["accelerator"])
+    w = workload(recipe)
+    params = recipe["models"]["teacher"]["params_b"]
+    prompt, output = ((w["prompt_tokens"], w["output_tokens"]) if stage == "generate"
+                      else (w["eval_prompt_tokens"], w["eval_output_tokens"]))
+    if stage == "eval":
+        params = recipe["models"]["student"]["params_b"]
+    est = StageEstimate(stage, "gpu", cfg["accelerator"], 1, per_node)
+    hours, det = generation_hours(prompt, output, params, gpu, per_node, cfg["tensor_parallel"], calibration)
+    est.details.update(det)
+    est.assumptions += [f"{output:,.0f} output tokens at {det['tok_s_per_gpu']:,.0f} tok/s/GPU x {per_node} GPUs "
+                        f"({det['throughput_source']})"]
+    # Shards are written as they finish: a preemption loses minutes, not hours.
+    return price_gpu_stage(est, hours, offer, cfg.get("use_spot", True), recipe["costs"], checkpoint_hours=0.1)
+
+
+def estimate_filter(recipe: dict) -> StageEstimate:
+    f, costs = recipe["filter"], recipe["costs"]
+    w = workload(recipe)
+    cpu_s = sum(n * f[f"mean_cpu_s_per_{'code' if d == 'code' else 'math'}"] for d, n in w["by_domain"].items())
+    est = StageEstimate("filter", "cpu")
+    est.cpu_hours = cpu_s / 3600
+    if f["where"] == "local":
+        est.hours = est.base_hours = est.cpu_hours / costs["filter_cpus_local"]
+        est.price_source = "local machine ($0)"
+        est.arithmetic = f"{est.cpu_hours:,.2f} CPU-h on {costs['filter_cpus_local']} local cores = $0.00"
+    else:
+        est.base_hours = est.cpu_hours / f["cpus"]
+        est.hours = est.base_hours + costs["startup_hours"]
+        est.price_per_hour = costs["cpu_node_usd_per_hour"]
+        est.price_source = "cpu node (recipe costs.cpu_node_usd_per_hour)"
+        est.compute_usd = est.hours * est.price_per_hour
+        est.arithmetic = f"1 node x ${est.price_per_hour:,.2f}/h x {est.hours:,.2f} h = ${est.compute_usd:,.2f}"
+    est.assumptions.append(f"{cpu_s:,.0f} CPU-s of grading ({w['by_domain']})")
+    return _total(est)
+
+
+def estimate_rewrite(recipe: dict, token_price) -> StageEstimate:
+    """`token_price`: costmodel.api_prices.TokenPrice of the rewrite model."""
+    from costmodel.api_prices import BATCH_DISCOUNT, api_cost
+
+    rw, gen = recipe["rewrite"], recipe["generate"]
+    kept = workload(recipe)["kept"]
+    prompt = kept * (rw["prompt_overhead_tokens"] + gen["mean_prompt_tokens"] + gen["mean_response_tokens"])
+    completion = kept * gen["mean_response_tokens"] * rw["output_ratio"]
+    est = StageEstimate("rewrite", "api")
+    est.api_usd = api_cost(rw["model"], int(prompt), int(completion), batch=rw["batch"])
+    est.api_tokens = {"model": rw["model"], "requests": round(kept), "prompt_tokens": round(prompt),
+                      "completion_tokens": round(completion), "batch": rw["batch"]}
+    disc = f" x {BATCH_DISCOUNT} batch" if rw["batch"] else ""
+    est.arithmetic = (f"({prompt / 1e6:,.1f}M in x ${token_price.input}/M + {completion / 1e6:,.1f}M out x "
+                      f"${token_price.output}/M){disc} = ${est.api_usd:,.2f}")
+    est.price_source, est.price_date = token_price.source, token_price.date
+    est.assumptions.append(f"{kept:,.0f} kept traces rewritten (keep rates per source in the recipe)")
+    return _total(est)
+
+
+def estimate_sft(recipe: dict, offer, calibration=None) -> StageEstimate:
+    sft = recipe["sft"]
+    gpu, per_node = _accel(sft["accelerator"])
+    nodes = sft.get("num_nodes", 1)
+    est = StageEstimate("sft", "gpu", sft["accelerator"], nodes, per_node * nodes)
+    hours, det = sft_hours(sft, recipe["models"]["student"], gpu, per_node, nodes, calibration)
+    est.details.update(det)
+    est.assumptions.append(
+        f"{det['flops']:.3g} FLOPs ({det['train_tokens'] / 1e6:,.0f}M tokens) / ({est.gpus} x "
+        f"{det['peak_tflops_per_gpu']:g} TFLOPS x MFU {det['mfu']:.3f}) ({det['mfu_source']})")
+    checkpoint_hours = det["hours_per_step"] * sft["save_steps"]
+    return price_gpu_stage(est, hours, offer, sft.get("use_spot", True), recipe["costs"], checkpoint_hours)
+
+
+def _accel(s: str) -> tuple[str, int]:
+    name, _, count = str(s).partition(":")
+    if name not in GPUS or not count.isdigit() or int(count) < 1:
+        raise BadInput(f"accelerator {s!r}: expected NAME:COUNT with NAME one of {', '.join(GPUS)}, e.g. H100:8")
+    return name, int(count)

@@ -1,0 +1,92 @@
+"""`reproduce plan`: what the recipe will cost, stage by stage, with the arithmetic and every price's source."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from reproduce.output import JSON_OPTION, money, print_json, table
+
+RECIPE_OPTION = typer.Option("sky-t1-32b-preview", "--recipe", "-r", help="Recipe name or path to a recipe YAML.")
+SET_OPTION = typer.Option(None, "--set", help="Override a recipe field: dotted.key=value (repeatable).")
+SCALE_OPTION = typer.Option("full", "--scale", help="full: the real recipe; smoke: every stage on a CPU in minutes.")
+BUDGET_OPTION = typer.Option(None, "--budget", help="Budget in US dollars.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan)
+
+
+def plan(
+    recipe: str = RECIPE_OPTION,
+    budget: Optional[str] = BUDGET_OPTION,
+    scale: str = SCALE_OPTION,
+    sets: Optional[List[str]] = SET_OPTION,
+    backend: str = typer.Option("auto", "--backend", help="auto|sky|local|sim: local prices GPUs at $0."),
+    optimize: bool = typer.Option(False, "--optimize", help="Also search for the cheapest feasible configuration."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Price every stage of a recipe at the cheapest placement; exit 3 if it does not fit the budget."""
+    from reproduce import recipe as recipes
+    from reproduce.errors import OverBudget
+    from reproduce.plan import build_plan
+
+    resolved = recipes.load(recipe, sets or [], scale)
+    p = build_plan(resolved, budget, backend)
+    if optimize:
+        from reproduce import cli_optimize
+
+        result = cli_optimize.optimize(resolved, p, as_json)
+        p = result or p
+    elif as_json:
+        print_json(p.to_dict())
+    else:
+        typer.echo(render_plan(p))
+    if not p.fits:
+        raise OverBudget(f"plan costs {money(p.total_usd)}, over the {money(p.budget)} budget by "
+                         f"{money(-p.headroom)}" + _hint(p))
+
+
+def _hint(p) -> str:
+    fitting = [s for s in p.suggestions if s["fits"]]
+    if fitting:
+        return f"; --set {fitting[0]['set']} would fit ({money(fitting[0]['total_usd'])})"
+    if p.suggestions:
+        return "; no single knob fits, see the suggestions above"
+    return ""
+
+
+def where(s) -> str:
+    if s.cloud:
+        return f"{s.cloud} {s.region}" + (f" ({s.zone})" if s.zone else "")
+    return {"none": "controller", "api": "API"}.get(s.kind, "local")
+
+
+def render_plan(p) -> str:
+    rows = []
+    for s in p.stages:
+        rows.append({
+            "stage": s.stage, "where": where(s), "instance": s.instance_type or "-",
+            "market": ("spot" if s.spot else "on-demand") if s.cloud else "-",
+            "GPUs": s.gpus or "-", "hours": round(s.hours, 2), "GPU-h": round(s.gpu_hours, 1),
+            "$/h": round(s.price_per_hour, 2) if s.price_per_hour else "-",
+            "compute $": s.compute_usd, "API $": s.api_usd, "stage $": s.total_usd,
+            "on-demand $": s.on_demand_usd,
+        })
+    lines = [f"Plan: {p.recipe} ({p.scale} scale, backend {p.backend})", "", table(rows), "", "How each number was made:"]
+    width = max(len(s.stage) for s in p.stages)
+    for s in p.stages:
+        src = f"   [{s.price_source}{', ' + s.price_date if s.price_date else ''}]" if s.price_source else ""
+        lines.append(f"  {s.stage:<{width}}  {s.arithmetic}{src}")
+        for a in s.assumptions:
+            lines.append(f"  {'':<{width}}    {a}")
+    lines += ["", f"Total: {money(p.total_usd)} = compute {money(p.compute_usd)} + API {money(p.api_usd)}"
+                  f"  ({p.gpu_hours:,.1f} GPU-hours)"]
+    if p.budget is not None:
+        verdict = "fits" if p.fits else "DOES NOT FIT"
+        lines.append(f"Budget: {money(p.budget)}  headroom {money(p.headroom)}  -> {verdict}")
+    if p.suggestions:
+        lines += ["", "Knobs that would lower the cost (one at a time):"]
+        lines.append(table([{"--set": s["set"], "saves $": s["saves_usd"], "total $": s["total_usd"],
+                             "fits": "yes" if s["fits"] else "no", "why": s["why"]} for s in p.suggestions]))
+    return "\n".join(lines)

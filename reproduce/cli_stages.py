@@ -1,0 +1,37 @@
+"""`reproduce filter|generate|rewrite|convert|evaluate ...`: the stage programs, reachable from the CLI.
+
+Each stage is its own program (`python -m reproduce.stages.<name>`, argparse) so the nodes can run it
+without the controller; these commands hand their arguments straight through.
+"""
+from __future__ import annotations
+
+import typer
+
+PROGRAMS = {
+    "generate": "teacher traces (vLLM on GPU, transformers on CPU)",
+    "filter": "rejection sampling: grade traces (math-verify, sandboxed code, multiple choice)",
+    "rewrite": "reformat kept traces through an OpenAI-compatible API (Batch by default)",
+    "convert": "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory",
+    "sft": "render the LLaMA-Factory config and train",
+    "evaluate": "benchmarks vs the published table",
+}
+
+
+def register(app: typer.Typer) -> None:
+    for name, help_text in PROGRAMS.items():
+        app.command(name, help=f"{help_text.capitalize()}. (`reproduce {name} --help` for its options.)",
+                    context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                      "help_option_names": []},
+                    add_help_option=False)(_runner(name))
+
+
+def _runner(name: str):
+    def run(ctx: typer.Context) -> None:
+        import importlib
+
+        module = importlib.import_module(f"reproduce.stages.{name}")
+        code = module.main(list(ctx.args))
+        raise typer.Exit(code or 0)
+
+    run.__name__ = name
+    return run
