@@ -19,7 +19,7 @@ PROGRAMS = {
 
 def register(app: typer.Typer) -> None:
     for name, help_text in PROGRAMS.items():
-        app.command(name, help=f"{help_text.capitalize()}. (`reproduce {name} --help` for its options.)",
+        app.command(name, help=f"{help_text[0].upper()}{help_text[1:]}. (`reproduce {name} --help` for its options.)",
                     context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
                                       "help_option_names": []},
                     add_help_option=False)(_runner(name))
