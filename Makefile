@@ -1,0 +1,37 @@
+# The two things a fresh machine needs (README):
+#   make smoke   install the controller and run the whole recipe at smoke scale on this CPU
+#   make test    install the controller + the smoke stage environment and run every test
+PYTHON ?= python3
+VENV ?= .venv
+STAGE_VENV ?= .venv-stage
+export SKYPILOT_DISABLE_USAGE_COLLECTION := 1
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $@
+
+# The CPU stage environment (LLaMA-Factory + transformers): what `setup:` of every task installs at smoke
+# scale. Kept apart from the controller: vLLM / LLaMA-Factory pins never touch it.
+$(STAGE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(STAGE_VENV)
+	$(STAGE_VENV)/bin/pip install -q -U pip
+	$(STAGE_VENV)/bin/pip install -q -r sky_tasks/requirements/smoke.txt pytest
+	$(STAGE_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+smoke: $(VENV)/.installed
+	$(VENV)/bin/reproduce all --budget 450 --scale smoke -y
+
+test: $(VENV)/.installed $(STAGE_VENV)/.installed
+	$(VENV)/bin/python -m pytest -q
+	$(STAGE_VENV)/bin/python -m pytest -q -m "not controller_only" tests/stage_env
+	REPRODUCE_STAGE_VENV=$(CURDIR)/$(STAGE_VENV) $(VENV)/bin/python -m pytest -q tests/test_smoke_e2e.py
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/cli_speed.py --all
+
+.PHONY: install smoke test bench
