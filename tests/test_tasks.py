@@ -1,0 +1,161 @@
+"""Task rendering: env overrides, placement, secrets as SkyPilot secrets and never in rendered text.
+
+Fixture YAMLs of the shape sky_tasks/ uses (workdir ., envs, secrets declared empty, any_of fallbacks),
+parsed by SkyPilot's real parser.
+"""
+import os
+
+import pytest
+import yaml
+
+from reproduce import tasks
+from reproduce.errors import UserError
+
+SECRET = "hf_TOPSECRET_0123456789"
+REAL_TASKS = tasks.TASKS_DIR   # the shipped sky_tasks/, before the fixture points at the test's own
+
+GENERATE = """\
+# fixture: generate on H100:8 spot
+name: generate
+workdir: .
+resources:
+  use_spot: true
+  any_of:
+    - accelerators: H100:8
+    - accelerators: H200:8
+    - accelerators: A100-80GB:8
+envs:
+  ARTIFACTS: /artifacts
+  BUCKET: ""
+  STAGE_EXTRAS: generate
+  RUN_ID: ""
+secrets:
+  HF_TOKEN: ""
+  WANDB_API_KEY: ""
+setup: pip install -e ".[$STAGE_EXTRAS]"
+run: python -m reproduce.stages.generate --recipe $ARTIFACTS/recipe.yaml --artifacts $ARTIFACTS
+"""
+
+SFT = """\
+name: sft
+workdir: .
+resources:
+  accelerators: H100:8
+  use_spot: true
+  job_recovery: {strategy: EAGER_NEXT_REGION, max_restarts_on_errors: 2}
+envs: {ARTIFACTS: /artifacts, STAGE_EXTRAS: sft, RUN_ID: ""}
+secrets: {HF_TOKEN: null, WANDB_API_KEY: ""}
+setup: pip install -e ".[$STAGE_EXTRAS]"
+run: python -m reproduce.stages.sft --recipe $ARTIFACTS/recipe.yaml --artifacts $ARTIFACTS
+"""
+
+FILTER = """\
+name: filter
+workdir: .
+resources: {cpus: 32+}
+envs: {ARTIFACTS: /artifacts, STAGE_EXTRAS: filter, RUN_ID: ""}
+setup: pip install -e ".[$STAGE_EXTRAS]"
+run: python -m reproduce.stages.filter --recipe $ARTIFACTS/recipe.yaml --artifacts $ARTIFACTS
+"""
+
+
+def write_tasks(folder, **texts):
+    folder.mkdir(parents=True, exist_ok=True)
+    for stage, text in texts.items():
+        (folder / f"{stage}.yaml").write_text(text)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def sky_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
+    monkeypatch.setattr(tasks, "TASKS_DIR", write_tasks(tmp_path / "sky_tasks", generate=GENERATE, sft=SFT,
+                                                        filter=FILTER))
+
+
+PLACEMENT = {"cloud": "AWS", "region": "us-east-1", "instance_type": "p5.48xlarge", "spot": True}
+
+
+def test_render_applies_envs_placement_and_secret():
+    task = tasks.render("generate", {"RUN_ID": "r7", "BUCKET": "s3://b"}, PLACEMENT, "full",
+                        environ={"HF_TOKEN": SECRET})
+    assert task.envs["RUN_ID"] == "r7" and task.envs["BUCKET"] == "s3://b"
+    assert task.envs["STAGE_EXTRAS"] == "generate"
+    assert SECRET not in task.envs.values()
+    assert task.secrets["HF_TOKEN"].get_secret_value() == SECRET
+    accs = sorted(next(iter(r.accelerators)) for r in task.resources)
+    assert accs == ["A100-80GB", "H100", "H200"]          # fallbacks kept
+    assert {str(r.cloud) for r in task.resources} == {"AWS"}
+    assert {r.region for r in task.resources} == {"us-east-1"}
+    assert all(r.use_spot for r in task.resources)
+    assert task.workdir == str(tasks.REPO_ROOT)
+
+
+def test_placement_on_demand_overrides_spot():
+    task = tasks.render("generate", {}, {"cloud": "gcp", "region": "us-central1", "spot": False})
+    assert not any(r.use_spot for r in task.resources)
+    assert {str(r.cloud) for r in task.resources} == {"GCP"}
+
+
+def test_no_placement_leaves_cloud_open_and_keeps_job_recovery():
+    task = tasks.render("sft", {"RUN_ID": "r"}, None, "full", environ={})
+    (res,) = task.resources
+    assert res.cloud is None and res.use_spot and res.accelerators == {"H100": 8}
+    assert res.job_recovery["strategy"] == "EAGER_NEXT_REGION"
+    assert "HF_TOKEN" not in task.secrets       # declared null and unset: dropped, never a null env
+
+
+def test_smoke_scale_sets_stage_extras():
+    assert tasks.render("sft", {}, None, "smoke", environ={}).envs["STAGE_EXTRAS"] == "smoke"
+
+
+def test_render_yaml_redacts_secrets_and_shows_placement():
+    text = tasks.render_yaml("generate", {"RUN_ID": "r7"}, PLACEMENT, "full",
+                             environ={"HF_TOKEN": SECRET, "WANDB_API_KEY": "wandb_ALSO_SECRET"})
+    assert SECRET not in text and "wandb_ALSO_SECRET" not in text
+    cfg = yaml.safe_load(text)
+    assert cfg["secrets"] == {"HF_TOKEN": "<redacted>", "WANDB_API_KEY": "<redacted>"}
+    assert cfg["resources"]["infra"] == "aws/us-east-1"
+    assert text.startswith("# stage generate (full scale): aws/us-east-1")
+    # what we print is itself a valid SkyPilot task
+    import sky
+    sky.Task.from_yaml_config(cfg)
+
+
+def test_render_yaml_says_when_a_secret_is_unset():
+    cfg = yaml.safe_load(tasks.render_yaml("generate", {}, None, "full", environ={}))
+    assert cfg["secrets"]["HF_TOKEN"] == "<not set>"
+    assert "infra" not in cfg["resources"]
+
+
+def test_secret_passed_as_env_is_refused():
+    with pytest.raises(UserError, match="HF_TOKEN"):
+        tasks.render("generate", {"HF_TOKEN": SECRET})
+
+
+def test_unknown_stage_and_bad_yaml_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="no task YAML for stage 'nope'.*generate"):
+        tasks.load_task("nope")
+    write_tasks(tasks.TASKS_DIR, broken=GENERATE.replace("use_spot", "use_spott"))
+    with pytest.raises(UserError, match="use_spott"):
+        tasks.render("broken")
+
+
+def test_is_gpu_task():
+    assert tasks.is_gpu_task(tasks.load_task("generate")) and tasks.is_gpu_task(tasks.load_task("sft"))
+    assert not tasks.is_gpu_task(tasks.load_task("filter"))
+
+
+def test_redact():
+    assert tasks.redact(f"token={SECRET}!", [SECRET, "", None]) == "token=<redacted>!"
+
+
+@pytest.mark.skipif(not (REAL_TASKS / "generate.yaml").exists(), reason="sky_tasks YAMLs not written yet")
+@pytest.mark.parametrize("stage", ["generate", "filter", "sft", "eval"])
+def test_shipped_tasks_render_without_secret_values(stage, monkeypatch):
+    monkeypatch.setattr(tasks, "TASKS_DIR", REAL_TASKS)
+    env = {"HF_TOKEN": SECRET, "WANDB_API_KEY": "wandb_SECRET_x", "OPENAI_API_KEY": "sk-SECRET-y"}
+    text = tasks.render_yaml(stage, {"RUN_ID": "r1"}, PLACEMENT, "full", environ=env)
+    for value in env.values():
+        assert value not in text
