@@ -1,0 +1,249 @@
+"""Run a stage on this machine: the task YAML's `setup` and `run`, as on a cloud node, but here.
+
+    ex = LocalExecutor("smoke")
+    handle = ex.launch(run)            # returns at once; setup (if needed) and run go on in the background
+    ex.poll(handle)                    # STARTING (setup) -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, $0
+
+Stage environments: each task's `setup:` builds a venv in `$REPRODUCE_HOME/envs/<hash>/`, the hash of the
+setup text and the env values it references; setup runs once per hash (a `.ready` marker on success), and
+later stages with the same hash reuse it. `REPRODUCE_STAGE_VENV=/path/to/venv` points every stage at a
+ready venv instead and skips setup (tests and CI use the one `make test` builds).
+Controller stages (rewrite, convert) have no task YAML: they run in the controller's own python.
+Logs: `<artifacts>/../logs/<stage>.log`, with any secret value in the output replaced by <redacted>.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reproduce import tasks
+from reproduce.errors import UserError
+from reproduce.executors.base import CONTROLLER_STAGES, RunContext, StageStatus
+
+PHASE_SETUP, PHASE_RUN = "::reproduce setup", "::reproduce run"   # lines the wrapper prints between phases
+CONTROLLER_MODULE = "reproduce.stages.{stage}"
+LOCAL_OPENAI = ["-m", "reproduce.stages.local_openai", "--port", "0"]   # prints its base URL first
+
+
+def reproduce_home() -> Path:
+    return Path(os.environ.get("REPRODUCE_HOME") or Path.home() / ".reproduce")
+
+
+def has_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None
+
+
+@dataclass
+class _Job:
+    stage: str
+    proc: subprocess.Popen
+    log: Path
+    started: float
+    phase: str = "STARTING"
+    ended: float | None = None
+    cancelled: bool = False
+    tail: list = field(default_factory=list)
+    pump: threading.Thread | None = None
+    aux: subprocess.Popen | None = None        # the local OpenAI-compatible server of a smoke rewrite
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, scale: str = "smoke", state_dir: Path | str | None = None):
+        self.scale = scale
+        self.state_dir = Path(state_dir) if state_dir else reproduce_home()
+        self.jobs: dict[str, _Job] = {}
+
+    # ---- the interface ------------------------------------------------------------------------------
+    def launch(self, run: RunContext) -> str:
+        stage = run.stage
+        artifacts = Path(run.artifacts).resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        extra = {"ARTIFACTS": str(artifacts), "RUN_ID": run.run_id}
+        aux = None
+        if stage in CONTROLLER_STAGES:
+            cfg = {"envs": {}}
+            script = (f"{shlex.quote(sys.executable)} -m {CONTROLLER_MODULE.format(stage=stage)} "
+                      f'--recipe "$ARTIFACTS/recipe.yaml" --artifacts "$ARTIFACTS"')
+            prepare = ""
+        else:
+            cfg = tasks.load_task(stage)
+            self._check_hardware(stage, cfg)
+            if self.scale == "smoke":
+                extra["STAGE_EXTRAS"] = "smoke"
+        envs = {k: "" if v is None else str(v) for k, v in (cfg.get("envs") or {}).items()}
+        envs.update({k: str(v) for k, v in run.envs.items()})
+        envs.update(extra)
+        env.update(envs)
+        if stage not in CONTROLLER_STAGES:
+            prepare, script = self._stage_env(cfg, envs, env), cfg.get("run") or ""
+        log = artifacts.parent / "logs" / f"{stage}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        secrets = list(tasks.secret_values(cfg, env).values())
+        if stage == "rewrite" and self.scale == "smoke" and not env.get("OPENAI_BASE_URL"):
+            aux, base_url = _start_local_openai(log)
+            env.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="local")
+        # setup and run each in their own bash, as SkyPilot runs them; a failed setup never runs `run`
+        wrapper = f"set -e\n{prepare}echo {shlex.quote(PHASE_RUN)}\nexec bash -c {shlex.quote(script)}\n"
+        try:
+            proc = subprocess.Popen(["bash", "-c", wrapper], cwd=tasks.REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        except BaseException:
+            _stop(aux)
+            raise
+        handle = f"local:{stage}:{proc.pid}"
+        job = _Job(stage, proc, log, time.time(), aux=aux)
+        job.pump = threading.Thread(target=self._pump, args=(job, secrets), daemon=True)
+        job.pump.start()
+        self.jobs[handle] = job
+        return handle
+
+    def poll(self, handle: str) -> StageStatus:
+        job = self._job(handle)
+        rc = job.proc.poll()
+        if rc is not None and job.pump is not None:
+            job.pump.join(timeout=5)          # the last lines and the end time
+        if job.cancelled:
+            state = "CANCELLED"
+        elif rc is None:
+            state = job.phase
+        else:
+            state = "SUCCEEDED" if rc == 0 else "FAILED"
+        end = job.ended if (rc is not None and job.ended) else time.time()
+        message = "" if state != "FAILED" else f"exit {rc}: " + " | ".join(job.tail[-3:]) + f" (log: {job.log})"
+        return StageStatus(state=state, elapsed_s=end - job.started, cost_usd=0.0, price_per_hour=0.0,
+                           price_source="local machine", cloud="local", spot=False, gpus=_gpu_count(),
+                           message=message)
+
+    def cancel(self, handle: str) -> None:
+        job = self.jobs.get(handle)
+        if job is None:
+            return
+        if job.proc.poll() is None:
+            job.cancelled = True
+            _kill_group(job.proc)
+        _stop(job.aux)
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def now(self) -> float:
+        return time.time()
+
+    # ---- helpers ------------------------------------------------------------------------------------
+    def _job(self, handle: str) -> _Job:
+        try:
+            return self.jobs[handle]
+        except KeyError:
+            raise UserError(f"no local stage {handle!r} in this process") from None
+
+    def _check_hardware(self, stage: str, cfg: dict) -> None:
+        if self.scale == "full" and tasks.is_gpu_task(cfg) and not has_gpu():
+            raise UserError(f"stage {stage} at --scale full needs GPUs and this machine has none (no nvidia-smi): "
+                            "use --backend sky, or --scale smoke to run it on this CPU")
+
+    def _stage_env(self, cfg: dict, envs: dict, env: dict) -> str:
+        """Shell lines that make (once) and activate the stage's venv; `env` gets PATH/VIRTUAL_ENV."""
+        ready = os.environ.get("REPRODUCE_STAGE_VENV")
+        setup = cfg.get("setup") or ""
+        venv = Path(ready) if ready else self.state_dir / "envs" / env_hash(setup, envs)
+        env["VIRTUAL_ENV"] = str(venv)
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("PYTHONHOME", None)
+        if ready:
+            if not (venv / "bin" / "python").exists():
+                raise UserError(f"REPRODUCE_STAGE_VENV={ready}: no bin/python there; expected a ready venv")
+            return ""
+        marker = venv / ".ready"
+        if marker.exists():
+            return ""
+        q = shlex.quote
+        return (f"echo {q(PHASE_SETUP)}\nrm -rf {q(str(venv))}\n"
+                f"{q(sys.executable)} -m venv {q(str(venv))}\n"
+                f"bash -c {q('set -e' + chr(10) + setup)}\ntouch {q(str(marker))}\n")
+
+    def _pump(self, job: _Job, secrets: list) -> None:
+        """Copy the stage's output into its log, secrets redacted; note the phase; stop helpers at the end."""
+        try:
+            with job.log.open("a") as out:
+                out.write(f"==> {job.stage} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                for raw in job.proc.stdout:
+                    line = tasks.redact(raw.decode(errors="replace"), secrets)
+                    if line.startswith(PHASE_RUN):
+                        job.phase = "RUNNING"
+                    elif line.startswith(PHASE_SETUP):
+                        job.phase = "STARTING"
+                    else:
+                        job.tail = (job.tail + [line.rstrip()])[-20:]
+                    out.write(line)
+                    out.flush()
+                rc = job.proc.wait()
+                out.write(f"==> {job.stage} exit {rc}\n")
+        finally:
+            job.ended = time.time()
+            _stop(job.aux)
+
+
+def env_hash(setup: str, envs: dict) -> str:
+    """sha256 of the setup text and the values of the envs it references, first 12 hex digits."""
+    names = sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", setup)))
+    text = setup + "\n" + "\n".join(f"{n}={envs.get(n, '')}" for n in names)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _gpu_count() -> int:
+    if not has_gpu():
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        _kill_group(proc)
+
+
+def _start_local_openai(log: Path, timeout_s: float = 60.0):
+    """Start reproduce.stages.local_openai; its first stdout line is its base URL."""
+    proc = subprocess.Popen([sys.executable, *LOCAL_OPENAI],
+                            cwd=tasks.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=(log.parent / "local_openai.log").open("a"), text=True, start_new_session=True)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    url = (got[0] if got else "").strip()
+    if not url.startswith("http"):
+        _stop(proc)
+        raise UserError(f"the local OpenAI-compatible server did not start (no base URL in {timeout_s:.0f} s; "
+                        f"see {log.parent / 'local_openai.log'}); or set OPENAI_BASE_URL to a server of your own")
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # never let its pipe fill
+    return proc, url

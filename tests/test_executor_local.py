@@ -1,0 +1,224 @@
+"""The local executor runs a task's real `setup` and `run` in bash subprocesses, with real venvs."""
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reproduce import tasks
+from reproduce.errors import UserError
+from reproduce.executors import local
+from reproduce.executors.base import RunContext
+from reproduce.executors.local import LocalExecutor, env_hash
+
+SECRET = "hf_LOCALSECRET_987654321"
+
+# The shape of sky_tasks/*.yaml; setup and run write what they saw where the test can read it.
+GPU_TASK = """\
+name: generate
+workdir: .
+resources:
+  use_spot: true
+  any_of: [{accelerators: H100:8}, {accelerators: H200:8}]
+envs: {ARTIFACTS: /artifacts, STAGE_EXTRAS: generate, RUN_ID: "", KNOB: default}
+secrets: {HF_TOKEN: ""}
+setup: |
+  echo "setup $STAGE_EXTRAS" >> "$SETUP_LOG"
+run: |
+  echo "run extras=$STAGE_EXTRAS run=$RUN_ID knob=$KNOB artifacts=$ARTIFACTS cwd=$(pwd)"
+  echo "venv=$VIRTUAL_ENV python=$(python -c 'import sys; print(sys.prefix)')"
+  echo "token=$HF_TOKEN"
+  exit ${EXIT_CODE:-0}
+"""
+
+FILTER_TASK = """\
+name: filter
+workdir: .
+resources: {cpus: 4+}
+envs: {ARTIFACTS: /artifacts, STAGE_EXTRAS: filter, RUN_ID: ""}
+setup: |
+  echo "setup $STAGE_EXTRAS" >> "$SETUP_LOG"
+run: |
+  sleep 300 &
+  echo $! > "$ARTIFACTS/child.pid"
+  echo started
+  wait
+"""
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    folder = tmp_path / "sky_tasks"
+    folder.mkdir()
+    (folder / "generate.yaml").write_text(GPU_TASK)
+    (folder / "filter.yaml").write_text(FILTER_TASK)
+    (folder / "sft.yaml").write_text(GPU_TASK.replace("name: generate", "name: sft"))
+    monkeypatch.setattr(tasks, "TASKS_DIR", folder)
+    monkeypatch.setenv("SETUP_LOG", str(tmp_path / "setup.log"))
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    monkeypatch.delenv("REPRODUCE_STAGE_VENV", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    return tmp_path
+
+
+def ctx(tmp_path, stage, **envs):
+    return RunContext(run_id="run1", recipe={}, stage=stage, plan={}, artifacts=tmp_path / "run1" / "artifacts",
+                      envs=envs)
+
+
+def finish(ex, handle, timeout=120):
+    deadline = time.time() + timeout
+    seen = []
+    while time.time() < deadline:
+        st = ex.poll(handle)
+        seen.append(st.state)
+        if st.done:
+            return st, seen
+        time.sleep(0.05)
+    raise AssertionError(f"stage did not finish in {timeout}s: {seen[-5:]}")
+
+
+def test_setup_runs_once_per_hash_and_env_is_reused(env):
+    ex = LocalExecutor("smoke", state_dir=env / "home")
+    st, seen = finish(ex, ex.launch(ctx(env, "generate", KNOB="7")))
+    assert st.state == "SUCCEEDED", st.message
+    assert "STARTING" in seen or "RUNNING" in seen
+    assert st.cost_usd == 0 and st.price_source == "local machine"
+    log = (env / "run1" / "logs" / "generate.log").read_text()
+    artifacts = env / "run1" / "artifacts"
+    assert f"run extras=smoke run=run1 knob=7 artifacts={artifacts} cwd={tasks.REPO_ROOT}" in log
+    venv = env / "home" / "envs" / env_hash(tasks.load_task("generate")["setup"], {"STAGE_EXTRAS": "smoke"})
+    assert f"venv={venv} python={venv}" in log          # run used the stage venv's python
+    assert (venv / ".ready").exists()
+    # sft has the same setup text and the same STAGE_EXTRAS: same env, no second setup
+    st, seen = finish(ex, ex.launch(ctx(env, "sft")))
+    assert st.state == "SUCCEEDED", st.message
+    assert "STARTING" not in seen
+    assert (env / "setup.log").read_text() == "setup smoke\n"
+
+
+def test_env_hash_follows_setup_and_referenced_envs():
+    setup = 'pip install -e ".[$STAGE_EXTRAS]"'
+    assert env_hash(setup, {"STAGE_EXTRAS": "smoke"}) != env_hash(setup, {"STAGE_EXTRAS": "sft"})
+    assert env_hash(setup, {"STAGE_EXTRAS": "sft", "RUN_ID": "a"}) == env_hash(setup, {"STAGE_EXTRAS": "sft"})
+    assert env_hash(setup + " -q", {"STAGE_EXTRAS": "sft"}) != env_hash(setup, {"STAGE_EXTRAS": "sft"})
+    assert len(env_hash(setup, {})) == 12
+
+
+def test_failed_setup_is_retried_and_fails_the_stage(env, monkeypatch):
+    monkeypatch.setenv("SETUP_LOG", str(env / "no-such-dir" / "setup.log"))
+    ex = LocalExecutor("smoke", state_dir=env / "home")
+    st, _ = finish(ex, ex.launch(ctx(env, "generate")))
+    assert st.state == "FAILED" and "no-such-dir" in st.message
+    assert "run extras" not in (env / "run1" / "logs" / "generate.log").read_text()   # run never ran
+    assert not list((env / "home" / "envs").glob("*/.ready"))
+
+
+def test_ready_venv_skips_setup(env, monkeypatch):
+    venv = env / "ready-venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.setenv("REPRODUCE_STAGE_VENV", str(venv))
+    ex = LocalExecutor("smoke", state_dir=env / "home")
+    st, _ = finish(ex, ex.launch(ctx(env, "generate")))
+    assert st.state == "SUCCEEDED", st.message
+    assert not (env / "setup.log").exists()
+    assert f"venv={venv}" in (env / "run1" / "logs" / "generate.log").read_text()
+
+
+def test_ready_venv_must_exist(env, monkeypatch):
+    monkeypatch.setenv("REPRODUCE_STAGE_VENV", str(env / "missing"))
+    with pytest.raises(UserError, match="REPRODUCE_STAGE_VENV"):
+        LocalExecutor("smoke", state_dir=env / "home").launch(ctx(env, "generate"))
+
+
+def test_full_scale_gpu_stage_refuses_without_gpu(env, monkeypatch):
+    monkeypatch.setattr(local, "has_gpu", lambda: False)
+    ex = LocalExecutor("full", state_dir=env / "home")
+    with pytest.raises(UserError, match=r"stage generate at --scale full needs GPUs.*no nvidia-smi"):
+        ex.launch(ctx(env, "generate"))
+    assert not (env / "run1" / "logs" / "generate.log").exists()   # nothing started
+
+
+def test_has_gpu_looks_for_nvidia_smi(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert not local.has_gpu()
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    assert local.has_gpu()
+
+
+def test_logs_never_hold_a_secret(env):
+    ex = LocalExecutor("smoke", state_dir=env / "home")
+    st, _ = finish(ex, ex.launch(ctx(env, "generate")))
+    log = (env / "run1" / "logs" / "generate.log").read_text()
+    assert "token=<redacted>" in log and SECRET not in log
+
+
+def test_failure_is_reported_with_the_tail(env):
+    ex = LocalExecutor("smoke", state_dir=env / "home")
+    st, _ = finish(ex, ex.launch(ctx(env, "generate", EXIT_CODE="3")))
+    assert st.state == "FAILED" and st.message.startswith("exit 3:") and "generate.log" in st.message
+    assert SECRET not in st.message
+
+
+def test_cancel_kills_the_process_group(env):
+    ex = LocalExecutor("full", state_dir=env / "home")   # filter is a CPU stage: fine at full scale
+    handle = ex.launch(ctx(env, "filter"))
+    pid_file = env / "run1" / "artifacts" / "child.pid"
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:
+        assert not ex.poll(handle).done
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert ex.poll(handle).state == "RUNNING"
+    ex.cancel(handle)
+    ex.cancel(handle)   # idempotent
+    assert ex.poll(handle).state == "CANCELLED"
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+FAKE_STAGE = """\
+import os, sys, urllib.request
+print("base", os.environ["OPENAI_BASE_URL"], "key", os.environ["OPENAI_API_KEY"])
+print(urllib.request.urlopen(os.environ["OPENAI_BASE_URL"] + "/ping").read().decode())
+print("args", " ".join(sys.argv[1:]))
+"""
+
+FAKE_SERVER = """\
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"pong")
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+open(os.environ["SERVER_PID_FILE"], "w").write(str(os.getpid()))
+print(f"http://127.0.0.1:{s.server_port}/v1", flush=True)
+s.serve_forever()
+"""
+
+
+def test_smoke_rewrite_runs_on_the_controller_with_a_local_openai_server(env, monkeypatch):
+    pkg = env / "pkg" / "fakestages"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "rewrite.py").write_text(FAKE_STAGE)
+    (pkg / "server.py").write_text(FAKE_SERVER)
+    monkeypatch.setenv("PYTHONPATH", str(env / "pkg"))
+    monkeypatch.setenv("SERVER_PID_FILE", str(env / "server.pid"))
+    monkeypatch.setattr(local, "CONTROLLER_MODULE", "fakestages.{stage}")
+    monkeypatch.setattr(local, "LOCAL_OPENAI", ["-m", "fakestages.server"])
+    ex = LocalExecutor("smoke", state_dir=env / "home")
+    st, _ = finish(ex, ex.launch(ctx(env, "rewrite")))
+    assert st.state == "SUCCEEDED", st.message
+    log = (env / "run1" / "logs" / "rewrite.log").read_text()
+    artifacts = env / "run1" / "artifacts"
+    assert "base http://127.0.0.1:" in log and "pong" in log
+    assert f"args --recipe {artifacts}/recipe.yaml --artifacts {artifacts}" in log
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):   # the server lived as long as the stage, no longer
+        os.kill(int((env / "server.pid").read_text()), 0)
+    assert not (env / "home" / "envs").exists()   # controller stages make no venv
