@@ -1,0 +1,333 @@
+"""Stage program `filter`: rejection sampling. Grade every teacher trace; keep the correct ones.
+
+    # in the pipeline (limits from the recipe's `filter:` section)
+    python -m reproduce.stages.filter --recipe ARTIFACTS/recipe.yaml --artifacts ARTIFACTS
+    # on any traces file: records with id, domain (math|code|mcq), answer or tests, response
+    python -m reproduce.stages.filter traces.jsonl -o graded.jsonl --workers 8
+
+Pipeline mode reads ARTIFACTS/generate/shard-*.jsonl and writes ARTIFACTS/filter/kept.jsonl,
+rejected.jsonl (each record + `correct`, `reason`) and summary.json. Standalone mode writes every record,
+graded, to one file. Both append and skip ids already graded, so an interrupted run resumes where it
+stopped. Grading runs in worker processes (math-verify's timeouts need a process's main thread; code runs
+in `sandbox`), one record per task.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures as cf
+import glob
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import time
+
+from reproduce.stages import grading
+
+DEFAULT_LIMITS = {"math_timeout_s": 5, "code_timeout_s": 10, "code_memory_mb": 1024}   # recipe defaults
+
+
+class BadInput(Exception):
+    """One line for stderr, exit 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:                             # --help, or argparse's own usage error (exit 2)
+        return int(e.code or 0)
+    try:
+        return _run(args)
+    except BadInput as e:
+        print(f"filter: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("filter: interrupted; run again to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m reproduce.stages.filter",
+        description="Rejection sampling: grade traces (math-verify, sandboxed code tests, multiple choice) "
+                    "and keep the correct ones. Resumable: ids already graded are skipped.")
+    p.add_argument("input", nargs="?", help="standalone: a traces JSONL file (id, domain, answer|tests, response)")
+    p.add_argument("-o", "--output", help="standalone: graded JSONL to write (appended to; resumes)")
+    p.add_argument("--recipe", help="pipeline: the resolved recipe YAML (limits from its filter: section)")
+    p.add_argument("--artifacts", help="pipeline: the artifacts folder (reads generate/, writes filter/)")
+    p.add_argument("--workers", type=int, help="grading processes (default: recipe filter.cpus, at most this "
+                                               "machine's CPUs; standalone: this machine's CPUs)")
+    p.add_argument("--math-timeout-s", type=float, help="math-verify timeout per parse/compare (default 5)")
+    p.add_argument("--code-timeout-s", type=float, help="wall seconds per code test (default 10)")
+    p.add_argument("--code-memory-mb", type=int, help="address-space limit for code under test (default 1024)")
+    return p
+
+
+def _run(args) -> int:
+    pipeline = bool(args.recipe or args.artifacts)
+    if pipeline and (args.input or args.output):
+        raise BadInput("give either --recipe/--artifacts (pipeline) or INPUT -o OUTPUT (standalone), not both")
+    limits = dict(DEFAULT_LIMITS)
+    if pipeline:
+        if not (args.recipe and args.artifacts):
+            raise BadInput("pipeline mode needs both --recipe and --artifacts")
+        section = _load_recipe(args.recipe).get("filter") or {}
+        limits.update({k: section[k] for k in DEFAULT_LIMITS if section.get(k) is not None})
+        cpus = section.get("cpus")
+        inputs = sorted(glob.glob(os.path.join(args.artifacts, "generate", "shard-*.jsonl")))
+        if not inputs:
+            raise BadInput(f"no traces: {os.path.join(args.artifacts, 'generate', 'shard-*.jsonl')} matches "
+                           "nothing (run the generate stage first)")
+        out_dir = os.path.join(args.artifacts, "filter")
+        os.makedirs(out_dir, exist_ok=True)
+        outputs = {True: os.path.join(out_dir, "kept.jsonl"), False: os.path.join(out_dir, "rejected.jsonl")}
+    else:
+        if not (args.input and args.output):
+            raise BadInput("standalone mode needs INPUT.jsonl and -o OUTPUT.jsonl (or use --recipe/--artifacts)")
+        if not os.path.isfile(args.input):
+            raise BadInput(f"input {args.input!r} is not a file")
+        cpus = None
+        inputs = [args.input]
+        if os.path.dirname(args.output):
+            os.makedirs(os.path.dirname(args.output), exist_ok=True)
+        outputs = {True: args.output, False: args.output}
+    for key, flag in (("math_timeout_s", args.math_timeout_s), ("code_timeout_s", args.code_timeout_s),
+                      ("code_memory_mb", args.code_memory_mb)):
+        if flag is not None:
+            if flag <= 0:
+                raise BadInput(f"--{key.replace('_', '-')} {flag}: expected a positive number")
+            limits[key] = flag
+    if args.workers is not None and args.workers < 1:
+        raise BadInput(f"--workers {args.workers}: expected 1 or more")
+    workers = args.workers or max(1, min(int(cpus or os.cpu_count() or 1), os.cpu_count() or 1))
+
+    tally = Tally()
+    done: set[str] = set()
+    for path in set(outputs.values()):
+        for record in _read_output(path):
+            done.add(str(record.get("id")))
+            tally.add(record, record.get("correct"), record.get("reason", ""), None)
+    previous = tally.records
+    pending = _count_pending(inputs, done)
+
+    start = time.monotonic()
+    files = {path: open(path, "a", encoding="utf-8") for path in set(outputs.values())}
+    bar = _progress(pending)
+    try:
+        for record, correct, reason, cpu_s in _grade_all(_pending(inputs, done), workers, limits):
+            record["correct"], record["reason"] = correct, reason
+            f = files[outputs[correct]]
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()                                   # a killed run resumes from what is on disk
+            tally.add(record, correct, reason, cpu_s)
+            bar(1)
+    finally:
+        bar(0, close=True)
+        for f in files.values():
+            f.close()
+    wall = time.monotonic() - start
+
+    summary = tally.summary(graded=tally.records - previous, skipped=len(done), wall_s=wall, workers=workers,
+                            limits=limits)
+    if pipeline:
+        summary["sandbox_isolation"] = list(_isolation())
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    print(f"filter: graded {summary['graded_this_run']} in {wall:.1f} s ({summary['records_per_s']} records/s, "
+          f"{workers} workers); {summary['kept']} kept, {summary['rejected']} rejected in all"
+          + (f"; {len(done)} already graded" if done else ""), file=sys.stderr)
+    return 0
+
+
+# ---- reading ----------------------------------------------------------------------------------------------
+
+def _load_recipe(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except OSError as e:
+        raise BadInput(f"--recipe {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise BadInput(f"--recipe {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(recipe, dict):
+        raise BadInput(f"--recipe {path!r}: expected a mapping (a resolved recipe)")
+    return recipe
+
+
+def _records(path: str):
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise BadInput(f"{path}:{n}: not a JSON line") from None
+            if not isinstance(record, dict) or record.get("id") is None:
+                raise BadInput(f"{path}:{n}: expected a JSON object with an id")
+            yield record
+
+
+def _count_pending(inputs, done) -> int:
+    seen, n = set(done), 0
+    for path in inputs:
+        for record in _records(path):
+            if str(record["id"]) not in seen:
+                seen.add(str(record["id"]))
+                n += 1
+    return n
+
+
+def _pending(inputs, done):
+    seen = set(done)
+    for path in inputs:
+        for record in _records(path):
+            if str(record["id"]) not in seen:      # a duplicate id is graded once
+                seen.add(str(record["id"]))
+                yield record
+
+
+def _read_output(path: str):
+    """Records already graded. A torn last line (the run was killed mid-write) is cut off."""
+    if not os.path.exists(path):
+        return
+    good = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            good += len(line)
+            yield record
+    if good != os.path.getsize(path):
+        os.truncate(path, good)
+
+
+# ---- grading, in worker processes -------------------------------------------------------------------------
+
+def _grade_one(record: dict, limits: dict):
+    """-> (record, correct, reason, cpu seconds incl. the sandboxed children). Never raises."""
+    before = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        correct, reason = grading.grade(record, **limits)
+    except Exception as e:                              # a grader bug must not lose the whole run
+        correct, reason = False, f"grader error: {type(e).__name__}: {str(e)[:160]}"
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (time.process_time() - before[0] + after.ru_utime - before[1].ru_utime
+           + after.ru_stime - before[1].ru_stime)
+    return record, bool(correct), reason, round(cpu, 4)
+
+
+def _grade_all(records, workers: int, limits: dict):
+    if workers == 1:
+        for record in records:
+            yield _grade_one(record, limits)
+        return
+    # forkserver: workers start from a clean single-threaded process (the sandbox forks from them), with
+    # the graders and math-verify (sympy: ~1 s to import) loaded once.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["reproduce.stages.grading", "math_verify"])
+    window = workers * 4                                # bounded: the traces file may not fit in memory
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        running = set()
+        records = iter(records)
+        while True:
+            for record in records:
+                running.add(pool.submit(_grade_one, record, limits))
+                if len(running) >= window:
+                    break
+            if not running:
+                return
+            finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
+
+
+def _isolation() -> tuple[str, ...]:
+    from reproduce.stages import sandbox
+
+    try:
+        return sandbox.run_python("pass", timeout_s=5).isolation
+    except OSError:
+        return ()
+
+
+# ---- accounting -------------------------------------------------------------------------------------------
+
+class Tally:
+    """Counts for summary.json: per source and domain, kept/rejected, reason categories, CPU seconds."""
+
+    def __init__(self):
+        self.records = 0
+        self.by_source = collections.defaultdict(collections.Counter)
+        self.by_domain = collections.defaultdict(collections.Counter)
+        self.reasons = collections.Counter()
+        self.cpu = collections.Counter()
+        self.cpu_n = collections.Counter()
+
+    def add(self, record: dict, correct, reason: str, cpu_s: float | None) -> None:
+        verdict = "kept" if correct else "rejected"
+        self.records += 1
+        self.by_source[str(record.get("source", "unknown"))][verdict] += 1
+        self.by_domain[str(record.get("domain", "unknown"))][verdict] += 1
+        self.reasons[grading.category(reason or "")] += 1
+        if cpu_s is not None:
+            self.cpu[str(record.get("domain"))] += cpu_s
+            self.cpu_n[str(record.get("domain"))] += 1
+
+    def summary(self, graded: int, skipped: int, wall_s: float, workers: int, limits: dict) -> dict:
+        kept = sum(c["kept"] for c in self.by_domain.values())
+        table = lambda d: {k: {"kept": v["kept"], "rejected": v["rejected"]} for k, v in sorted(d.items())}  # noqa: E731
+        out = {
+            "stage": "filter",
+            "records": self.records, "kept": kept, "rejected": self.records - kept,
+            "keep_rate": round(kept / self.records, 4) if self.records else None,
+            "by_source": table(self.by_source), "by_domain": table(self.by_domain),
+            "reasons": dict(self.reasons.most_common()),
+            "graded_this_run": graded, "skipped_already_graded": skipped,
+            "wall_s": round(wall_s, 3), "records_per_s": round(graded / wall_s, 2) if wall_s > 0 else None,
+            "workers": workers, "limits": limits,
+            "cpu_s": {d: round(s, 3) for d, s in sorted(self.cpu.items())},
+        }
+        # The recipe's cost-model knobs (filter.mean_cpu_s_per_math / _code); calibration reads these.
+        for domain in ("math", "code", "mcq"):
+            if self.cpu_n[domain]:
+                out[f"mean_cpu_s_per_{domain}"] = round(self.cpu[domain] / self.cpu_n[domain], 4)
+        return out
+
+
+def _progress(total: int):
+    """A progress bar on stderr when it is a terminal: tqdm if installed, else a counter line."""
+    if not sys.stderr.isatty() or total == 0:
+        return lambda n, close=False: None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        bar = tqdm(total=total, unit="rec", desc="filter", file=sys.stderr)
+
+        def update(n, close=False):
+            bar.update(n)
+            if close:
+                bar.close()
+        return update
+    state = {"done": 0, "start": time.monotonic()}
+
+    def update(n, close=False):
+        state["done"] += n
+        rate = state["done"] / max(time.monotonic() - state["start"], 1e-9)
+        sys.stderr.write(f"\rfilter {state['done']}/{total} ({rate:.1f}/s)" + ("\n" if close else ""))
+        sys.stderr.flush()
+    return update
+
+
+if __name__ == "__main__":
+    sys.exit(main())
