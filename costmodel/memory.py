@@ -46,6 +46,9 @@ MAX_LIVE_PARAMS = 1e9
 # CUDA context and cuBLAS workspace (~0.6 GiB), NCCL buffers for 8-16 ranks (~1 GiB), DeepSpeed reduce and
 # prefetch buckets (~0.5 GiB), caching-allocator fragmentation with variable-length batches (~2 GiB): our estimate.
 SFT_OVERHEAD = 4 * GIB
+# Keep 5% of the GPU free: activation sizes vary with kernels and library versions, and the caching allocator
+# fragments with variable-length batches; a plan that needs 96% of the card is a plan that OOMs (our margin).
+HEADROOM = 0.05
 # fp32 logits for the loss: transformers' ForCausalLMLoss upcasts logits to float before cross-entropy.
 LOGIT_BYTES = 4
 # Host RAM of 8-GPU nodes: AWS p5.48xlarge 2,048 GiB, p4de.24xlarge 1,152 GiB, GCP a3-highgpu-8g 1,872 GB,
@@ -140,9 +143,10 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
     cpu = 0.0
     if offload:
         cpu = (CPU_OFFLOAD_BYTES + (PARAM_BYTES if zero == 3 else 0)) * psi / config["nodes"]
-    ok_gpu, ok_cpu = total <= capacity, cpu <= NODE_RAM
+    usable = capacity * (1 - HEADROOM)
+    ok_gpu, ok_cpu = total <= usable, cpu <= NODE_RAM
     breakdown = {**{k: v / GIB for k, v in parts.items()}, "total_gib": total / GIB, "capacity_gib": capacity / GIB,
-                 "node_cpu_ram_gib": cpu / GIB, "node_ram_assumed_gib": NODE_RAM / GIB, "gpu": gpu,
+                 "usable_gib": usable / GIB, "node_cpu_ram_gib": cpu / GIB, "node_ram_assumed_gib": NODE_RAM / GIB, "gpu": gpu,
                  "fits_gpu": ok_gpu, "fits_cpu": ok_cpu}
     lines = [
         f"ZeRO-{zero}{' + CPU offload' if offload else ''}, {d} x {gpu}, {psi / 1e9:.1f}B params, "
@@ -155,7 +159,8 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
         f"  activations {act_why} = {activations / GIB:6.1f} GiB",
         f"  logits    {logit_why} = {logits / GIB:6.1f} GiB",
         f"  overhead  CUDA/NCCL/buckets/fragmentation = {SFT_OVERHEAD / GIB:6.1f} GiB",
-        f"  total {total / GIB:.1f} GiB {'<=' if ok_gpu else '>'} {capacity / GIB:.1f} GiB ({capacity_source})"
+        f"  total {total / GIB:.1f} GiB {'<=' if ok_gpu else '>'} {usable / GIB:.1f} GiB = {1 - HEADROOM:.0%} of "
+        f"{capacity / GIB:.1f} GiB ({capacity_source})"
         f" -> {'fits' if ok_gpu else 'does NOT fit'}",
     ]
     if offload:

@@ -1,0 +1,249 @@
+"""The cheapest feasible way to run a recipe: every combination of the knobs that change what a stage costs,
+kept only when the memory model says it runs, priced with the same estimators `reproduce plan` uses.
+
+Stages are independent once the recipe fixes the work (problems, tokens, epochs), so each is searched on
+its own and the cheapest feasible candidate wins; ties go to the one that changes the recipe least.
+Nothing here changes what is computed (models, data, epochs, learning rate, cutoff, batch size): only
+where and how. Pure: prices come in through `price_fn(accelerator, spot) -> Offer | None`.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass, field
+
+from costmodel import estimates, memory
+from costmodel.errors import BadInput
+
+ACCELERATORS = ("H100:8", "H200:8", "A100-80GB:8")
+TENSOR_PARALLEL = (1, 2, 4, 8)
+SFT_NODES = (1, 2)
+SFT_SHARDING = ((3, True), (3, False), (2, False))   # (zero_stage, cpu_offload)
+MARKETS = (True, False)                               # use_spot
+# One ZeRO-3 checkpoint of a 32B model is ~460 GB (2 B bf16 weights + 12 B fp32 optimizer states per
+# parameter), written by 8 ranks to local NVMe at ~2 GB/s: ~4 minutes (our estimate). Scaled by model size.
+CHECKPOINT_WRITE_HOURS_32B = 0.07
+
+
+@dataclass
+class Candidate:
+    stage: str
+    changes: dict                       # dotted recipe key -> value, only keys that differ from the recipe
+    estimate: estimates.StageEstimate | None = None
+    feasible: bool = True
+    rejected: str = ""                  # why it cannot run
+    memory: str = ""                    # the memory arithmetic behind `feasible`
+    notes: list = field(default_factory=list)   # why the derived settings are what they are
+
+    @property
+    def usd(self) -> float:
+        return self.estimate.total_usd if self.estimate else math.inf
+
+    def key(self):
+        return (round(self.usd, 2), len(self.changes), self.estimate.hours if self.estimate else math.inf)
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "changes": self.changes, "feasible": self.feasible, "rejected": self.rejected,
+                "usd": None if self.estimate is None else self.usd,
+                "hours": None if self.estimate is None else self.estimate.hours,
+                "memory": self.memory, "notes": self.notes}
+
+
+def search(recipe: dict, price_fn=None, calibration: dict | None = None, token_price=None) -> dict:
+    """{stage: {"anchor": Candidate, "best": Candidate, "candidates": [Candidate, ...] cheapest first}}.
+    `price_fn` None prices GPUs at $0 (this machine), like `reproduce plan --backend local`."""
+    out = {}
+    for stage, options in (("generate", _generation_options(recipe, "generate")), ("filter", _filter_options(recipe)),
+                           ("rewrite", [{"rewrite.batch": b} for b in (True, False)]),
+                           ("sft", _sft_options(recipe, price_fn is not None)),
+                           ("eval", _generation_options(recipe, "eval"))):
+        tried = [_evaluate(recipe, stage, opt, price_fn, calibration, token_price) for opt in options]
+        anchor = _evaluate(recipe, stage, {}, price_fn, calibration, token_price, derive=False)
+        feasible = sorted((c for c in tried if c.feasible), key=Candidate.key)
+        best = feasible[0] if feasible and feasible[0].key() < anchor.key() else anchor
+        if not anchor.feasible and feasible:
+            best = feasible[0]
+        out[stage] = {"anchor": anchor, "best": best,
+                      "candidates": sorted(tried, key=lambda c: (not c.feasible, c.usd))}
+    return out
+
+
+def overrides(result: dict) -> dict:
+    """Dotted key -> value that turn the recipe into the cheapest feasible one, stage order."""
+    out = {}
+    for stage in result.values():
+        out.update(stage["best"].changes)
+    return out
+
+
+def apply(recipe: dict, changes: dict) -> dict:
+    variant = copy.deepcopy(recipe)
+    for key, value in changes.items():
+        section, _, leaf = key.partition(".")
+        if section not in variant or leaf not in variant[section]:
+            raise BadInput(f"unknown recipe key {key!r}")
+        variant[section][leaf] = value
+    return variant
+
+
+# ---- options per stage ---------------------------------------------------------------------------
+
+def _generation_options(recipe: dict, stage: str) -> list[dict]:
+    out = []
+    for accel, tp, spot in itertools.product(ACCELERATORS, TENSOR_PARALLEL, MARKETS):
+        per_node = int(accel.partition(":")[2])
+        if per_node % tp:
+            continue
+        out.append({f"{stage}.accelerator": accel, f"{stage}.tensor_parallel": tp,
+                    f"{stage}.data_parallel": per_node // tp, f"{stage}.use_spot": spot})
+    return out
+
+
+def _filter_options(recipe: dict) -> list[dict]:
+    return [{"filter.where": w} for w in ("local", "cpu-node")]
+
+
+def _sft_options(recipe: dict, priced: bool) -> list[dict]:
+    sft = recipe["sft"]
+    out = []
+    for accel, nodes, (zero, offload), packing, liger, spot in itertools.product(
+            ACCELERATORS, SFT_NODES, SFT_SHARDING, (False, True), (False, True), MARKETS):
+        opt = {"sft.accelerator": accel, "sft.num_nodes": nodes, "sft.zero_stage": zero, "sft.cpu_offload": offload,
+               "sft.packing": packing, "sft.liger_kernel": liger, "sft.use_spot": spot}
+        opt["sft.gradient_accumulation_steps"] = _accumulation(sft, int(accel.partition(":")[2]) * nodes, packing)
+        out.append(opt)
+    return out
+
+
+def _accumulation(sft: dict, gpus: int, packing: bool) -> int:
+    """Keep the recipe's optimizer step: the same samples per step (96 for Sky-T1) on a different GPU count,
+    or with packing the same tokens per step (96 x 4,100 ~= 24 sequences of 16,384)."""
+    anchor_gpus = int(str(sft["accelerator"]).partition(":")[2]) * int(sft.get("num_nodes", 1))
+    samples = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * anchor_gpus
+    if sft.get("packing") == packing:
+        per_step = samples
+    elif packing:  # unpacked samples -> packed sequences
+        per_step = samples * min(sft["mean_sample_tokens"], sft["cutoff_len"]) / sft["cutoff_len"]
+    else:          # packed sequences -> unpacked samples
+        per_step = samples * sft["cutoff_len"] / min(sft["mean_sample_tokens"], sft["cutoff_len"])
+    return max(1, round(per_step / (sft["per_device_train_batch_size"] * gpus)))
+
+
+def optimizer_steps(sft: dict) -> int:
+    """Optimizer steps of the whole run, counting packed sequences when packing (the estimator counts samples)."""
+    gpus = int(str(sft["accelerator"]).partition(":")[2]) * int(sft.get("num_nodes", 1))
+    sequences = sft["samples"]
+    if sft.get("packing"):
+        sequences = math.ceil(sft["samples"] * min(sft["mean_sample_tokens"], sft["cutoff_len"]) / sft["cutoff_len"])
+    per_step = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus
+    return max(1, math.ceil(sequences * sft["num_train_epochs"] / per_step))
+
+
+def save_steps(sft: dict, base_hours: float, costs: dict, params_b: float) -> tuple[int, str]:
+    """Young's optimum checkpoint interval (J. W. Young, CACM 17(9) 1974): sqrt(2 x write time / failure
+    rate) balances time spent writing checkpoints against work lost to a preemption."""
+    rate = costs["spot_preemptions_per_hour"]
+    write = CHECKPOINT_WRITE_HOURS_32B * params_b / 32.8
+    steps = optimizer_steps(sft)
+    if rate <= 0 or write <= 0:
+        return sft["save_steps"], "no preemptions assumed: keep the recipe's interval"
+    interval = math.sqrt(2 * write / rate)
+    per_step = base_hours / steps
+    raw = interval / per_step
+    nice = max(10, int(round(raw, -1)))
+    nice = min(nice, steps)
+    return nice, (f"Young's interval sqrt(2 x {write:.2f} h write / {rate} preemptions/h) = {interval:.2f} h"
+                  f" = {raw:.0f} steps of {per_step * 60:.1f} min ({steps} steps in all) -> save_steps {nice}")
+
+
+# ---- pricing one candidate -----------------------------------------------------------------------
+
+def _offer(price_fn, accel: str, spot: bool):
+    if price_fn is None:
+        return None
+    offer = price_fn(accel, spot)
+    if offer is None and spot:  # no spot market anywhere: on-demand, as the plan does
+        offer = price_fn(accel, False)
+    return offer
+
+
+def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, token_price,
+              derive: bool = True) -> Candidate:
+    """`derive`: also choose the settings that follow from the others (save_steps); off for the anchor."""
+    changes = {k: v for k, v in option.items() if _get(recipe, k) != v}
+    variant = apply(recipe, changes)
+    cand = Candidate(stage, changes)
+    try:
+        if stage in ("generate", "eval"):
+            _check_vllm(variant, stage, cand)
+            if cand.feasible:
+                cfg = variant[stage]
+                offer = _offer(price_fn, cfg["accelerator"], cfg.get("use_spot", True))
+                if price_fn is not None and offer is None:
+                    cand.feasible, cand.rejected = False, f"no price for {cfg['accelerator']}"
+                else:
+                    cand.estimate = estimates.estimate_generate(variant, offer, calibration, stage=stage)
+        elif stage == "filter":
+            cand.estimate = estimates.estimate_filter(variant)
+        elif stage == "rewrite":
+            from costmodel import api_prices
+
+            cand.estimate = estimates.estimate_rewrite(variant, token_price or api_prices.token_price(
+                variant["rewrite"]["model"]))
+        elif stage == "sft":
+            _evaluate_sft(recipe, variant, cand, price_fn, calibration, derive)
+    except BadInput as e:  # e.g. no MFU figure for this combination: not a candidate
+        cand.feasible, cand.rejected, cand.estimate = False, str(e), None
+    return cand
+
+
+def _check_vllm(variant: dict, stage: str, cand: Candidate) -> None:
+    cfg, gen = variant[stage], variant["generate"]
+    model = variant["models"]["teacher" if stage == "generate" else "student"]
+    response = gen["mean_response_tokens"] if stage == "generate" else cfg["mean_response_tokens"]
+    gpu = str(cfg["accelerator"]).partition(":")[0]
+    ok, _, arithmetic = memory.vllm_fits(model, gpu, int(cfg["tensor_parallel"]),
+                                         gen["mean_prompt_tokens"] + cfg["max_tokens"],
+                                         gen["mean_prompt_tokens"] + response / 2)
+    cand.memory = arithmetic
+    if not ok:
+        cand.feasible, cand.rejected = False, arithmetic
+
+
+def _evaluate_sft(recipe: dict, variant: dict, cand: Candidate, price_fn, calibration, derive: bool) -> None:
+    sft = variant["sft"]
+    ok, _, arithmetic = memory.fits(memory.sft_config(variant))
+    cand.memory = arithmetic
+    if not ok:
+        cand.feasible, cand.rejected = False, arithmetic.splitlines()[-1].strip()
+        return
+    if "sft.gradient_accumulation_steps" in cand.changes:
+        gpus = int(str(sft["accelerator"]).partition(":")[2]) * sft.get("num_nodes", 1)
+        unit = "packed sequences of cutoff" if sft.get("packing") else "samples"
+        cand.notes.append(f"gradient_accumulation_steps {recipe['sft']['gradient_accumulation_steps']} -> "
+                          f"{sft['gradient_accumulation_steps']}: {sft['per_device_train_batch_size']} x "
+                          f"{sft['gradient_accumulation_steps']} x {gpus} GPUs = "
+                          f"{sft['per_device_train_batch_size'] * sft['gradient_accumulation_steps'] * gpus} {unit} "
+                          f"per step, the recipe's optimizer step")
+    offer = _offer(price_fn, sft["accelerator"], sft.get("use_spot", True))
+    if price_fn is not None and offer is None:
+        cand.feasible, cand.rejected = False, f"no price for {sft['accelerator']}"
+        return
+    if derive and sft.get("use_spot", True) and offer is not None and offer.spot is not None:
+        hours, _ = estimates.sft_hours(sft, variant["models"]["student"], *_gpu_count(sft), calibration)
+        steps, why = save_steps(sft, hours, variant["costs"], variant["models"]["student"]["params_b"])
+        if steps != recipe["sft"]["save_steps"]:
+            sft["save_steps"] = cand.changes["sft.save_steps"] = steps
+        cand.notes.append(why)
+    cand.estimate = estimates.estimate_sft(variant, offer, calibration)
+
+
+def _gpu_count(sft: dict) -> tuple[str, int, int]:
+    name, _, count = str(sft["accelerator"]).partition(":")
+    return name, int(count), int(sft.get("num_nodes", 1))
+
+
+def _get(recipe: dict, key: str):
+    section, _, leaf = key.partition(".")
+    return recipe.get(section, {}).get(leaf)
