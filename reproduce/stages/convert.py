@@ -1,0 +1,144 @@
+"""convert: kept, rewritten traces -> ShareGPT records + dataset_info.json for LLaMA-Factory.
+
+    python -m reproduce.stages.convert --recipe A/recipe.yaml --artifacts A [--input FILE]
+
+Reads `A/rewrite/rewritten.jsonl` (id, source, domain, prompt, response, rewritten, recheck_correct) and
+writes `A/convert/train.json`, `A/convert/dataset_info.json` and `A/convert/summary.json`. NovaSky's
+convert_to_data.py kept only traces still correct after the GPT-4o-mini rewrite; so do we:
+- `recheck_correct` true  -> the rewritten text is trained on;
+- `recheck_correct` false -> dropped (the rewrite broke the answer);
+- `recheck_correct` null (re-check off) -> the rewritten text, or the filter-kept response if none.
+Identical problems (same prompt, whitespace aside) keep their first trace only (recipe `convert.dedupe`).
+Cheap and deterministic: a re-run rebuilds the same files.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+
+class BadInput(Exception):
+    """One line for stderr, exit 2."""
+
+
+def dataset_info_entry(file_name: str = "train.json") -> dict:
+    """NovaSky's "Sky-T1" entry (skythought/train/LLaMA-Factory/data/dataset_info.json), with the file name.
+    Tags must name the roles the records use: LLaMA-Factory 0.9.5 defaults to human/gpt and silently skips
+    records whose roles do not match ("Skipping this abnormal example"), so user/assistant are spelled out."""
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "conversations", "system": "system"},
+        "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "user", "assistant_tag": "assistant"},
+    }
+
+
+def to_sharegpt(record: dict, system_prompt: str) -> dict | None:
+    """One trace -> one ShareGPT record, or None when it must not be trained on."""
+    check = record.get("recheck_correct")
+    rewritten = record.get("rewritten")
+    if check is False:
+        return None
+    answer = rewritten or record.get("response")  # re-check passed or was off: the rewrite wins
+    if not answer or not record.get("prompt"):
+        return None
+    return {"system": system_prompt,
+            "conversations": [{"from": "user", "value": record["prompt"]},
+                              {"from": "assistant", "value": answer}]}
+
+
+def convert(records, system_prompt: str, dedupe: bool = True) -> tuple[list[dict], dict]:
+    out, seen = [], set()
+    counts = Counter()
+    per_source, per_domain = Counter(), Counter()
+    for rec in records:
+        counts["records_in"] += 1
+        item = to_sharegpt(rec, system_prompt)
+        if item is None:
+            counts["dropped_recheck" if rec.get("recheck_correct") is False else "dropped_empty"] += 1
+            continue
+        key = " ".join(rec["prompt"].split())
+        if dedupe and key in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(key)
+        out.append(item)
+        counts["rewritten" if rec.get("rewritten") else "original"] += 1
+        per_source[rec.get("source") or "unknown"] += 1
+        per_domain[rec.get("domain") or "unknown"] += 1
+    summary = {"records_in": counts["records_in"], "records_out": len(out),
+               "from_rewritten": counts["rewritten"], "from_original": counts["original"],
+               "dropped_recheck": counts["dropped_recheck"], "dropped_empty": counts["dropped_empty"],
+               "duplicates": counts["duplicates"],
+               "per_source": dict(sorted(per_source.items())), "per_domain": dict(sorted(per_domain.items())),
+               "chars": sum(len(m["value"]) for r in out for m in r["conversations"]) + sum(len(r["system"]) for r in out)}
+    return out, summary
+
+
+def read_jsonl(path: Path):
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise BadInput(f"{path}:{n}: not a JSON line") from None
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1 if isinstance(data, dict) else None) + "\n")
+    tmp.rename(path)
+
+
+def run(recipe_path: Path, artifacts: Path, input_path: Path | None = None) -> dict:
+    try:
+        recipe = yaml.safe_load(recipe_path.read_text())
+    except OSError as e:
+        raise BadInput(f"--recipe {recipe_path}: cannot read it ({e.strerror})") from None
+    conv = (recipe or {}).get("convert") or {}
+    if not conv.get("dataset_name") or "system_prompt" not in conv:
+        raise BadInput(f"--recipe {recipe_path}: needs convert.dataset_name and convert.system_prompt")
+    source = input_path or artifacts / "rewrite" / "rewritten.jsonl"
+    if not source.is_file():
+        raise BadInput(f"{source} is missing: run the rewrite stage first (or pass --input FILE.jsonl)")
+
+    start = time.time()
+    records, summary = convert(read_jsonl(source), conv["system_prompt"], conv.get("dedupe", True))
+    if not records:
+        raise BadInput(f"{source}: no record left to train on ({summary['records_in']} read)")
+    out = artifacts / "convert"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "train.json", records)
+    write_json(out / "dataset_info.json", {conv["dataset_name"]: dataset_info_entry("train.json")})
+    summary = {"stage": "convert", "dataset_name": conv["dataset_name"], "input": str(source), **summary,
+               "wall_s": round(time.time() - start, 3)}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reproduce convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", required=True, type=Path, help="the resolved recipe (ARTIFACTS/recipe.yaml)")
+    parser.add_argument("--artifacts", required=True, type=Path, help="artifacts folder")
+    parser.add_argument("--input", type=Path, help="records to convert (default ARTIFACTS/rewrite/rewritten.jsonl)")
+    args = parser.parse_args(argv)
+    try:
+        s = run(args.recipe, args.artifacts, args.input)
+    except BadInput as e:
+        print(f"convert: {e}", file=sys.stderr)
+        return 2
+    sources = ", ".join(f"{k} {v}" for k, v in s["per_source"].items())
+    print(f"convert: {s['records_out']} of {s['records_in']} records ({s['duplicates']} duplicates, "
+          f"{s['dropped_recheck']} failed the re-check) -> {args.artifacts / 'convert' / 'train.json'}; {sources}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
