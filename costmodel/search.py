@@ -19,7 +19,9 @@ from costmodel.errors import BadInput
 ACCELERATORS = ("H100:8", "H200:8", "A100-80GB:8")
 TENSOR_PARALLEL = (1, 2, 4, 8)
 SFT_NODES = (1, 2)
-SFT_SHARDING = ((3, True), (3, False), (2, False))   # (zero_stage, cpu_offload)
+# (zero_stage, cpu_offload): what reproduce.stages.sft renders (ZeRO-3, with or without offload). ZeRO-2 keeps
+# a full bf16 copy of the weights on every GPU (2 B x 32.8B = 61 GiB): memory.fits rejects it at 32B anyway.
+SFT_SHARDING = ((3, True), (3, False))
 MARKETS = (True, False)                               # use_spot
 # One ZeRO-3 checkpoint of a 32B model is ~460 GB (2 B bf16 weights + 12 B fp32 optimizer states per
 # parameter), written by 8 ranks to local NVMe at ~2 GB/s: ~4 minutes (our estimate). Scaled by model size.
