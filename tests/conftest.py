@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests never touch the user's ~/.sky, ~/.reproduce or ~/.aws, nor the network."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A throwaway HOME: HOME, REPRODUCE_HOME and SKY_RUNTIME_DIR point into tmp_path; no cloud credentials."""
+    root = tmp_path / "home"
+    root.mkdir()
+    monkeypatch.setenv("HOME", str(root))
+    monkeypatch.setenv("REPRODUCE_HOME", str(root / ".reproduce"))
+    monkeypatch.setenv("SKY_RUNTIME_DIR", str(root))
+    monkeypatch.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
+    monkeypatch.setenv("REPRODUCE_OFFLINE", "1")  # no live price fetches; tests that want one unset it
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    from costmodel import prices
+
+    prices.clear_cache()
+    yield root
+    prices.clear_cache()
