@@ -98,8 +98,8 @@ def run_python(code: str, stdin: str | bytes = "", timeout_s: float = 10, memory
         setup = _child_setup(code.encode(), uid, report_w, timeout_s, memory_mb, file_mb)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 
-        before = {pid for pid, row in _proc_table().items() if row[0] == os.getpid()}
-        with _subreaper(libc), open(os.path.join(host_dir, "stdin"), "rb") as stdin_file:
+        before = set(_children(os.getpid()))
+        with _subreaper(libc) as reaper, open(os.path.join(host_dir, "stdin"), "rb") as stdin_file:
             start = time.monotonic()
             # Relative script path: resolved in the folder the child chdir()s to (tmpfs or `work`).
             proc = subprocess.Popen([interpreter(uid), "-I", "-X", "utf8", "prog.py", *argv], stdin=stdin_file,
@@ -110,9 +110,9 @@ def run_python(code: str, stdin: str | bytes = "", timeout_s: float = 10, memory
 
             def kill():
                 _killpg(proc.pid)                     # pgid == pid (start_new_session)
-                if uid is not None:
-                    kill_uid(uid)                     # what left the tree too (root only)
                 kill_tree(proc.pid, before)
+                if uid is not None and not reaper:
+                    kill_uid(uid)                     # orphans that went to PID 1 (root only)
 
             out, err, timed_out, capped = _collect(proc, start + timeout_s, max_output_bytes, kill)
             wall = time.monotonic() - start
@@ -206,7 +206,8 @@ def _killpg(pgid: int) -> None:
 
 def kill_uid(uid: int, rounds: int = 50) -> None:
     """SIGKILL every process of `uid` (root only): a forked helper takes the uid and calls kill(-1).
-    kill(-1) reports success whenever any other process exists, so /proc tells us when none is left."""
+    kill(-1) reports success whenever any other process exists, so /proc tells us when none is left.
+    Needed only where `_subreaper` failed (else nothing the sandbox starts can leave our process tree)."""
     for _ in range(rounds):
         if not any(alive and str(uid) in uids for _, uids, alive in _proc_table().values()):
             return
@@ -229,18 +230,17 @@ def kill_tree(spare: int, exclude: set[int], rounds: int = 50) -> None:
     killed here but reaped by Popen."""
     me = os.getpid()
     for _ in range(rounds):
-        table = _proc_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        stack = [c for c in children.get(me, []) if c not in exclude]
+        stack = [c for c in _children(me) if c not in exclude]
         alive = []
         while stack:
             pid = stack.pop()
-            stack.extend(children.get(pid, []))
-            if table[pid][2]:
+            state = _state(pid)
+            if state is None:
+                continue                                 # gone already
+            if state != "Z":
                 alive.append(pid)
-            elif table[pid][0] == me and pid != spare:
+                stack.extend(_children(pid))
+            elif pid != spare and _parent(pid) == me:
                 _reap(pid)
         if not alive:
             return
@@ -249,6 +249,44 @@ def kill_tree(spare: int, exclude: set[int], rounds: int = 50) -> None:
         for pid in alive:
             _signal(pid, signal.SIGKILL)
         time.sleep(0.002)
+
+
+def _children(pid: int) -> list[int]:
+    """Child pids from /proc/PID/task/*/children (Linux >= 3.5), else from a scan of /proc."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(x) for x in f.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue                                 # the thread ended
+            return [c for c, (ppid, _, _) in _proc_table().items() if ppid == pid]
+        except OSError:
+            pass
+    return out
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()      # [state, ppid, ...]; comm may hold spaces
+    except OSError:
+        return None
+
+
+def _state(pid: int) -> str | None:
+    fields = _stat(pid)
+    return fields[0].decode() if fields else None
+
+
+def _parent(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[1]) if fields else None
 
 
 def _proc_table() -> dict[int, tuple[int, list[str], bool]]:
@@ -286,7 +324,7 @@ def _subreaper(libc):
     can reap them (a container's PID 1 often reaps nothing, and a fork bomb would leave hundreds)."""
     ok = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     try:
-        yield
+        yield ok
     finally:
         if ok:
             libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
