@@ -128,6 +128,15 @@ def test_a_line_that_keeps_failing_is_given_up_after_bounded_attempts(tmp_path, 
     assert "run again to retry only those" in capsys.readouterr().err
 
 
+def test_a_failed_batch_is_submitted_again(tmp_path, monkeypatch, capsys):
+    with LocalOpenAI(fail_batches=1) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
+        assert rewrite.main(artifacts(tmp_path, kept_records(2, 1))) == 0
+    rows, summary = outputs(tmp_path)
+    assert len(rows) == 3 and summary["resubmitted"] == 3 and srv.requests["batches.create"] == 2
+    assert "injected_failure" in capsys.readouterr().err
+
+
 def test_sync_recovers_from_429_and_500_with_counted_retries(tmp_path, monkeypatch):
     records = kept_records(2, 1)
     with LocalOpenAI(fail_chat=[429, 500, 429, 503]) as srv:
@@ -231,6 +240,8 @@ def test_estimate_is_chars_over_four_and_the_output_ratio(tmp_path, capsys):
     assert rewrite.main(artifacts(tmp_path, records) + ["--estimate"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["requests"] == 3 and printed["usd"] > 0
+    assert rewrite.main(artifacts(tmp_path / "dry", records) + ["--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["input_files"] == 1
     assert not (tmp_path / "rewrite" / "summary.json").exists()
 
 
@@ -262,6 +273,20 @@ def test_smoke_model_starts_the_local_formatter_itself_and_costs_nothing(tmp_pat
     rows, summary = outputs(tmp_path)
     assert all(r["recheck_correct"] for r in rows)
     assert summary["api_usage"][0]["model"] == "local-formatter" and summary["usd"] == 0
+
+
+def test_the_stage_runs_as_a_program_with_a_grading_pool(tmp_path):
+    """The real CLI process, local formatter started in-process, re-check in 2 worker processes."""
+    args = artifacts(tmp_path, kept_records(2, 2), model="local-formatter")
+    recipe = rewrite._load_recipe(args[1])
+    recipe["filter"]["cpus"] = 2
+    (tmp_path / "recipe.yaml").write_text(recipes.dump(recipe))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    out = subprocess.run([sys.executable, "-m", "reproduce.stages.rewrite", *args, "--poll-s", "0"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    rows, summary = outputs(tmp_path)
+    assert summary["recheck_correct"] == 4 and all(r["recheck_reason"] == "passed" for r in rows)
 
 
 def test_formatter_takes_the_last_answer_or_code_block():

@@ -15,7 +15,8 @@ are whitespace-separated words; a prompt whose leading messages (all but the las
 them as cached, the way OpenAI's prefix cache would.
 
 Tests inject faults through the constructor: `fail_chat=[429, 500]` fails the first chat calls with those
-statuses; `fail_batch_lines={"id-3": 1}` fails that custom_id's first batch attempt. `requests` counts
+statuses; `fail_batch_lines={"id-3": 1}` fails that custom_id's first batch attempt; `fail_batches=1` ends the first
+batch "failed" (as when OpenAI rejects an input file), with no output. `requests` counts
 every HTTP request served, by route; `usages` keeps each usage block returned.
 """
 from __future__ import annotations
@@ -75,8 +76,10 @@ def count_tokens(text: str) -> int:
 class LocalOpenAI:
     """The server. `with LocalOpenAI() as srv: srv.base_url` -> "http://127.0.0.1:PORT/v1"."""
 
-    def __init__(self, port: int = 0, fail_chat=(), fail_batch_lines=(), host: str = "127.0.0.1"):
+    def __init__(self, port: int = 0, fail_chat=(), fail_batch_lines=(), fail_batches: int = 0,
+                 host: str = "127.0.0.1"):
         self.fail_chat = list(fail_chat)
+        self.fail_batches = fail_batches
         self.fail_batch_lines = (dict(fail_batch_lines) if isinstance(fail_batch_lines, dict)
                                  else {cid: 1 for cid in fail_batch_lines})
         self.requests: collections.Counter = collections.Counter()
@@ -197,7 +200,9 @@ class LocalOpenAI:
                  "created_at": int(time.time()), "status": BATCH_STEPS[0], "metadata": body.get("metadata"),
                  "output_file_id": None, "error_file_id": None,
                  "request_counts": {"total": len(out) + len(err), "completed": 0, "failed": 0}}
-        self.batches[batch["id"]] = {"batch": batch, "out": out, "err": err, "step": 0}
+        fail = self.fail_batches > 0
+        self.fail_batches -= fail
+        self.batches[batch["id"]] = {"batch": batch, "out": out, "err": err, "step": 0, "fail": fail}
         return batch
 
     def get_batch(self, batch_id: str) -> dict:
@@ -208,7 +213,10 @@ class LocalOpenAI:
         if entry["step"] < len(BATCH_STEPS) - 1:  # each poll moves the batch one step on
             entry["step"] += 1
             batch["status"] = BATCH_STEPS[entry["step"]]
-            if batch["status"] == "completed":
+            if batch["status"] == "completed" and entry["fail"]:
+                batch.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [
+                    {"code": "injected_failure", "message": "injected batch failure", "line": None}]})
+            elif batch["status"] == "completed":
                 batch["completed_at"] = int(time.time())
                 batch["request_counts"].update(completed=len(entry["out"]), failed=len(entry["err"]))
                 for key, lines in (("output_file_id", entry["out"]), ("error_file_id", entry["err"])):

@@ -276,6 +276,12 @@ def run_sync(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dict, 
     return failed
 
 
+def batch_line(key: str, body: dict) -> bytes:
+    """One line of a Batch API input file; custom_id is the cache key."""
+    return (json.dumps({"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": body},
+                       ensure_ascii=False) + "\n").encode()
+
+
 def chunk_lines(lines: list[tuple[str, bytes]], max_requests=None, max_bytes=None) -> list[list]:
     """Split (key, jsonl line) pairs into input files within the Batch API's limits."""
     max_requests = max_requests or MAX_BATCH_REQUESTS
@@ -301,18 +307,15 @@ def run_batches(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dic
     # Batches a previous run left in flight: poll them rather than pay again.
     open_batches = {}
     for batch_id, keys, attempt in conn.execute("SELECT id, keys, attempt FROM batches WHERE status = 'open'"):
-        keys = [k for k in json.loads(keys) if k in pending]
-        open_batches[batch_id] = keys
-        for k in keys:
+        open_batches[batch_id] = json.loads(keys)
+        for k in open_batches[batch_id]:
             attempts[k] = max(attempts[k], attempt)
-        _log(f"resuming batch {batch_id} ({len(keys)} requests) left in flight by an earlier run")
+        _log(f"resuming batch {batch_id} ({len(open_batches[batch_id])} requests) left in flight by an earlier run")
     in_flight = {k for keys in open_batches.values() for k in keys}
     to_submit = [k for k in pending if k not in in_flight]
     given_up = set()
     while to_submit or open_batches:
-        lines = [(k, (json.dumps({"custom_id": k, "method": "POST", "url": "/v1/chat/completions",
-                                  "body": pending[k]}, ensure_ascii=False) + "\n").encode()) for k in to_submit]
-        for chunk in chunk_lines(lines):
+        for chunk in chunk_lines([(k, batch_line(k, pending[k])) for k in to_submit]):
             data = b"".join(line for _, line in chunk)
             file, r1 = with_retries(lambda: client.files.create(file=("rewrite.jsonl", data), purpose="batch"))
             batch, r2 = with_retries(lambda: client.batches.create(
@@ -371,12 +374,16 @@ def _poll(client, open_batches: dict, pending, cfg, conn, usage, stats, poll_s, 
                         continue
                     item = json.loads(line)
                     key, response = item.get("custom_id"), item.get("response") or {}
-                    if key in pending and response.get("status_code") == 200 and key not in done:
+                    # every paid line is kept, even one a changed kept.jsonl no longer asks for
+                    if key and response.get("status_code") == 200 and key not in done:
                         store(conn, key, cfg["model"], response["body"], True, usage)
                         done.add(key)
-            lost = [k for k in keys if k not in done]
+            lost = [k for k in keys if k not in done and k in pending]
             failed.update(lost)
-            stats["completed"] += len(done)
+            stats["completed"] += len(done & set(pending))
+            if batch.errors and batch.errors.data:  # e.g. the input file was rejected, or a token limit hit
+                e = batch.errors.data[0]
+                _log(f"batch {batch_id}: {e.code}: {(e.message or '')[:200]}")
             conn.execute("UPDATE batches SET status = ? WHERE id = ?", (batch.status, batch_id))
             conn.commit()
             counts = batch.request_counts
@@ -458,7 +465,7 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
         estimate["cached"] = len(done_before)
         if estimate_only or dry_run:
             if dry_run:
-                lines = [(k, (json.dumps({"custom_id": k, "body": b}) + "\n").encode()) for k, b in pending.items()]
+                lines = [(k, batch_line(k, b)) for k, b in pending.items()]
                 estimate["input_files"] = len(chunk_lines(lines)) if use_batch else 0
             return {"estimate": estimate}
         budget_guard(estimate)
