@@ -87,6 +87,13 @@ class LocalExecutor:
         envs.update({k: str(v) for k, v in run.envs.items()})
         envs.update(extra)
         env.update(envs)
+        # what SkyPilot sets on a node, for programs that read it (sft's torchrun); one node, this one
+        gpus = _gpu_count()
+        env.setdefault("SKYPILOT_NUM_NODES", "1")
+        env.setdefault("SKYPILOT_NODE_RANK", "0")
+        env.setdefault("SKYPILOT_NODE_IPS", "127.0.0.1")
+        if gpus:
+            env.setdefault("SKYPILOT_NUM_GPUS_PER_NODE", str(gpus))
         if stage not in CONTROLLER_STAGES:
             prepare, script = self._stage_env(cfg, envs, env), cfg.get("run") or ""
         log = artifacts.parent / "logs" / f"{stage}.log"
@@ -104,7 +111,7 @@ class LocalExecutor:
             _stop(aux)
             raise
         handle = f"local:{stage}:{proc.pid}"
-        job = _Job(stage, proc, log, time.time(), aux=aux)
+        job = _Job(stage, proc, log, time.time(), phase="STARTING" if prepare else "RUNNING", aux=aux)
         job.pump = threading.Thread(target=self._pump, args=(job, secrets), daemon=True)
         job.pump.start()
         self.jobs[handle] = job
@@ -196,10 +203,17 @@ class LocalExecutor:
             _stop(job.aux)
 
 
-def env_hash(setup: str, envs: dict) -> str:
-    """sha256 of the setup text and the values of the envs it references, first 12 hex digits."""
+def env_hash(setup: str, envs: dict, root: Path | None = None) -> str:
+    """sha256 of the setup text, the values of the envs it references and the contents of the repo files it
+    names (sky_tasks/requirements/$STAGE_EXTRAS.txt: a changed requirement makes a new env), 12 hex digits."""
     names = sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", setup)))
     text = setup + "\n" + "\n".join(f"{n}={envs.get(n, '')}" for n in names)
+    root = Path(root or tasks.REPO_ROOT)
+    expanded = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: str(envs.get(m.group(1), "")), setup)
+    for name in sorted({t for t in re.findall(r"[\w./-]+", expanded) if "/" in t}):
+        path = root / name
+        if path.is_file():
+            text += f"\n{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
