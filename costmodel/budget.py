@@ -1,0 +1,94 @@
+"""The budget guard: three decisions, each returned with every number it used (the ledger records them).
+
+    admit(spent, stage_estimate, rest_estimate, budget)          before a stage starts
+    should_stop(spent_before_stage, stage_cost_so_far, burn_per_hour, poll_s, budget)   at every poll
+    admit_api_batch(spent, model, prompt_tokens, completion_tokens, batch, budget, rest_estimate)
+
+A stage starts only if spent + its estimate + the remaining stages' estimates fit. While it runs, it is
+stopped as soon as the spend projected to the next poll (plus the teardown) would pass the budget: a
+watcher that polls every `poll_s` seconds can only act at polls, so it must act one poll early.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from costmodel.errors import BadInput
+
+EPS = 1e-9
+
+
+@dataclass
+class Decision:
+    ok: bool
+    kind: str              # admit | stop | api_batch
+    reason: str
+    numbers: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def admit(spent: float, stage_estimate: float, rest_estimate: float, budget: float | None,
+          stage: str = "stage") -> Decision:
+    need = spent + stage_estimate + rest_estimate
+    numbers = {"spent_usd": spent, "stage_estimate_usd": stage_estimate, "rest_estimate_usd": rest_estimate,
+               "needed_usd": need, "budget_usd": budget,
+               "headroom_usd": None if budget is None else budget - need}
+    if budget is None:
+        return Decision(True, "admit", f"{stage}: no budget set", numbers)
+    _check(budget)
+    text = (f"spent ${spent:,.2f} + {stage} ${stage_estimate:,.2f} + rest ${rest_estimate:,.2f} "
+            f"= ${need:,.2f}")
+    if need <= budget + EPS:
+        return Decision(True, "admit", f"{text} <= budget ${budget:,.2f}", numbers)
+    return Decision(False, "admit", f"{text} > budget ${budget:,.2f}", numbers)
+
+
+def should_stop(spent_before_stage: float, stage_cost_so_far: float, burn_per_hour: float, poll_s: float,
+                budget: float | None, teardown_s: float = 0.0) -> Decision:
+    """ok=True means: stop now. Spend at the next chance to act = what is spent + one poll interval and a
+    teardown at the current burn rate."""
+    next_poll = burn_per_hour * (poll_s + teardown_s) / 3600
+    projected = spent_before_stage + stage_cost_so_far + next_poll
+    numbers = {"spent_before_stage_usd": spent_before_stage, "stage_cost_so_far_usd": stage_cost_so_far,
+               "burn_per_hour_usd": burn_per_hour, "poll_s": poll_s, "teardown_s": teardown_s,
+               "next_poll_usd": next_poll, "projected_usd": projected, "budget_usd": budget}
+    if budget is None:
+        return Decision(False, "stop", "no budget set", numbers)
+    text = (f"spent ${spent_before_stage:,.2f} + this stage ${stage_cost_so_far:,.2f} + next "
+            f"{(poll_s + teardown_s) / 60:,.1f} min at ${burn_per_hour:,.2f}/h (${next_poll:,.2f}) = ${projected:,.2f}")
+    if projected > budget + EPS:
+        return Decision(True, "stop", f"{text} would pass the ${budget:,.2f} budget", numbers)
+    return Decision(False, "stop", f"{text} <= ${budget:,.2f}", numbers)
+
+
+def admit_api_batch(spent: float, model: str, prompt_tokens: int, completion_tokens: int, batch: bool,
+                    budget: float | None, rest_estimate: float = 0.0, cached_tokens: int = 0) -> Decision:
+    """Refuse an API batch whose token estimate does not fit what is left (after the stages still to run)."""
+    from costmodel.api_prices import api_cost
+
+    usd = api_cost(model, int(prompt_tokens), int(completion_tokens), int(cached_tokens), batch=batch)
+    need = spent + usd + rest_estimate
+    numbers = {"model": model, "batch": batch, "prompt_tokens": int(prompt_tokens), "cached_tokens": int(cached_tokens),
+               "completion_tokens": int(completion_tokens), "batch_estimate_usd": usd, "spent_usd": spent,
+               "rest_estimate_usd": rest_estimate, "needed_usd": need, "budget_usd": budget}
+    if budget is None:
+        return Decision(True, "api_batch", "no budget set", numbers)
+    _check(budget)
+    text = (f"{model} batch of {prompt_tokens:,} in + {completion_tokens:,} out tokens ~ ${usd:,.2f}; "
+            f"spent ${spent:,.2f} + batch + rest ${rest_estimate:,.2f} = ${need:,.2f}")
+    if need <= budget + EPS:
+        return Decision(True, "api_batch", f"{text} <= budget ${budget:,.2f}", numbers)
+    return Decision(False, "api_batch", f"{text} > budget ${budget:,.2f}", numbers)
+
+
+def record(ledger, run_id: str, stage: str | None, decision: Decision, at: float | None = None) -> Decision:
+    """Every decision becomes a ledger event with its numbers."""
+    ledger.add_event(run_id, stage, decision.kind, ok=decision.ok, reason=decision.reason,
+                     numbers=decision.numbers, at=at)
+    return decision
+
+
+def _check(budget: float) -> None:
+    if not isinstance(budget, (int, float)) or budget != budget or budget <= 0:
+        raise BadInput(f"budget {budget!r}: expected a positive number of US dollars")

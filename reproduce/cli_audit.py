@@ -1,0 +1,230 @@
+"""`reproduce audit`, `reproduce runs`, `reproduce calibration`: where every dollar went.
+
+    reproduce audit                      # the latest run: planned vs actual per stage, totals vs budget
+    reproduce audit RUN --json | --csv   # for programs and spreadsheets
+    reproduce audit --plot spend.png     # spend over time against the budget line, stages shaded
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from typing import Optional
+
+import typer
+
+from reproduce.errors import UserError
+from reproduce.output import JSON_OPTION, money, print_json, table
+
+CSV_COLUMNS = ["stage", "state", "attempts", "cloud", "region", "instance_type", "spot", "price_per_hour",
+               "price_source", "planned_gpu_hours", "gpu_hours", "planned_usd", "compute_usd", "api_usd",
+               "prompt_tokens", "cached_tokens", "completion_tokens", "preemptions", "total_usd", "arithmetic"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("audit")(audit)
+    app.command("runs")(runs)
+    app.command("calibration")(calibration)
+
+
+def open_ledger():
+    from costmodel.ledger import Ledger
+
+    return Ledger()
+
+
+def audit(
+    run: Optional[str] = typer.Argument(None, help="Run id (default: the latest run)."),
+    as_json: bool = JSON_OPTION,
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per stage and a total row."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write spend over time vs the budget to FILE.png."),
+) -> None:
+    """Planned vs actual per stage: GPU-hours, compute $, API tokens and $, preemptions, where it ran."""
+    if as_json and as_csv:
+        raise UserError("--json and --csv: pick one")
+    if plot is not None and not plot.lower().endswith(".png"):
+        raise UserError(f"--plot {plot!r}: expected a file name ending in .png")
+    ledger = open_ledger()
+    run_id = run or ledger.latest_run_id()
+    if run_id is None:
+        raise UserError(f"no runs in {ledger.path} yet: start one with `reproduce all --budget USD`")
+    data = ledger.audit(run_id)
+    if plot:
+        plot_spend(ledger, data, plot)
+        typer.echo(f"wrote {plot}", err=True)
+    if as_json:
+        print_json(data)
+    elif as_csv:
+        typer.echo(to_csv(data), nl=False)
+    else:
+        typer.echo(render_audit(data))
+
+
+def render_audit(a: dict) -> str:
+    r, t = a["run"], a["totals"]
+    sim = ", SIMULATED" if r["simulated"] else ""
+    lines = [f"Audit: run {r['run_id']} ({r['recipe']}, {r['scale']} scale, backend {r['backend']}{sim}) - {r['status']}",
+             ""]
+    rows = []
+    for s in a["stages"]:
+        p, x = s["planned"], s["actual"]
+        rows.append({"stage": s["stage"], "state": x["state"], "where": _where(x if x["attempts"] else p, s["kind"]),
+                     "$/h": x["price_per_hour"] or None, "plan GPU-h": p["gpu_hours"], "GPU-h": x["gpu_hours"],
+                     "plan $": p["total_usd"], "compute $": x["compute_usd"], "API $": x["api_usd"],
+                     "tokens in/out": (f"{x['prompt_tokens']:,}/{x['completion_tokens']:,}"
+                                       if x["prompt_tokens"] or x["completion_tokens"] else None),
+                     "preempt": x["preemptions"], "total $": x["total_usd"]})
+    lines.append(table(rows))
+    lines += ["", "How each number was made:"]
+    width = max([len(s["stage"]) for s in a["stages"]] or [5])
+    for s in a["stages"]:
+        x = s["actual"]
+        src = f"   [{x['price_source']}]" if x["price_source"] and x["compute_usd"] else ""
+        api = f"; API ${x['api_usd']:,.2f}" if x["api_usd"] else ""
+        lines.append(f"  {s['stage']:<{width}}  {x['arithmetic']}{api}{src}"
+                     + (f"  ({x['attempts']} attempts)" if x["attempts"] > 1 else ""))
+        if x["message"] and x["state"] not in ("finished",):
+            lines.append(f"  {'':<{width}}    {x['message']}")
+    lines += ["", f"Total: {money(t['actual_usd'])} = compute {money(t['compute_usd'])} + API {money(t['api_usd'])}"
+                  f"  ({t['gpu_hours']:,.1f} GPU-hours, planned {money(t['planned_usd'])})"]
+    if t["budget"] is not None:
+        verdict = "within budget" if t["within_budget"] else "OVER BUDGET"
+        lines.append(f"Budget: {money(t['budget'])}  headroom {money(t['headroom_usd'])}  -> {verdict}")
+    if a["by_cloud"]:
+        lines += ["", "By cloud:", table([{"cloud": c["cloud"], "region": c["region"], "hours": c["hours"],
+                                           "GPU-h": c["gpu_hours"], "compute $": c["compute_usd"],
+                                           "preempt": c["preemptions"]} for c in a["by_cloud"]])]
+    if a["by_model"]:
+        lines += ["", "By model:", table([{"model": m["model"], "batch": "yes" if m["batch"] else "no",
+                                           "records": m["records"], "prompt": m["prompt_tokens"],
+                                           "cached": m["cached_tokens"], "completion": m["completion_tokens"],
+                                           "$": m["usd"]} for m in a["by_model"]], floatfmt=",.4f")]
+    refused = [d for d in a["decisions"] if d["ok"] == 0 or (d["kind"] == "stop" and d["ok"])]
+    if refused:
+        lines += ["", "Budget guard:"] + [f"  {d['stage']}: {d['kind']}: {d['reason']}" for d in refused]
+    return "\n".join(lines)
+
+
+def _where(x: dict, kind: str | None) -> str:
+    if x.get("cloud") and x["cloud"] != "local":
+        spot = " spot" if x.get("spot") else ""
+        return f"{x['cloud']} {x['region'] or ''} {x['instance_type'] or ''}{spot}".replace("  ", " ").strip()
+    return {"api": "API", "none": "controller"}.get(kind or "", "local")
+
+
+def to_csv(a: dict) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    for s in a["stages"]:
+        p, x = s["planned"], s["actual"]
+        w.writerow({"stage": s["stage"], "state": x["state"], "attempts": x["attempts"], "cloud": x["cloud"],
+                    "region": x["region"], "instance_type": x["instance_type"], "spot": x["spot"],
+                    "price_per_hour": x["price_per_hour"], "price_source": x["price_source"],
+                    "planned_gpu_hours": p["gpu_hours"], "gpu_hours": x["gpu_hours"], "planned_usd": p["total_usd"],
+                    "compute_usd": x["compute_usd"], "api_usd": x["api_usd"], "prompt_tokens": x["prompt_tokens"],
+                    "cached_tokens": x["cached_tokens"], "completion_tokens": x["completion_tokens"],
+                    "preemptions": x["preemptions"], "total_usd": x["total_usd"], "arithmetic": x["arithmetic"]})
+    t = a["totals"]
+    w.writerow({"stage": "TOTAL", "state": a["run"]["status"], "planned_gpu_hours": t["planned_gpu_hours"],
+                "gpu_hours": t["gpu_hours"], "planned_usd": t["planned_usd"], "compute_usd": t["compute_usd"],
+                "api_usd": t["api_usd"], "preemptions": t["preemptions"], "total_usd": t["actual_usd"],
+                "arithmetic": f"budget {t['budget']}"})
+    return buf.getvalue()
+
+
+def spend_series(ledger, run_id: str) -> tuple[list, list, list]:
+    """(times, cumulative $, [(stage, start, end)]) from the stage rows and API usage, times in hours."""
+    rows = ledger.progress_rows(run_id)
+    api = ledger.api_totals(run_id)
+    t0 = min([r["at"] for r in rows] + [u["last_at"] for u in api] or [0.0])
+    points = [(r["at"], "row", r) for r in rows] + [(u["last_at"], "api", u) for u in api]
+    points.sort(key=lambda p: p[0])
+    per_attempt, api_usd, times, spend, spans = {}, 0.0, [0.0], [0.0], {}
+    for at, what, r in points:
+        if what == "row":
+            per_attempt[r["attempt"]] = r["compute_usd"] or 0.0
+            start = spans[r["attempt"]][1] if r["attempt"] in spans else at
+            spans[r["attempt"]] = (r["stage"], start, at)
+        else:
+            api_usd += r["usd"] or 0.0
+        times.append((at - t0) / 3600)
+        spend.append(sum(per_attempt.values()) + api_usd)
+    return times, spend, [(s, (a - t0) / 3600, (b - t0) / 3600) for s, a, b in spans.values()]
+
+
+def plot_spend(ledger, data: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_id = data["run"]["run_id"]
+    times, spend, spans = spend_series(ledger, run_id)
+    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
+    colors = plt.get_cmap("tab10")
+    names = list(dict.fromkeys(s for s, _, _ in spans))
+    for stage, a, b in spans:
+        i = names.index(stage)
+        ax.axvspan(a, max(b, a + 1e-3), color=colors(i % 10), alpha=0.15, lw=0)
+        ax.text((a + b) / 2, 0.98, stage, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8)
+    ax.step(times, spend, where="post", color="black", lw=1.6, label="spent")
+    budget = data["totals"]["budget"]
+    if budget is not None:
+        ax.axhline(budget, color="red", ls="--", lw=1.2, label=f"budget ${budget:,.0f}")
+    ax.axhline(data["totals"]["planned_usd"], color="gray", ls=":", lw=1, label="plan")
+    ax.set_xlabel("hours since start" + (" (simulated)" if data["run"]["simulated"] else ""))
+    ax.set_ylabel("US dollars")
+    ax.set_title(f"Spend of run {run_id}: {money(data['totals']['actual_usd'])}")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run_rows(ledger) -> list[dict]:
+    from reproduce.pipeline import _alive
+
+    out = []
+    for r in ledger.runs():
+        state = ledger.run_state(r["run_id"])
+        status = state["reason"]
+        if status in ("started", "resumed"):
+            status = "running" if _alive(state["numbers"]) else "interrupted"
+        attempts = ledger.attempts(r["run_id"])
+        out.append({"run": r["run_id"], "status": status, "recipe": r["recipe"], "scale": r["scale"],
+                    "backend": r["backend"] + (" (sim)" if r["simulated"] and r["backend"] != "sim" else ""),
+                    "stage": attempts[-1]["stage"] if attempts else None,
+                    "spent_usd": round(ledger.spent(r["run_id"]), 2), "budget": r["budget"],
+                    "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+                    "pid": state["numbers"].get("pid") if status == "running" else None})
+    return out
+
+
+def runs(as_json: bool = JSON_OPTION) -> None:
+    """Every run in the ledger, oldest first."""
+    rows = run_rows(open_ledger())
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        typer.echo("no runs yet: start one with `reproduce all --budget USD`")
+    else:
+        typer.echo(table(rows, ["run", "status", "recipe", "scale", "backend", "stage", "spent_usd", "budget",
+                                "started"]))
+
+
+def calibration(as_json: bool = JSON_OPTION,
+                simulated: bool = typer.Option(False, "--include-simulated", help="Also show figures from sim runs.")) -> None:
+    """Throughputs measured by finished runs, which the next plan uses, and how many runs each rests on."""
+    from costmodel.calibration import figures
+
+    rows = figures(open_ledger(), include_simulated=simulated)
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        typer.echo("no calibration yet: figures come from finished GPU stages of real runs; plans use the "
+                   "estimator's defaults")
+    else:
+        typer.echo(table(rows, ["key", "value", "runs", "observations", "min", "max", "last_run", "how"],
+                         floatfmt=",.4g"))

@@ -1,0 +1,196 @@
+"""`reproduce all`, `reproduce stage NAME`, `reproduce status`: run the recipe within a budget.
+
+    reproduce all --budget 450                          # plan, ask, run every stage, audit
+    reproduce all --budget 450 --backend sim --sim-slowdown 3 -y     # what if everything ran 3x slower?
+    reproduce all --resume 20261124-101500-ab12         # continue from the last finished stage
+    reproduce stage sft --run 20261124-101500-ab12      # one stage of a run
+"""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from reproduce.cli_plan import BUDGET_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_OPTION
+from reproduce.errors import OverBudget, UserError
+from reproduce.output import JSON_OPTION, money, print_json, table
+
+BACKEND_OPTION = typer.Option("auto", "--backend", help="auto (SkyPilot if an infra is enabled, else local) | sky | local | sim")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Render every task with its placement and print the plan; spend nothing.")
+YES_OPTION = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+SLOWDOWN_OPTION = typer.Option(1.0, "--sim-slowdown", help="sim: every stage takes this many times its estimate.")
+PREEMPT_OPTION = typer.Option(0.0, "--sim-preemption-rate", help="sim: spot preemptions per hour of running.")
+SEED_OPTION = typer.Option(0, "--sim-seed", help="sim: random seed (noise, preemptions).")
+PACE_OPTION = typer.Option(0.0, "--sim-pace", hidden=True, help="sim: real seconds to sleep per poll (tests).")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("all")(all_stages)
+    app.command("stage")(stage)
+    app.command("status")(status)
+
+
+def all_stages(
+    recipe: str = RECIPE_OPTION,
+    budget: Optional[str] = BUDGET_OPTION,
+    backend: str = BACKEND_OPTION,
+    scale: str = SCALE_OPTION,
+    sets: Optional[List[str]] = SET_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue run RUN from its last finished stage."),
+    yes: bool = YES_OPTION,
+    sim_slowdown: float = SLOWDOWN_OPTION,
+    sim_preemption_rate: float = PREEMPT_OPTION,
+    sim_seed: int = SEED_OPTION,
+    sim_pace: float = PACE_OPTION,
+) -> None:
+    """Plan, confirm, run every stage within --budget (exit 3 before crossing it), then audit."""
+    execute(recipe, budget, backend, scale, sets or [], dry_run, resume, yes,
+            dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace))
+
+
+def stage(
+    name: str = typer.Argument(..., help="generate | filter | rewrite | convert | sft | eval"),
+    run_id: Optional[str] = typer.Option(None, "--run", help="Run the stage as part of run RUN (default: a new run)."),
+    recipe: str = RECIPE_OPTION,
+    budget: Optional[str] = BUDGET_OPTION,
+    backend: str = BACKEND_OPTION,
+    scale: str = SCALE_OPTION,
+    sets: Optional[List[str]] = SET_OPTION,
+    dry_run: bool = DRY_RUN_OPTION,
+    yes: bool = YES_OPTION,
+    sim_slowdown: float = SLOWDOWN_OPTION,
+    sim_preemption_rate: float = PREEMPT_OPTION,
+    sim_seed: int = SEED_OPTION,
+    sim_pace: float = PACE_OPTION,
+) -> None:
+    """Run one stage (of a new run, or of run --run RUN), admitted by the budget guard."""
+    from reproduce.executors.base import STAGES
+
+    if name not in STAGES:
+        raise UserError(f"unknown stage {name!r}: expected one of {', '.join(STAGES)}")
+    execute(recipe, budget, backend, scale, sets or [], dry_run, run_id, yes,
+            dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
+            only=[name])
+
+
+def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None) -> None:
+    import yaml
+
+    from reproduce import pipeline
+    from reproduce import recipe as recipes
+    from reproduce.cli_audit import open_ledger, render_audit
+    from reproduce.plan import BACKENDS, build_plan, check_budget
+
+    budget_usd = check_budget(budget)
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if not sim["slowdown"] > 0:
+        raise UserError(f"--sim-slowdown {sim['slowdown']!r}: expected a positive factor, e.g. 3")
+    if not sim["preemption_rate"] >= 0:
+        raise UserError(f"--sim-preemption-rate {sim['preemption_rate']!r}: expected preemptions per hour >= 0")
+    ledger, found = None, None
+    if resume:
+        ledger = open_ledger()
+        found = ledger.run(resume)
+        if found is None:
+            raise UserError(f"--resume {resume!r}: no such run in {ledger.path}; see `reproduce runs`")
+        resolved = yaml.safe_load(found["recipe_yaml"])   # the recipe the run started with, flags and all
+        if budget_usd is None:
+            budget_usd = found["budget"]
+        if backend == "auto":
+            backend = found["backend"]
+        if backend == "sim":   # the virtual clock goes on from where the run's records end
+            sim = {**sim, "start": max([r["at"] for r in ledger.progress_rows(resume)] + [found["created_at"]])}
+    else:
+        if budget_usd is None:
+            raise UserError("--budget is required: a positive number of US dollars, e.g. --budget 450")
+        resolved = recipes.load(recipe_name, sets, scale)
+    executor, chosen, why = pipeline.make_executor(backend, resolved, sim)
+    plan = build_plan(resolved, budget_usd, chosen)
+    if only:
+        plan.stages = [s for s in plan.stages if s.stage in only]
+    _show_plan(plan)
+    typer.echo(f"backend: {chosen} ({why})", err=True)
+    if not plan.fits:
+        raise OverBudget(f"plan costs {money(plan.total_usd)}, over the {money(plan.budget)} budget by "
+                         f"{money(-plan.headroom)}: not started (try `reproduce plan --optimize`)")
+    if dry_run:
+        typer.echo(render_tasks(plan, resolved, executor, chosen))
+        typer.echo("dry run: nothing launched, nothing spent, nothing recorded", err=True)
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            typer.echo("not started: no terminal to confirm on; pass -y to run", err=True)
+            raise typer.Exit(1)
+        if not typer.confirm(f"Run {len(plan.stages)} stage(s), est. {money(plan.total_usd)} of "
+                             f"{money(budget_usd)}?", default=False):
+            typer.echo("not started", err=True)
+            raise typer.Exit(1)
+    ledger = ledger or open_ledger()
+    stages_now = only
+    if resume and only and only[0] in ledger.finished_stages(resume):
+        typer.echo(f"stage {only[0]} already finished in run {resume}; nothing to do", err=True)
+        return
+    result = pipeline.run(plan, resolved, executor, ledger, budget_usd, resume_run=resume, stages=stages_now)
+    typer.echo(f"run {result.run_id}: artifacts in {result.artifacts}; ledger {ledger.path}", err=True)
+    typer.echo(render_audit(ledger.audit(result.run_id)))
+    if result.exit_code == 3:
+        raise OverBudget(f"{result.reason} (resume with `reproduce all --resume {result.run_id} --budget USD`)")
+    if result.exit_code:
+        typer.echo(f"error: {result.reason} (resume with `reproduce all --resume {result.run_id}`)", err=True)
+        raise typer.Exit(result.exit_code)
+
+
+def _show_plan(plan) -> None:
+    try:
+        from reproduce.cli_plan import render_plan
+    except ImportError:
+        print_json(plan.to_dict())
+        return
+    typer.echo(render_plan(plan))
+
+
+def render_tasks(plan, recipe: dict, executor, backend: str) -> str:
+    """What each stage would run, with its placement: the executor's render, or the task YAML."""
+    from reproduce.executors.base import CONTROLLER_STAGES, RunContext
+    from reproduce.pipeline import artifacts_dir
+
+    out = []
+    for s in plan.stages:
+        ctx = RunContext(run_id="dry-run", recipe=recipe, stage=s.stage, plan=s.to_dict(),
+                         artifacts=artifacts_dir("dry-run"), envs={})
+        try:
+            if hasattr(executor, "render"):
+                text = executor.render(ctx)
+            elif s.stage in CONTROLLER_STAGES or (s.stage == "filter" and recipe["filter"].get("where") == "local"):
+                text = f"# stage {s.stage}: runs on this machine (python -m reproduce.stages.{s.stage})"
+            else:
+                from reproduce import tasks
+                from reproduce.executors.sky import _placement
+
+                placement = _placement(s.to_dict()) if backend == "sky" else None
+                text = tasks.render_yaml(s.stage, {"RUN_ID": "dry-run"}, placement, recipe["scale"])
+        except UserError as e:
+            text = f"# stage {s.stage}: cannot render: {e}"
+        out.append(text.rstrip())
+    return "\n\n".join(out)
+
+
+def status(as_json: bool = JSON_OPTION) -> None:
+    """Runs in progress (and interrupted ones you can --resume)."""
+    from reproduce.cli_audit import open_ledger, run_rows
+
+    ledger = open_ledger()
+    rows = [r for r in run_rows(ledger) if r["status"] in ("running", "interrupted")]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no runs in progress")
+        return
+    typer.echo(table(rows, ["run", "status", "backend", "stage", "spent_usd", "budget", "started", "pid"]))
+    for r in rows:
+        if r["status"] == "interrupted":
+            typer.echo(f"resume {r['run']}: reproduce all --resume {r['run']}")
