@@ -102,7 +102,8 @@ class LocalOpenAI:
         return f"http://{self._httpd.server_address[0]}:{self.port}/v1"
 
     def start(self) -> "LocalOpenAI":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="local-openai", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="local-openai", daemon=True)  # short poll: stop() returns fast
         self._thread.start()
         return self
 
