@@ -42,7 +42,9 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting with it.
+        code = app(args=argv, standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except (UserError, OverBudget) as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
