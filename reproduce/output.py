@@ -27,4 +27,4 @@ def table(rows: list[dict], columns: list[str] | None = None, headers: dict | No
 
 
 def money(x: float) -> str:
-    return f"${x:,.2f}"
+    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"

@@ -164,6 +164,7 @@ def suggestions(recipe: dict, plan: Plan, backend: str, calibration: dict) -> li
             continue
         saves = plan.total_usd - alt.total_usd
         if saves > 0.005:
-            out.append({"set": f"{key}={value}", "why": why, "saves_usd": saves, "total_usd": alt.total_usd,
+            shown = str(value).lower() if isinstance(value, bool) else value
+            out.append({"set": f"{key}={shown}", "why": why, "saves_usd": saves, "total_usd": alt.total_usd,
                         "fits": alt.fits})
     return sorted(out, key=lambda s: -s["saves_usd"])
