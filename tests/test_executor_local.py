@@ -1,5 +1,4 @@
 """The local executor runs a task's real `setup` and `run` in bash subprocesses, with real venvs."""
-import os
 import sys
 import time
 from pathlib import Path

@@ -156,6 +156,18 @@ def test_managed_job_through_preemption_to_success_priced_where_it_ran():
     assert not any(c[0] == "cancel_managed" for c in fake.calls)             # nothing left to cancel
 
 
+def test_a_handle_from_an_earlier_process_is_polled_and_cancelled():
+    clock = Clock(3600.0)
+    fake = FakeAdapter([rec("RUNNING", start=0.0)])
+    ex = SkyExecutor(adapter=fake, price_lookup=prices, clock=clock)
+    st = ex.poll("managed:rp-run-1-sft:42")
+    assert st.state == "RUNNING" and ("managed_status", 42) in fake.calls and st.elapsed_s == 3600
+    ex.cancel("managed:rp-run-1-sft:42")
+    assert ("cancel_managed", 42, None) in fake.calls
+    with pytest.raises(UserError, match="not a SkyPilot stage handle"):
+        ex.poll("nonsense")
+
+
 def test_price_falls_back_to_the_plan_when_the_catalog_has_no_row():
     clock = Clock(0.0)
     fake = FakeAdapter([rec("RUNNING", start=0.0, cloud="Lambda", region="us-south-1", instance="gpu_8x_h100")])

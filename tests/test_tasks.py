@@ -3,7 +3,6 @@
 Fixture YAMLs of the shape sky_tasks/ uses (workdir ., envs, secrets declared empty, any_of fallbacks),
 parsed by SkyPilot's real parser.
 """
-import os
 
 import pytest
 import yaml

@@ -55,7 +55,7 @@ class _Launched:
     name: str
     job_id: int | None
     plan: dict
-    spot: bool
+    spot: bool | None            # None: re-attached from a handle alone; priced on-demand (the higher price)
     launched_at: float
     start_at: float | None = None       # billing starts: the job's start, else when we first saw it up
     first_seen_running: float | None = None
@@ -118,7 +118,7 @@ class SkyExecutor:
     def poll(self, handle: str) -> StageStatus:
         if handle.startswith("local:"):
             return self.local.poll(handle)
-        r = self.runs[handle]
+        r = self._run(handle)
         if r.last is not None and r.last.done:
             return r.last
         try:
@@ -140,9 +140,7 @@ class SkyExecutor:
     def cancel(self, handle: str) -> None:
         if handle.startswith("local:"):
             return self.local.cancel(handle)
-        r = self.runs.get(handle)
-        if r is None:
-            return
+        r = self._run(handle)
         if r.last is not None and r.last.done:
             self._teardown(r)   # a no-op unless an earlier teardown failed
             return
@@ -154,6 +152,19 @@ class SkyExecutor:
 
     def now(self) -> float:
         return self.clock()
+
+    def _run(self, handle: str) -> _Launched:
+        """A handle from this process, or one from an earlier process (a resumed run, `reproduce status`):
+        'managed:NAME:JOB_ID' or 'cluster:NAME:JOB_ID' is all it takes to find the job again."""
+        if handle not in self.runs:
+            try:
+                mode, name, job = handle.split(":")
+                assert mode in ("managed", "cluster")
+            except (ValueError, AssertionError):
+                raise UserError(f"{handle!r} is not a SkyPilot stage handle (managed:NAME:JOB_ID)") from None
+            job_id = int(job) if job.isdigit() else None
+            self.runs[handle] = _Launched(name.rsplit("-", 1)[-1], mode, name, job_id, {}, None, self.clock())
+        return self.runs[handle]
 
     # ---- states -------------------------------------------------------------------------------------
     def _managed(self, r: _Launched) -> StageStatus:
