@@ -164,10 +164,12 @@ def plot_spend(ledger, data: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     colors = plt.get_cmap("tab10")
     names = list(dict.fromkeys(s for s, _, _ in spans))
+    width = max([b for _, _, b in spans] + [times[-1], 1e-9])
     for stage, a, b in spans:
         i = names.index(stage)
         ax.axvspan(a, max(b, a + 1e-3), color=colors(i % 10), alpha=0.15, lw=0)
-        ax.text((a + b) / 2, 0.98, stage, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8)
+        if b - a > 0.04 * width:   # narrow stages keep their colour; their names would overlap
+            ax.text((a + b) / 2, 0.98, stage, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=8)
     ax.step(times, spend, where="post", color="black", lw=1.6, label="spent")
     budget = data["totals"]["budget"]
     if budget is not None:
@@ -176,7 +178,7 @@ def plot_spend(ledger, data: dict, path: str) -> None:
     ax.set_xlabel("hours since start" + (" (simulated)" if data["run"]["simulated"] else ""))
     ax.set_ylabel("US dollars")
     ax.set_title(f"Spend of run {run_id}: {money(data['totals']['actual_usd'])}")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(spend + [budget or 0, data["totals"]["planned_usd"], 1.0]) * 1.12)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)

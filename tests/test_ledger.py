@@ -1,0 +1,185 @@
+"""The ledger: append-only accounting in SQLite, safe for two writers, never overwrites a file it cannot read."""
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from costmodel import ledger as ledger_mod
+from costmodel.ledger import Ledger, LedgerError, SCHEMA_VERSION
+
+
+def _run(led, run_id="r1", budget=100.0):
+    led.create_run(run_id, recipe="rec", scale="full", backend="sim", budget=budget, simulated=True,
+                   artifacts="/tmp/a", recipe_yaml="name: rec\n", plan={"stages": []}, at=1000.0)
+
+
+def _attempt(led, run_id, stage, cost, event="finished", api=(), at=2000.0, **extra):
+    attempt = led.add_stage_row(run_id, stage, "started", at=at, state="PENDING", kind="gpu", gpus=8,
+                                price_per_hour=16.8, cloud="aws", region="us-east-1")
+    fields = dict(state="SUCCEEDED" if event == "finished" else event.upper(), kind="gpu", gpus=8, nodes=1,
+                  price_per_hour=16.8, price_source="snapshot", cloud="aws", region="us-east-1",
+                  instance_type="p5.48xlarge", hours=cost / 16.8, gpu_hours=8 * cost / 16.8, compute_usd=cost,
+                  preemptions=1, **extra)
+    if event == "finished":
+        led.finish_stage(run_id, stage, attempt, at=at + 10, api_usage=list(api), **fields)
+    else:
+        led.add_stage_row(run_id, stage, event, at=at + 10, attempt=attempt, **fields)
+    return attempt
+
+
+def test_stage_rows_attempts_and_audit_add_up(home):
+    with Ledger() as led:
+        assert led.path == home / ".reproduce" / "ledger.db"
+        _run(led)
+        led.add_stage_row("r1", "sft", "planned", at=1000.0, kind="gpu", gpus=8, hours=2.0, gpu_hours=16.0,
+                          compute_usd=33.6, api_usd=0.0)
+        _attempt(led, "r1", "sft", 10.0, event="cancelled")
+        _attempt(led, "r1", "sft", 21.0, api=[{"model": "gpt-4o-mini", "batch": True, "prompt_tokens": 1000,
+                                              "cached_tokens": 100, "completion_tokens": 500, "usd": 0.25}])
+        a = led.audit("r1")
+    sft = a["stages"][0]
+    assert sft["stage"] == "sft" and sft["actual"]["state"] == "finished"
+    assert sft["actual"]["attempts"] == 2
+    assert sft["actual"]["compute_usd"] == pytest.approx(31.0)      # both attempts were billed
+    assert sft["actual"]["api_usd"] == pytest.approx(0.25)
+    assert sft["actual"]["preemptions"] == 2
+    assert sft["actual"]["arithmetic"] == "8 x $2.10/h x 0.60 h = $10.00 + 8 x $2.10/h x 1.25 h = $21.00"
+    t = a["totals"]
+    assert t["actual_usd"] == pytest.approx(31.25) and t["planned_usd"] == pytest.approx(33.6)
+    assert t["headroom_usd"] == pytest.approx(100 - 31.25) and t["within_budget"]
+    assert sum(c["compute_usd"] for c in a["by_cloud"]) == pytest.approx(t["compute_usd"])
+    assert a["by_model"] == [{"model": "gpt-4o-mini", "batch": True, "records": 1, "prompt_tokens": 1000,
+                              "cached_tokens": 100, "completion_tokens": 500, "usd": 0.25}]
+
+
+def test_correction_is_a_new_row_and_replaces_the_terminal_row(home):
+    with Ledger() as led:
+        _run(led)
+        attempt = _attempt(led, "r1", "eval", 5.0)
+        before = led.db.execute("SELECT COUNT(*) FROM stage_rows").fetchone()[0]
+        led.correct("r1", "eval", attempt, reason="cloud bill said $6", compute_usd=6.0)
+        assert led.db.execute("SELECT COUNT(*) FROM stage_rows").fetchone()[0] == before + 1
+        old = led.db.execute("SELECT compute_usd FROM stage_rows WHERE event = 'finished'").fetchone()[0]
+        assert old == 5.0                                   # the original stays as written
+        assert led.spent("r1") == pytest.approx(6.0)
+        assert led.finished_stages("r1") == {"eval"}
+        assert led.audit("r1")["stages"][0]["actual"]["message"] == "correction: cloud bill said $6"
+
+
+def test_open_attempt_counts_its_last_progress(home):
+    with Ledger() as led:
+        _run(led)
+        attempt = led.add_stage_row("r1", "generate", "started", at=1.0, state="PENDING")
+        led.add_stage_row("r1", "generate", "progress", at=2.0, attempt=attempt, state="RUNNING", compute_usd=3.0)
+        led.add_stage_row("r1", "generate", "progress", at=3.0, attempt=attempt, state="RUNNING", compute_usd=4.5)
+        assert led.spent("r1") == 4.5
+        assert [a["attempt"] for a in led.open_attempts("r1")] == [attempt]
+        assert led.finished_stages("r1") == set()
+
+
+def test_unknown_event_or_field_is_refused(home):
+    with Ledger() as led:
+        _run(led)
+        with pytest.raises(ValueError, match="stage event 'done'"):
+            led.add_stage_row("r1", "sft", "done", at=1.0)
+        with pytest.raises(ValueError, match="unknown stage row fields"):
+            led.add_stage_row("r1", "sft", "progress", at=1.0, dollars=3)
+
+
+def _writer(path, n, who):
+    led = Ledger(path)
+    for i in range(n):
+        led.add_api_usage("shared", "rewrite", [{"model": "gpt-4o-mini", "prompt_tokens": 1, "usd": 0.001}],
+                          at=float(i))
+        led.add_event("shared", "rewrite", "api_batch", ok=True, reason=f"{who}-{i}", numbers={"i": i})
+    led.close()
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "state" / "ledger.db"      # does not exist yet: the processes race to create it
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(path), 150, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    with Ledger(path) as led:
+        assert led.db.execute("SELECT COUNT(*) FROM api_usage").fetchone()[0] == 600
+        assert led.db.execute("SELECT COUNT(DISTINCT reason) FROM events").fetchone()[0] == 600
+        assert led.db.execute("SELECT COUNT(*) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
+        assert led.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert led.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_corrupt_file_is_a_clear_error_and_left_untouched(home):
+    path = home / ".reproduce" / "ledger.db"
+    path.parent.mkdir(parents=True)
+    junk = b"this is not a database\x00" * 300
+    path.write_bytes(junk)
+    with pytest.raises(LedgerError, match="not a SQLite database.*left untouched"):
+        Ledger()
+    assert path.read_bytes() == junk
+    assert not (path.parent / "ledger.db-wal").exists()
+
+
+def test_damaged_sqlite_pages_are_a_clear_error(home):
+    path = home / ".reproduce" / "ledger.db"
+    with Ledger() as led:
+        _run(led)
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)          # header intact, schema page destroyed
+    path.write_bytes(bytes(data))
+    with pytest.raises(LedgerError, match="left untouched"):
+        Ledger()
+    assert path.read_bytes() == bytes(data)
+
+
+def test_newer_schema_is_refused_and_left_untouched(home):
+    path = home / ".reproduce" / "ledger.db"
+    with Ledger() as led:
+        _run(led)
+        led.db.execute("INSERT INTO schema_version VALUES (99, 0)")
+        led.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match="schema version 99, newer"):
+        Ledger()
+    assert path.read_bytes() == before
+
+
+def test_foreign_sqlite_file_is_refused(home):
+    path = home / ".reproduce" / "ledger.db"
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE photos (id INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerError, match="not a reproduce ledger"):
+        Ledger()
+
+
+def test_migrates_a_version_1_ledger_keeping_its_rows(home, monkeypatch):
+    monkeypatch.setattr(ledger_mod, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(ledger_mod, "MIGRATIONS", {1: ledger_mod.MIGRATIONS[1]})
+    with Ledger() as led:
+        _run(led)
+        assert "calibration" not in {r[0] for r in led.db.execute("SELECT name FROM sqlite_master")}
+    monkeypatch.undo()
+    monkeypatch.setenv("REPRODUCE_HOME", str(home / ".reproduce"))
+    with Ledger() as led:
+        assert led.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+        assert led.run("r1")["budget"] == 100.0
+        assert led.calibration_rows() == []
+
+
+def test_cli_reports_a_corrupt_ledger_in_one_line(home, capsys):
+    from reproduce.cli import main
+
+    path = home / ".reproduce" / "ledger.db"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"garbage" * 100)
+    with pytest.raises(SystemExit) as e:
+        main(["runs"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and "not a SQLite database" in err and "Traceback" not in err
