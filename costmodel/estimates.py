@@ -161,8 +161,9 @@ def spot_overhead(hours: float, rate_per_hour: float, recovery_hours: float, che
 
 
 def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, costs: dict,
-                    checkpoint_hours: float) -> StageEstimate:
-    """Fill placement, hours and dollars of a GPU stage from an Offer (costmodel.prices) or None (local)."""
+                    checkpoint_hours: float, on_demand_offer=None) -> StageEstimate:
+    """Fill placement, hours and dollars of a GPU stage from an Offer (costmodel.prices) or None (local).
+    `on_demand_offer`: the cheapest on-demand placement, priced beside it for comparison."""
     est.base_hours = base_hours
     startup = costs["startup_hours"] * est.nodes if offer is not None else 0.0
 
@@ -180,8 +181,9 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
         return _total(est)
     est.cloud, est.region, est.zone, est.instance_type = offer.cloud, offer.region, offer.zone, offer.instance_type
     est.price_source, est.price_date = offer.source, offer.date
-    for market in (True, False):
-        node_price = offer.price(market)
+    # Spot and on-demand side by side: each at the cheapest offer of its own market.
+    for market, market_offer in ((True, offer), (False, on_demand_offer or offer)):
+        node_price = market_offer.price(market)
         if node_price is None:
             continue
         h, _ = total_hours(market)
@@ -190,6 +192,7 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
             est.spot_usd = usd
         else:
             est.on_demand_usd = usd
+            est.details["on_demand_placement"] = f"{market_offer.cloud} {market_offer.region} ${node_price:,.2f}/h"
     est.spot = spot and offer.spot is not None
     est.price_per_hour = offer.price(est.spot) * est.nodes
     est.hours, preemptions = total_hours(est.spot)
@@ -228,7 +231,7 @@ def workload(recipe: dict) -> dict:
             "eval_prompt_tokens": eval_samples * gen["mean_prompt_tokens"]}
 
 
-def estimate_generate(recipe: dict, offer, calibration=None, stage="generate") -> StageEstimate:
+def estimate_generate(recipe: dict, offer, calibration=None, stage="generate", on_demand_offer=None) -> StageEstimate:
     cfg = recipe[stage]
     gpu, per_node = _accel(cfg["accelerator"])
     w = workload(recipe)
@@ -243,7 +246,8 @@ def estimate_generate(recipe: dict, offer, calibration=None, stage="generate") -
     est.assumptions += [f"{output:,.0f} output tokens at {det['tok_s_per_gpu']:,.0f} tok/s/GPU x {per_node} GPUs "
                         f"({det['throughput_source']})"]
     # Shards are written as they finish: a preemption loses minutes, not hours.
-    return price_gpu_stage(est, hours, offer, cfg.get("use_spot", True), recipe["costs"], checkpoint_hours=0.1)
+    return price_gpu_stage(est, hours, offer, cfg.get("use_spot", True), recipe["costs"], checkpoint_hours=0.1,
+                           on_demand_offer=on_demand_offer)
 
 
 def estimate_filter(recipe: dict) -> StageEstimate:
@@ -287,7 +291,7 @@ def estimate_rewrite(recipe: dict, token_price) -> StageEstimate:
     return _total(est)
 
 
-def estimate_sft(recipe: dict, offer, calibration=None) -> StageEstimate:
+def estimate_sft(recipe: dict, offer, calibration=None, on_demand_offer=None) -> StageEstimate:
     sft = recipe["sft"]
     gpu, per_node = _accel(sft["accelerator"])
     nodes = sft.get("num_nodes", 1)
@@ -298,7 +302,8 @@ def estimate_sft(recipe: dict, offer, calibration=None) -> StageEstimate:
         f"{det['flops']:.3g} FLOPs ({det['train_tokens'] / 1e6:,.0f}M tokens) / ({est.gpus} x "
         f"{det['peak_tflops_per_gpu']:g} TFLOPS x MFU {det['mfu']:.3f}) ({det['mfu_source']})")
     checkpoint_hours = det["hours_per_step"] * sft["save_steps"]
-    return price_gpu_stage(est, hours, offer, sft.get("use_spot", True), recipe["costs"], checkpoint_hours)
+    return price_gpu_stage(est, hours, offer, sft.get("use_spot", True), recipe["costs"], checkpoint_hours,
+                           on_demand_offer)
 
 
 def _accel(s: str) -> tuple[str, int]:

@@ -21,7 +21,7 @@ def table(rows: list[dict], columns: list[str] | None = None, headers: dict | No
 
     columns = columns or (list(rows[0]) if rows else [])
     headers = headers or {}
-    body = [[("-" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]
+    body = [[r.get(c) for c in columns] for r in rows]  # None -> missingval keeps number columns numeric
     return tabulate(body, headers=[headers.get(c, c) for c in columns], floatfmt=floatfmt,
                     disable_numparse=False, missingval="-")
 

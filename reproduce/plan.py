@@ -89,14 +89,17 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
     remote = priced_remotely(recipe, backend)
     try:
         offer = {stage: (_placement(recipe[stage]) if remote else None) for stage in ("generate", "sft", "eval")}
+        od = {stage: (_on_demand(recipe[stage]) if remote else None) for stage in ("generate", "sft", "eval")}
         rows = {
-            "generate": estimates.estimate_generate(recipe, offer["generate"], calibration),
+            "generate": estimates.estimate_generate(recipe, offer["generate"], calibration,
+                                                    on_demand_offer=od["generate"]),
             "filter": estimates.estimate_filter(recipe),
             "rewrite": estimates.estimate_rewrite(recipe, api_prices.token_price(recipe["rewrite"]["model"])),
             "convert": estimates.StageEstimate("convert", "none", arithmetic="on the controller: $0.00",
                                                price_source="controller ($0)"),
-            "sft": estimates.estimate_sft(recipe, offer["sft"], calibration),
-            "eval": estimates.estimate_generate(recipe, offer["eval"], calibration, stage="eval"),
+            "sft": estimates.estimate_sft(recipe, offer["sft"], calibration, on_demand_offer=od["sft"]),
+            "eval": estimates.estimate_generate(recipe, offer["eval"], calibration, stage="eval",
+                                                on_demand_offer=od["eval"]),
         }
     except BadInput as e:
         raise UserError(str(e)) from None
@@ -120,6 +123,12 @@ def _placement(cfg: dict):
     if offer is None:
         raise UserError(f"no price for {cfg['accelerator']} on any cloud: try `reproduce prices {cfg['accelerator']}`")
     return offer
+
+
+def _on_demand(cfg: dict):
+    from costmodel import prices
+
+    return prices.cheapest(cfg["accelerator"], spot=False)
 
 
 def _calibration() -> dict:
