@@ -80,11 +80,15 @@ def overrides(result: dict) -> dict:
 
 
 def apply(recipe: dict, changes: dict) -> dict:
-    variant = copy.deepcopy(recipe)
+    """The recipe with `changes`; sections not changed are shared with `recipe` (hundreds of candidates:
+    a deep copy each would be most of the search's time), changed ones are copied."""
+    variant = dict(recipe)
     for key, value in changes.items():
         section, _, leaf = key.partition(".")
-        if section not in variant or leaf not in variant[section]:
+        if section not in variant or not isinstance(variant[section], dict) or leaf not in variant[section]:
             raise BadInput(f"unknown recipe key {key!r}")
+        if variant[section] is recipe[section]:
+            variant[section] = copy.deepcopy(recipe[section])
         variant[section][leaf] = value
     return variant
 
@@ -175,6 +179,8 @@ def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, tok
     """`derive`: also choose the settings that follow from the others (save_steps); off for the anchor."""
     changes = {k: v for k, v in option.items() if _get(recipe, k) != v}
     variant = apply(recipe, changes)
+    if stage == "sft" and variant["sft"] is recipe["sft"]:  # save_steps may be set below
+        variant["sft"] = dict(recipe["sft"])
     cand = Candidate(stage, changes)
     try:
         if stage in ("generate", "eval"):

@@ -82,10 +82,18 @@ def test_optimizing_changes_how_not_what(optimized):
     assert tokens_per_step(variant["sft"]) == pytest.approx(tokens_per_step(base["sft"]), rel=0.05)
 
 
-def test_cli_prints_both_plans_side_by_side_and_the_overrides(home, capsys):
+def cli(*args) -> int:
     from reproduce.cli import main
 
-    main(["plan", "--optimize", "--budget", "250"])
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
+def test_cli_prints_both_plans_side_by_side_and_the_overrides(home, capsys):
+    assert cli("plan", "--optimize", "--budget", "250") == 0
     text = capsys.readouterr().out
     assert "given" in text and "optimized" in text
     assert "sft.cpu_offload: true -> false" in text
@@ -94,15 +102,9 @@ def test_cli_prints_both_plans_side_by_side_and_the_overrides(home, capsys):
 
 
 def test_cli_budget_check_uses_the_optimized_plan(home, capsys):
-    from reproduce.cli import main
-
-    main(["plan", "--optimize", "--budget", "150"])  # the given recipe (~$196) would not fit; optimized does
-    with pytest.raises(SystemExit) as e:
-        main(["plan", "--budget", "150"])
-    assert e.value.code == 3
-    with pytest.raises(SystemExit) as e:
-        main(["plan", "--optimize", "--budget", "10"])
-    assert e.value.code == 3
+    assert cli("plan", "--optimize", "--budget", "150") == 0  # the given recipe (~$196) does not fit; this does
+    assert cli("plan", "--budget", "150") == 3
+    assert cli("plan", "--optimize", "--budget", "10") == 3
 
 
 @dataclass(frozen=True)
