@@ -146,7 +146,8 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
     usable = capacity * (1 - HEADROOM)
     ok_gpu, ok_cpu = total <= usable, cpu <= NODE_RAM
     breakdown = {**{k: v / GIB for k, v in parts.items()}, "total_gib": total / GIB, "capacity_gib": capacity / GIB,
-                 "usable_gib": usable / GIB, "node_cpu_ram_gib": cpu / GIB, "node_ram_assumed_gib": NODE_RAM / GIB, "gpu": gpu,
+                 "usable_gib": usable / GIB, "node_cpu_ram_gib": cpu / GIB,
+                 "node_ram_assumed_gib": NODE_RAM / GIB, "gpu": gpu,
                  "fits_gpu": ok_gpu, "fits_cpu": ok_cpu}
     lines = [
         f"ZeRO-{zero}{' + CPU offload' if offload else ''}, {d} x {gpu}, {psi / 1e9:.1f}B params, "
