@@ -146,7 +146,10 @@ def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int
     scaling = NODE_SCALING ** math.log2(nodes) if nodes > 1 else 1.0
     peak = gpu_spec(gpu).bf16_tflops * 1e12
     seconds = flops / (gpus * peak * mfu * scaling)
-    steps = math.ceil(sft["samples"] * sft["num_train_epochs"]
+    # Packing concatenates samples into sequences of cutoff_len: steps count sequences, not samples.
+    sequences = (math.ceil(sft["samples"] * min(sft["mean_sample_tokens"], sft["cutoff_len"]) / sft["cutoff_len"])
+                 if sft["packing"] else sft["samples"])
+    steps = math.ceil(sequences * sft["num_train_epochs"]
                       / (sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus))
     return seconds / 3600, {"flops": flops, "train_tokens": tokens, "mfu": mfu, "mfu_source": why,
                             "node_scaling": scaling, "peak_tflops_per_gpu": peak / 1e12, "steps": steps,

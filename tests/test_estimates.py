@@ -73,3 +73,10 @@ def test_bad_accelerator_is_bad_input():
     r = recipes.load(sets=["sft.accelerator=X100:8"])
     with pytest.raises(BadInput, match="X100:8"):
         estimates.estimate_sft(r, None)
+
+
+def test_packing_counts_steps_in_packed_sequences():
+    r = recipes.load(sets=["sft.packing=true", "sft.cpu_offload=false", "sft.gradient_accumulation_steps=3"])
+    det = estimates.sft_hours(r["sft"], r["models"]["student"], "H100", 8, 1)[1]
+    sequences = -(-16401 * 4100 // 16384)  # 16,401 samples x 4,100 tokens packed into 16,384-token rows
+    assert det["steps"] == -(-sequences * 3 // (1 * 3 * 8))
