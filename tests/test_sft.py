@@ -186,3 +186,12 @@ def test_trains_tiny_model_on_cpu_and_resumes_after_preemption(tmp_path):
 
     AutoTokenizer.from_pretrained(model)
     assert AutoModelForCausalLM.from_pretrained(model).config.num_hidden_layers == 2
+
+
+def test_packing_renders_neat_packing_so_samples_do_not_attend_to_each_other(tmp_path):
+    from reproduce import recipe as recipes
+    from reproduce.stages.sft import lf_config
+
+    packed = lf_config(recipes.load(sets=["sft.packing=true"]), tmp_path)
+    assert packed["packing"] is True and packed["neat_packing"] is True
+    assert "neat_packing" not in lf_config(recipes.load(), tmp_path)

@@ -50,6 +50,9 @@ def lf_config(recipe: dict, artifacts: str | Path) -> dict:
     for key in SAME_NAME:
         if key in sft:
             cfg[key] = sft[key]
+    if cfg.get("packing"):
+        # Packed samples must not attend to each other: NovaSky trained unpacked, one sample per sequence.
+        cfg["neat_packing"] = True
     if "liger_kernel" in sft:
         cfg["enable_liger_kernel"] = bool(sft["liger_kernel"])
     if "gradient_checkpointing" in sft:
