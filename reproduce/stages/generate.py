@@ -1,0 +1,424 @@
+"""Stage program `generate`: the teacher answers every problem of the recipe's sources.
+
+    python -m reproduce.stages.generate --recipe ARTIFACTS/recipe.yaml --artifacts ARTIFACTS [--limit N]
+
+Reads problems (problems.load_sources; smoke: smoke_data), builds each prompt from `generate.system_prompt`
+and `generate.user_templates[domain]` through the model's chat template, samples `samples_per_problem`
+responses at the recipe's temperature/top_p/max_tokens, and writes ARTIFACTS/generate/shard-NNNNN.jsonl:
+
+    {id, problem_id, sample, source, domain, prompt, response, answer | tests,
+     prompt_tokens, response_tokens, finish_reason}
+
+Backends (one code path for this stage and `evaluate`, see `open_backend`):
+- vLLM when CUDA is there and vllm imports: `LLM(model, tensor_parallel_size=tp)`; with data_parallel > 1,
+  one worker process per replica, each pinned to its slice of GPUs with CUDA_VISIBLE_DEVICES.
+- transformers otherwise (smoke scale on a CPU): batched `generate`.
+At smoke scale the teacher is ARTIFACTS/models/tiny-teacher, built by `tinymodel` and taught the smoke
+problems (see `smoke_teacher`).
+
+Resumable: a shard is written whole (tmp file, then rename); a rerun skips problems already in a shard.
+summary.json holds counts, tokens and the tokens/s this run achieved (what the cost model calibrates on).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import glob
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+SHARD_SIZE = 512          # problems per shard: ~2.3M output tokens at full scale, a few minutes of 8 GPUs
+TRANSFORMERS_BATCH = 16   # prompts per transformers.generate call
+
+
+class BadInput(Exception):
+    """One line for stderr, exit 2."""
+
+
+def log(msg: str) -> None:
+    print(f"generate: {msg}", file=sys.stderr, flush=True)
+
+
+# ---- prompts ---------------------------------------------------------------------------------------------
+
+def messages(record: dict, system_prompt: str | None, templates: dict) -> list[dict]:
+    template = templates.get(record["domain"])
+    if template is None:
+        raise BadInput(f"no user template for domain {record['domain']!r}: expected generate.user_templates "
+                       f"to have one of {', '.join(templates)}")
+    user = template.format(problem=record["problem"])
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+        [{"role": "user", "content": user}]
+
+
+def smoke_teacher(recipe: dict, artifacts: str | Path) -> Path:
+    """ARTIFACTS/models/tiny-teacher: a tiny model taught every smoke problem of the recipe's sources.
+
+    Every 4th problem is taught only a wrong response and every 4th+2 both a right and a wrong one, so the
+    teacher is mostly right, deterministically wrong on ~1/4 and a coin toss on another ~1/4 at T>0: the
+    filter stage has real traces to keep and to reject, as QwQ's ~20-45% rejections (recipe keep_rate)."""
+    from reproduce.stages import problems, smoke_data, tinymodel
+
+    gen = recipe["generate"]
+    pairs = []
+    for i, record in enumerate(problems.load_sources(recipe)):
+        right, wrong = smoke_data.reference_responses(record)
+        prompt = messages(record, gen.get("system_prompt"), gen["user_templates"])
+        pairs += [(prompt, wrong)] if i % 4 == 0 else [(prompt, right)] + ([(prompt, wrong)] if i % 4 == 2 else [])
+    return tinymodel.build_tiny_model(Path(artifacts) / "models" / "tiny-teacher", pairs, log=log)
+
+
+# ---- backends --------------------------------------------------------------------------------------------
+
+def vllm_available() -> bool:
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return False
+        import vllm  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def open_backend(model: str, tensor_parallel: int = 1, data_parallel: int = 1, backend: str = "auto",
+                 seed: int = 0):
+    """Yield `(info, complete)`; `complete(prompts, sampling) -> [[completion, ...n] per prompt]` where
+    sampling = {n, temperature, top_p, max_tokens} and a completion is
+    {text, prompt_tokens, response_tokens, finish_reason ("stop" | "length")}."""
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "transformers"
+    if backend == "vllm" and data_parallel > 1:
+        with _vllm_pool(model, tensor_parallel, data_parallel, seed) as complete:
+            yield {"backend": "vllm", "gpus": tensor_parallel * data_parallel}, complete
+    elif backend == "vllm":
+        complete = _vllm_local(model, tensor_parallel, seed)
+        yield {"backend": "vllm", "gpus": tensor_parallel}, complete
+    elif backend == "transformers":
+        complete, gpus = _transformers(model, seed)
+        yield {"backend": "transformers", "gpus": gpus}, complete
+    else:
+        raise BadInput(f"--backend {backend!r}: expected auto, vllm or transformers")
+
+
+def _vllm_local(model: str, tp: int, seed: int):
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model, tensor_parallel_size=tp, seed=seed, trust_remote_code=False)
+
+    def complete(prompts, sampling):
+        params = SamplingParams(n=sampling.get("n", 1), temperature=sampling["temperature"],
+                                top_p=sampling.get("top_p", 1.0), max_tokens=sampling["max_tokens"], seed=seed)
+        results = []
+        for out in llm.generate(prompts, params, use_tqdm=False):
+            results.append([{"text": c.text, "prompt_tokens": len(out.prompt_token_ids),
+                             "response_tokens": len(c.token_ids),
+                             "finish_reason": "length" if c.finish_reason == "length" else "stop"}
+                            for c in out.outputs])
+        return results
+    return complete
+
+
+def _vllm_worker(rank: int, gpus: str, model: str, tp: int, seed: int, jobs, results) -> None:
+    """One data-parallel replica: its own process, its own GPUs, vLLM imported after pinning them."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    try:
+        complete = _vllm_local(model, tp, seed + rank)
+        results.put((rank, "ready", None))
+        while (job := jobs.get()) is not None:
+            results.put((rank, "done", complete(*job)))
+    except BaseException as e:                       # report, so the parent does not wait forever
+        import traceback
+        results.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+@contextlib.contextmanager
+def _vllm_pool(model: str, tp: int, dp: int, seed: int):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")                    # CUDA cannot be forked
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(tp * dp)]
+    if len(ids) < tp * dp:
+        raise BadInput(f"tensor_parallel {tp} x data_parallel {dp} needs {tp * dp} GPUs; {len(ids)} visible")
+    results = ctx.Queue()
+    workers = []
+    for rank in range(dp):
+        jobs = ctx.Queue()
+        proc = ctx.Process(target=_vllm_worker, daemon=True,
+                           args=(rank, ",".join(ids[rank * tp:(rank + 1) * tp]), model, tp, seed, jobs, results))
+        proc.start()
+        workers.append((proc, jobs))
+
+    def collect(expect: str, count: int) -> dict:
+        got = {}
+        while len(got) < count:
+            rank, kind, payload = results.get()
+            if kind == "error":
+                raise RuntimeError(f"vLLM replica {rank} failed: {payload}")
+            got[rank] = payload
+        return got
+
+    def complete(prompts, sampling):
+        step = -(-len(prompts) // dp)
+        parts = [prompts[r * step:(r + 1) * step] for r in range(dp)]
+        for (_, jobs), part in zip(workers, parts):
+            jobs.put((part, sampling))
+        got = collect("done", dp)
+        return [c for r in range(dp) for c in got[r]]
+
+    try:
+        collect("ready", dp)
+        yield complete
+    finally:
+        for proc, jobs in workers:
+            jobs.put(None)
+        for proc, _ in workers:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _transformers(model: str, seed: int):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+    eos = {tok.eos_token_id} | set(_as_list(getattr(lm.generation_config, "eos_token_id", None)))
+    eos.discard(None)
+    torch.manual_seed(seed)
+
+    def complete(prompts, sampling):
+        n, temp = sampling.get("n", 1), float(sampling["temperature"])
+        kwargs = dict(do_sample=True, temperature=temp, top_p=sampling.get("top_p", 1.0)) if temp > 0 else \
+            dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        results = []
+        for i in range(0, len(prompts), TRANSFORMERS_BATCH):
+            batch = prompts[i:i + TRANSFORMERS_BATCH]
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                out = lm.generate(**enc, max_new_tokens=sampling["max_tokens"], num_return_sequences=n,
+                                  eos_token_id=sorted(eos), pad_token_id=tok.pad_token_id, **kwargs)
+            new = out[:, enc["input_ids"].shape[1]:].tolist()
+            prompt_lens = enc["attention_mask"].sum(dim=1).tolist()
+            for j, prompt_len in enumerate(prompt_lens):
+                samples = []
+                for ids in new[j * n:(j + 1) * n]:
+                    stop = next((k for k, t in enumerate(ids) if t in eos), None)
+                    kept = ids if stop is None else ids[:stop + 1]   # count the end token, as vLLM does
+                    samples.append({"text": tok.decode(kept, skip_special_tokens=True),
+                                    "prompt_tokens": int(prompt_len), "response_tokens": len(kept),
+                                    "finish_reason": "length" if stop is None else "stop"})
+                results.append(samples)
+        return results
+    return complete, (1 if device == "cuda" else 0)
+
+
+def _as_list(x):
+    return x if isinstance(x, (list, tuple)) else [x]
+
+
+def gpu_name() -> str | None:
+    """The GPU as the cost model names it (H100, H200, A100-80GB, ...), or None on a CPU."""
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name(0)
+    except Exception:
+        return None
+    for known in ("H200", "H100", "L40S", "L4", "A10G"):
+        if known in name:
+            return known
+    if "A100" in name:
+        return "A100-80GB" if "80" in name else "A100"
+    return name
+
+
+def chat_renderer(model: str):
+    """prompt messages -> text, with the model's own chat template."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    return lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def throughput(info: dict, params_b: float | None, tp: int, response_tokens: int, seconds: float) -> dict:
+    """tokens/s of this run, total and per GPU, plus the calibration key costmodel.estimates reads."""
+    tok_s = response_tokens / seconds if seconds > 0 else None
+    out = {"tokens_per_s": round(tok_s, 2) if tok_s else None, "gpus": info["gpus"], "gpu": gpu_name(),
+           "backend": info["backend"]}
+    if tok_s and info["gpus"]:
+        out["tokens_per_s_per_gpu"] = round(tok_s / info["gpus"], 2)
+        if out["gpu"] and params_b:
+            out["calibration"] = {f"decode_tok_s_per_gpu/{params_b:g}B/{out['gpu']}/tp{tp}": out["tokens_per_s_per_gpu"]}
+    return out
+
+
+# ---- the stage -------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        return run(args)
+    except BadInput as e:
+        print(f"generate: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("generate: interrupted; run again to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reproduce.stages.generate",
+                                description="Teacher traces for every problem of the recipe's sources. "
+                                            "Resumable: problems already in a shard are skipped.")
+    p.add_argument("--recipe", required=True, help="the resolved recipe YAML")
+    p.add_argument("--artifacts", required=True, help="the artifacts folder (writes generate/)")
+    p.add_argument("--limit", type=int, help="at most N problems per source (a quick trial)")
+    p.add_argument("--model", help="teacher model path or id (default: recipe models.teacher; smoke: tiny-teacher)")
+    p.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"))
+    p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"problems per shard (default {SHARD_SIZE})")
+    return p
+
+
+def load_recipe(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except OSError as e:
+        raise BadInput(f"--recipe {path!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise BadInput(f"--recipe {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(recipe, dict) or "generate" not in recipe or "sources" not in recipe:
+        raise BadInput(f"--recipe {path!r}: expected a resolved recipe with generate: and sources: sections")
+    return recipe
+
+
+def read_shards(out_dir: Path) -> list[dict]:
+    records = []
+    for path in sorted(out_dir.glob("shard-*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    return records
+
+
+def write_shard(out_dir: Path, records: list[dict]) -> Path:
+    """The next shard-NNNNN.jsonl, whole or not at all (tmp file, fsync, rename)."""
+    taken = [int(m.group(1)) for p in out_dir.glob("shard-*.jsonl") if (m := re.match(r"shard-(\d+)", p.name))]
+    path = out_dir / f"shard-{max(taken, default=-1) + 1:05d}.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def run(args) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise BadInput(f"--limit {args.limit}: expected 1 or more")
+    if args.shard_size < 1:
+        raise BadInput(f"--shard-size {args.shard_size}: expected 1 or more")
+    from reproduce.stages import problems
+
+    t_start = time.monotonic()
+    recipe = load_recipe(args.recipe)
+    gen = recipe["generate"]
+    smoke = recipe.get("scale") == "smoke"
+    out_dir = Path(args.artifacts) / "generate"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.tmp"):               # a shard a killed run did not finish
+        stale.unlink()
+
+    try:
+        todo_all = problems.load_sources(recipe, args.limit)
+    except problems.BadSource as e:
+        raise BadInput(str(e)) from None
+    done = {r.get("problem_id", r["id"]) for r in read_shards(out_dir)}
+    todo = [r for r in todo_all if r["id"] not in done]
+    model = args.model or (str(smoke_teacher(recipe, args.artifacts)) if smoke else recipe["models"]["teacher"]["id"])
+    n = int(gen.get("samples_per_problem", 1))
+    sampling = {"n": n, "temperature": float(gen["temperature"]), "top_p": float(gen.get("top_p", 1.0)),
+                "max_tokens": int(gen["max_tokens"])}
+    tp, dp = int(gen.get("tensor_parallel", 1)), int(gen.get("data_parallel", 1))
+    log(f"{len(todo_all)} problems, {len(todo_all) - len(todo)} already done, {len(todo)} to go; model {model}; "
+        f"n={n} T={sampling['temperature']} top_p={sampling['top_p']} max_tokens={sampling['max_tokens']}")
+
+    info, gen_s, new_records = {"backend": None, "gpus": 0}, 0.0, 0
+    tokens = collections.Counter()
+    if todo:
+        render = chat_renderer(model)
+        with open_backend(model, tp, dp, args.backend) as (info, complete):
+            for start in range(0, len(todo), args.shard_size):
+                chunk = todo[start:start + args.shard_size]
+                prompts = [render(messages(r, gen.get("system_prompt"), gen["user_templates"])) for r in chunk]
+                t0 = time.monotonic()
+                outs = complete(prompts, sampling)
+                dt = time.monotonic() - t0
+                gen_s += dt
+                rows = []
+                for record, prompt, samples in zip(chunk, prompts, outs):
+                    for k, c in enumerate(samples):
+                        rows.append({**_trace_fields(record, k, n), "prompt": prompt, "response": c["text"],
+                                     "prompt_tokens": c["prompt_tokens"], "response_tokens": c["response_tokens"],
+                                     "finish_reason": c["finish_reason"]})
+                        tokens["prompt"] += c["prompt_tokens"]
+                        tokens["response"] += c["response_tokens"]
+                path = write_shard(out_dir, rows)
+                new_records += len(rows)
+                chunk_tokens = sum(c["response_tokens"] for s in outs for c in s)
+                log(f"{path.name}: {len(chunk)} problems, {chunk_tokens:,} tokens in {dt:.1f} s "
+                    f"({chunk_tokens / max(dt, 1e-9):,.0f} tok/s); {start + len(chunk)}/{len(todo)}")
+
+    everything = read_shards(out_dir)
+    summary = {
+        "stage": "generate", "model": model, "scale": recipe.get("scale"),
+        "problems": len({r.get("problem_id", r["id"]) for r in everything}), "records": len(everything),
+        "problems_this_run": len(todo), "records_this_run": new_records, "skipped_problems": len(todo_all) - len(todo),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in everything),
+        "response_tokens": sum(r["response_tokens"] for r in everything),
+        "prompt_tokens_this_run": tokens["prompt"], "response_tokens_this_run": tokens["response"],
+        "finish_reasons": dict(collections.Counter(r["finish_reason"] for r in everything)),
+        "by_source": dict(collections.Counter(r["source"] for r in everything)),
+        "sampling": sampling, "tensor_parallel": tp, "data_parallel": dp,
+        "generate_s": round(gen_s, 2), "wall_s": round(time.monotonic() - t_start, 2),
+        **throughput(info, (recipe["models"]["teacher"].get("params_b")), tp, tokens["response"], gen_s),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(f"{summary['records']} traces ({summary['response_tokens']:,} response tokens) in {len(list(out_dir.glob('shard-*.jsonl')))} "
+        f"shards; this run {new_records} traces" + (f" at {summary['tokens_per_s']:,} tok/s" if summary["tokens_per_s"] else ""))
+    return 0
+
+
+def _trace_fields(record: dict, k: int, n: int) -> dict:
+    """The problem's fields for sample k; ids stay unique per sample (filter and convert key on id)."""
+    out = {"id": record["id"] if n == 1 else f"{record['id']}#{k}", "problem_id": record["id"], "sample": k,
+           "source": record["source"], "domain": record["domain"]}
+    for key in ("answer", "tests"):
+        if key in record:
+            out[key] = record[key]
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

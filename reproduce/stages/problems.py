@@ -1,0 +1,307 @@
+"""Problems for the teacher (recipe `sources`) and the benchmarks (recipe `eval.benchmarks`), as records:
+
+    {id, source, domain (math|code|mcq), problem, answer}          math, mcq (answer: the gold text / letter)
+    {id, source, domain: code, problem, tests}                      tests: {inputs, outputs[, fn_name]}
+
+`tests` is the layout `grading.grade_code` runs: stdin strings and expected stdout (APPS/TACO), or with
+`fn_name` argument lists and return values (call-based). At `scale: smoke` every source and benchmark comes
+from `smoke_data` (no hub). At full scale the rows come from the HF hub with `datasets`; each dataset has a
+*transform* (rows in the dataset's own columns -> records) kept apart from the download, so tests can run
+the transforms on rows they build. Filters and splits follow SkyThought (shared/reference/sky-t1.md).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import pickle
+import random
+import sys
+import zlib
+from typing import Iterable, Mapping
+
+from reproduce.stages import smoke_data
+
+SMOKE_EVAL_PROBLEMS = 4   # benchmark problems per benchmark at smoke scale (as `sources.*.problems: 4`)
+
+
+class BadSource(Exception):
+    """A recipe names a dataset or filter this module does not know: one line, exit 2."""
+
+
+# ---- entry points --------------------------------------------------------------------------------------------
+
+def load_sources(recipe: dict, limit: int | None = None) -> list[dict]:
+    """Every teacher problem of the recipe, source by source (at most `limit` per source)."""
+    out = []
+    for src in recipe["sources"]:
+        n = int(src.get("problems") or 0)
+        if limit is not None:
+            n = min(n, limit) if n else limit
+        if recipe.get("scale") == "smoke":
+            out += smoke_data.problems(src["name"], src["domain"], n)
+        else:
+            records = load_hub_source(src)
+            out += records[:limit] if limit is not None else records
+    return out
+
+
+def load_benchmark(bench: dict, scale: str = "full", limit: int | None = None) -> list[dict]:
+    """One `eval.benchmarks` item's problems."""
+    if scale == "smoke":
+        n = min(int(bench.get("problems") or SMOKE_EVAL_PROBLEMS), SMOKE_EVAL_PROBLEMS)
+        return smoke_data.problems(bench["name"], bench["domain"], min(n, limit or n))
+    records = load_hub_benchmark(bench)
+    return records[:limit] if limit is not None else records
+
+
+# ---- hub loaders (GPU/CPU nodes with internet; never in tests) ---------------------------------------------
+
+def _hub(dataset: str, split: str, subset: str | None = None, **kwargs):
+    from datasets import load_dataset
+
+    print(f"problems: loading {dataset}" + (f"/{subset}" if subset else "") + f" [{split}]", file=sys.stderr)
+    return load_dataset(dataset, subset, split=split, **kwargs)
+
+
+def numina_labels() -> dict[str, float]:
+    """Difficulty per NuminaMath problem text: NovaSky's GPT-4o-mini labels on the AoPS 1-10 scale
+    (`NovaSky-AI/labeled_numina_difficulty_859K`, column `gpt_difficulty_parsed`; ST@HEAD numina_handler.py)."""
+    return {row["problem"]: row["gpt_difficulty_parsed"]
+            for row in _hub("NovaSky-AI/labeled_numina_difficulty_859K", "train")}
+
+
+def load_hub_source(src: dict) -> list[dict]:
+    dataset, flt = src["dataset"], src.get("filter") or {}
+    if dataset == "AI-MO/NuminaMath-CoT":
+        labels = numina_labels() if flt.get("difficulty") else None
+        return numina_records(_hub(dataset, src["split"]), src["name"], flt, labels)
+    if dataset == "codeparrot/apps":
+        return apps_records(_hub(dataset, src["split"], trust_remote_code=True), src["name"])
+    if dataset == "BAAI/TACO":
+        return taco_records(_hub(dataset, src["split"], trust_remote_code=True), src["name"], flt)
+    raise BadSource(f"source {src.get('name')!r}: dataset {dataset!r} has no loader; expected one of "
+                    "AI-MO/NuminaMath-CoT, codeparrot/apps, BAAI/TACO")
+
+
+def load_hub_benchmark(bench: dict) -> list[dict]:
+    dataset, name = bench["dataset"], bench["name"]
+    if dataset == "qq8933/MATH500":
+        return math500_records(_hub(dataset, bench["split"]), name)
+    if dataset == "AI-MO/aimo-validation-aime":
+        return aime_records(_hub(dataset, bench["split"]), name, year=bench.get("year", "2024"))
+    if dataset == "Idavidrein/gpqa":
+        return gpqa_records(_hub(dataset, bench["split"], bench.get("subset", "gpqa_diamond")), name)
+    if dataset == "livecodebench/code_generation_lite":
+        difficulty = bench.get("difficulty") or name.rsplit("_", 1)[-1]       # livecodebench_easy -> easy
+        rows = _hub(dataset, bench["split"], version_tag=bench.get("version", "release_v2"), trust_remote_code=True)
+        return livecodebench_records(rows, name, difficulty)
+    if dataset == "Hothan/OlympiadBench":
+        return olympiadbench_records(_hub(dataset, bench["split"], bench.get("subset")), name)
+    raise BadSource(f"benchmark {name!r}: dataset {dataset!r} has no loader; expected one of qq8933/MATH500, "
+                    "AI-MO/aimo-validation-aime, Idavidrein/gpqa, livecodebench/code_generation_lite, "
+                    "Hothan/OlympiadBench")
+
+
+# ---- transforms: dataset rows -> records ---------------------------------------------------------------------
+
+def last_boxed(text: str | None) -> str | None:
+    """Contents of the last \\boxed{...}, nested braces included."""
+    if not text:
+        return None
+    start = text.rfind("\\boxed")
+    while start != -1:
+        i = text.find("{", start)
+        if i != -1 and not text[start + len("\\boxed"):i].strip():
+            depth, j = 1, i + 1
+            while j < len(text) and depth:
+                depth += {"{": 1, "}": -1}.get(text[j], 0)
+                j += 1
+            if depth == 0:
+                return text[i + 1:j - 1].strip()
+        start = text.rfind("\\boxed", 0, start)
+    return None
+
+
+def numina_records(rows: Iterable[Mapping], name: str, flt: Mapping,
+                   labels: Mapping[str, float] | None = None) -> list[dict]:
+    """NuminaMath-CoT rows (problem, solution, source, messages) -> math records.
+
+    Filters, in order: `source` equal; the first `end` rows of that source (olympiads: 20,000; whether
+    SkyThought cut before or after its other filters is UNVERIFIED, sky-t1.md); `solution_contains`
+    ("boxed"); `difficulty: [lo, hi]` inclusive (ST@#25) looked up in `labels` by problem text; a problem
+    with no label is dropped, as SkyThought's pandas `.map(diff_dict)` does. The answer is the solution's
+    last \\boxed{}.
+    """
+    lo_hi = flt.get("difficulty")
+    if lo_hi is not None and labels is None:
+        raise BadSource(f"source {name!r}: a difficulty filter needs difficulty labels")
+    out, seen_source = [], 0
+    for i, row in enumerate(rows):
+        if flt.get("source") and row.get("source") != flt["source"]:
+            continue
+        seen_source += 1
+        if flt.get("end") and seen_source > int(flt["end"]):
+            break
+        solution = row.get("solution") or ""
+        if flt.get("solution_contains") and flt["solution_contains"] not in solution:
+            continue
+        if lo_hi is not None:
+            level = labels.get(row["problem"])
+            if level is None or not (lo_hi[0] <= float(level) <= lo_hi[1]):
+                continue
+        answer = last_boxed(solution)
+        if not answer:
+            continue
+        out.append({"id": f"{name}-{i}", "source": name, "domain": "math", "problem": row["problem"],
+                    "answer": answer})
+    return out
+
+
+def apps_tests(input_output) -> dict | None:
+    """APPS/TACO `input_output` (a JSON string: inputs, outputs, optional fn_name) -> tests, or None."""
+    try:
+        io_ = json.loads(input_output) if isinstance(input_output, str) else dict(input_output or {})
+    except ValueError:
+        return None
+    inputs, outputs = io_.get("inputs") or [], io_.get("outputs") or []
+    if not inputs or len(inputs) != len(outputs):
+        return None
+    tests = {"inputs": inputs, "outputs": outputs}
+    if io_.get("fn_name"):
+        tests["fn_name"] = io_["fn_name"]
+    return tests
+
+
+def _code_problem(question: str, starter_code: str | None, call_based: bool) -> str:
+    """SkyThought's APPS/TACO prompt body: the statement, the starter code, and the input format."""
+    text = "\nQUESTION:\n" + question.strip()
+    if starter_code and starter_code.strip():
+        text += "\n" + starter_code.rstrip()
+    text += "\nUse Call-Based format" if call_based else "\nUse Standard Input format"
+    return text + "\nANSWER:\n"
+
+
+def apps_records(rows: Iterable[Mapping], name: str) -> list[dict]:
+    """codeparrot/apps rows (problem_id, question, input_output, starter_code, difficulty, ...) -> code
+    records; rows without usable tests are skipped (a sample could never pass them)."""
+    out = []
+    for row in rows:
+        tests = apps_tests(row.get("input_output"))
+        if tests is None:
+            continue
+        out.append({"id": f"{name}-{row['problem_id']}", "source": name, "domain": "code",
+                    "problem": _code_problem(row["question"], row.get("starter_code"), "fn_name" in tests),
+                    "tests": tests})
+    return out
+
+
+def taco_records(rows: Iterable[Mapping], name: str, flt: Mapping) -> list[dict]:
+    """BAAI/TACO rows (question, input_output, starter_code, difficulty, ...) -> code records.
+    `filter: {difficulty: MEDIUM}` keeps that difficulty (ST@init `--source MEDIUM --filter-difficulty`)."""
+    out = []
+    for i, row in enumerate(rows):
+        if flt.get("difficulty") and row.get("difficulty") != flt["difficulty"]:
+            continue
+        tests = apps_tests(row.get("input_output"))
+        if tests is None:
+            continue
+        out.append({"id": f"{name}-{i}", "source": name, "domain": "code",
+                    "problem": _code_problem(row["question"], row.get("starter_code"), "fn_name" in tests),
+                    "tests": tests})
+    return out
+
+
+def math500_records(rows: Iterable[Mapping], name: str) -> list[dict]:
+    """qq8933/MATH500 rows (problem, solution, answer, subject, level, unique_id) -> math records."""
+    return [{"id": f"{name}-{i}", "source": name, "domain": "math", "problem": row["problem"],
+             "answer": str(row["answer"])} for i, row in enumerate(rows)]
+
+
+def aime_records(rows: Iterable[Mapping], name: str, year: str = "2024") -> list[dict]:
+    """AI-MO/aimo-validation-aime rows (id, problem, solution, answer, url); AIME24 = url contains "2024"."""
+    return [{"id": f"{name}-{row.get('id', i)}", "source": name, "domain": "math", "problem": row["problem"],
+             "answer": str(row["answer"])} for i, row in enumerate(rows) if year in (row.get("url") or "")]
+
+
+def gpqa_records(rows: Iterable[Mapping], name: str, seed: int = 0) -> list[dict]:
+    """Idavidrein/gpqa rows (Question, Correct Answer, Incorrect Answer 1-3) -> mcq records.
+
+    The four answers are shuffled (SkyThought uses an unseeded random.shuffle; we seed it so reruns and
+    resumed runs ask the same question) and listed "A) .., B) .., C) .., D) .." after the question
+    (SkyThought gpqa_diamond_handler.py); the answer is the correct one's letter."""
+    rng = random.Random(seed)
+    out = []
+    for i, row in enumerate(rows):
+        choices = [row["Correct Answer"], row["Incorrect Answer 1"], row["Incorrect Answer 2"],
+                   row["Incorrect Answer 3"]]
+        order = list(range(4))
+        rng.shuffle(order)
+        listing = ", ".join(f"{letter}) {str(choices[k]).strip()}" for letter, k in zip("ABCD", order))
+        out.append({"id": f"{name}-{row.get('Record ID', i)}", "source": name, "domain": "mcq",
+                    "problem": f"{str(row['Question']).strip()}\n{listing}", "answer": "ABCD"[order.index(0)]})
+    return out
+
+
+class _StrOnly(pickle.Unpickler):
+    """LiveCodeBench pickles a JSON string; refuse anything that would import code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from dataset test cases")
+
+
+def decode_lcb_tests(blob) -> list[dict]:
+    """LiveCodeBench test cases: a JSON list, or base64(zlib(pickle(JSON string))) for private ones."""
+    if isinstance(blob, list):
+        return blob
+    try:
+        return json.loads(blob)
+    except ValueError:
+        text = _StrOnly(io.BytesIO(zlib.decompress(base64.b64decode(blob)))).load()
+        return json.loads(text)
+
+
+def livecodebench_records(rows: Iterable[Mapping], name: str, difficulty: str | None) -> list[dict]:
+    """livecodebench/code_generation_lite rows (question_title, question_content, question_id, starter_code,
+    difficulty, public_test_cases, private_test_cases, metadata) -> code records, public + private tests.
+
+    stdin problems: inputs/outputs as text. Functional (LeetCode) problems: each input is one JSON value per
+    line (the arguments), the output one JSON value; `fn_name` from metadata's func_name. The problem text is
+    the statement plus starter code; SkyThought's two LCB prompts differ by stdin vs functional
+    (ST@HEAD livecodebench yaml), our recipe has one code template."""
+    out = []
+    for row in rows:
+        if difficulty and row.get("difficulty") != difficulty:
+            continue
+        cases = decode_lcb_tests(row["public_test_cases"]) + decode_lcb_tests(row["private_test_cases"])
+        if not cases:
+            continue
+        functional = cases[0].get("testtype") == "functional"
+        if functional:
+            meta = json.loads(row.get("metadata") or "{}")
+            tests = {"fn_name": meta.get("func_name"),
+                     "inputs": [[json.loads(line) for line in c["input"].split("\n") if line.strip()]
+                                for c in cases],
+                     "outputs": [json.loads(c["output"]) for c in cases]}
+        else:
+            tests = {"inputs": [c["input"] for c in cases], "outputs": [c["output"] for c in cases]}
+        problem = row["question_content"].strip()
+        if row.get("starter_code"):
+            problem += "\n\n" + row["starter_code"].rstrip()
+        out.append({"id": f"{name}-{row['question_id']}", "source": name, "domain": "code", "problem": problem,
+                    "tests": tests})
+    return out
+
+
+def olympiadbench_records(rows: Iterable[Mapping], name: str) -> list[dict]:
+    """Hothan/OlympiadBench OE_TO_maths_en_COMP rows (id, question, final_answer: list of "$...$") -> math
+    records; the first final answer is the gold, without its $ delimiters."""
+    out = []
+    for i, row in enumerate(rows):
+        finals = row.get("final_answer") or []
+        if not finals:
+            continue
+        answer = str(finals[0]).strip().strip("$").strip()
+        out.append({"id": f"{name}-{row.get('id', i)}", "source": name, "domain": "math",
+                    "problem": row["question"], "answer": answer})
+    return out
