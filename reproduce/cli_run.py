@@ -172,6 +172,8 @@ def render_tasks(plan, recipe: dict, executor, backend: str) -> str:
 
                 placement = _placement(s.to_dict()) if backend == "sky" else None
                 text = tasks.render_yaml(s.stage, {"RUN_ID": "dry-run"}, placement, recipe["scale"])
+                if backend == "local":
+                    text = f"# local: this task's setup and run as subprocesses on this machine\n{text}"
         except UserError as e:
             text = f"# stage {s.stage}: cannot render: {e}"
         out.append(text.rstrip())
