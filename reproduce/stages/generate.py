@@ -59,9 +59,9 @@ def messages(record: dict, system_prompt: str | None, templates: dict) -> list[d
 def smoke_teacher(recipe: dict, artifacts: str | Path) -> Path:
     """ARTIFACTS/models/tiny-teacher: a tiny model taught every smoke problem of the recipe's sources.
 
-    Every 4th problem is taught only a wrong response and every 4th+2 both a right and a wrong one, so the
-    teacher is mostly right, deterministically wrong on ~1/4 and a coin toss on another ~1/4 at T>0: the
-    filter stage has real traces to keep and to reject, as QwQ's ~20-45% rejections (recipe keep_rate)."""
+    Every 4th problem is taught only a wrong response and every 8th+2 both a right and a wrong one, so the
+    teacher is mostly right, deterministically wrong on ~1/4 and a coin toss on another ~1/8 at T>0: the
+    filter stage has real traces to keep and to reject, like QwQ's ~20-45% rejections (recipe keep_rate)."""
     from reproduce.stages import problems, smoke_data, tinymodel
 
     gen = recipe["generate"]
@@ -69,7 +69,7 @@ def smoke_teacher(recipe: dict, artifacts: str | Path) -> Path:
     for i, record in enumerate(problems.load_sources(recipe)):
         right, wrong = smoke_data.reference_responses(record)
         prompt = messages(record, gen.get("system_prompt"), gen["user_templates"])
-        pairs += [(prompt, wrong)] if i % 4 == 0 else [(prompt, right)] + ([(prompt, wrong)] if i % 4 == 2 else [])
+        pairs += [(prompt, wrong)] if i % 4 == 0 else [(prompt, right)] + ([(prompt, wrong)] if i % 8 == 2 else [])
     return tinymodel.build_tiny_model(Path(artifacts) / "models" / "tiny-teacher", pairs, log=log)
 
 

@@ -1,0 +1,143 @@
+"""The tiny local model and the generate stage, end to end at smoke scale (stage environment: torch,
+transformers). Skipped where those are not installed (the controller venv)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from reproduce import recipe as recipes  # noqa: E402
+from reproduce.stages import generate, tinymodel  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def smoke_recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    path = root / "recipe.yaml"
+    path.write_text(recipes.dump(recipes.load(scale="smoke")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def generated(smoke_recipe):
+    """generate --limit 2 (3 shards of <=5 problems), then the full run resumes from there."""
+    artifacts = smoke_recipe.parent / "artifacts"
+    args = ["--recipe", str(smoke_recipe), "--artifacts", str(artifacts)]
+    assert generate.main(args + ["--limit", "2", "--shard-size", "5"]) == 0
+    first = {p.name: p.read_text() for p in (artifacts / "generate").glob("shard-*.jsonl")}
+    summary1 = json.loads((artifacts / "generate" / "summary.json").read_text())
+    assert generate.main(args) == 0
+    return artifacts, first, summary1
+
+
+def _records(artifacts):
+    return generate.read_shards(artifacts / "generate")
+
+
+def test_student_builds_offline_generates_and_is_cached(tmp_path):
+    out = tinymodel.build_tiny_model(tmp_path / "student")
+    marker = json.loads((out / tinymodel.MARKER).read_text())
+    assert 50_000 < marker["params"] < 200_000 and marker["trained_steps"] == 0
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    with generate.open_backend(str(out), backend="auto") as (info, complete):
+        outs = complete([text, text + "x"], {"n": 2, "temperature": 0.7, "top_p": 1.0, "max_tokens": 8})
+    assert info["backend"] == "transformers" and len(outs) == 2 and all(len(s) == 2 for s in outs)
+    for s in outs[0]:
+        assert 1 <= s["response_tokens"] <= 8 and s["finish_reason"] in ("stop", "length")
+        assert s["prompt_tokens"] == len(tok(text, add_special_tokens=False)["input_ids"])
+    t0 = time.monotonic()
+    assert tinymodel.build_tiny_model(tmp_path / "student") == out          # same inputs: the folder as is
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_generate_writes_traces_for_every_problem(generated, smoke_recipe):
+    artifacts, _, _ = generated
+    recipe = recipes.load(scale="smoke")
+    records = _records(artifacts)
+    assert len(records) == 4 * len(recipe["sources"]) and len({r["id"] for r in records}) == len(records)
+    for r in records:
+        assert set(r) >= {"id", "source", "domain", "prompt", "response", "prompt_tokens", "response_tokens",
+                          "finish_reason"}
+        assert ("tests" in r) if r["domain"] == "code" else ("answer" in r)
+        assert r["prompt"].startswith("<|im_start|>system\n" + recipe["generate"]["system_prompt"])
+        assert r["prompt"].endswith("<|im_start|>assistant\n")
+        assert 0 < r["response_tokens"] <= recipe["generate"]["max_tokens"]
+    summary = json.loads((artifacts / "generate" / "summary.json").read_text())
+    assert summary["records"] == len(records) and summary["backend"] == "transformers"
+    assert summary["response_tokens"] == sum(r["response_tokens"] for r in records)
+    assert summary["tokens_per_s"] > 0 and summary["gpus"] == 0
+
+
+def test_smoke_teacher_is_mostly_right_and_sometimes_wrong(generated):
+    """Real rejection sampling: the real graders keep some traces and reject others."""
+    from reproduce.stages.grading import grade
+
+    verdicts = [grade(r)[0] for r in _records(generated[0])]
+    assert 0.4 <= sum(verdicts) / len(verdicts) < 1.0
+
+
+def test_resume_skips_problems_already_written(generated):
+    artifacts, first, summary1 = generated
+    assert summary1["records"] == 12 and sorted(first) == ["shard-00000.jsonl", "shard-00001.jsonl",
+                                                           "shard-00002.jsonl"]
+    for name, text in first.items():                                  # earlier shards untouched
+        assert (artifacts / "generate" / name).read_text() == text
+    summary = json.loads((artifacts / "generate" / "summary.json").read_text())
+    assert summary["skipped_problems"] == 12 and summary["records_this_run"] == 12
+
+
+def test_a_run_killed_mid_way_resumes_without_duplicates(smoke_recipe, tmp_path, monkeypatch):
+    artifacts = tmp_path / "a"
+    (artifacts / "models").mkdir(parents=True)
+    # reuse the teacher the module fixture built
+    import shutil
+    shutil.copytree(smoke_recipe.parent / "artifacts" / "models" / "tiny-teacher", artifacts / "models" / "tiny-teacher")
+    real = generate.write_shard
+    calls = []
+
+    def dying(out_dir, rows):
+        if calls:
+            raise KeyboardInterrupt          # preempted after the first shard
+        calls.append(1)
+        return real(out_dir, rows)
+
+    monkeypatch.setattr(generate, "write_shard", dying)
+    args = ["--recipe", str(smoke_recipe), "--artifacts", str(artifacts), "--shard-size", "7"]
+    assert generate.main(args) == 130
+    assert len(_records(artifacts)) == 7 and not list((artifacts / "generate").glob("*.tmp"))
+    monkeypatch.setattr(generate, "write_shard", real)
+    assert generate.main(args) == 0
+    ids = [r["id"] for r in _records(artifacts)]
+    assert len(ids) == 24 == len(set(ids))
+
+
+def test_samples_per_problem_makes_unique_ids(smoke_recipe, tmp_path):
+    r = recipes.load(scale="smoke", sets=["generate.samples_per_problem=3"])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipes.dump(r))
+    student = tinymodel.build_tiny_model(tmp_path / "student")
+    assert generate.main(["--recipe", str(path), "--artifacts", str(tmp_path / "a"), "--limit", "1",
+                          "--model", str(student)]) == 0
+    records = _records(tmp_path / "a")
+    assert len(records) == 3 * len(r["sources"])
+    assert len({x["id"] for x in records}) == len(records)
+    assert {x["sample"] for x in records} == {0, 1, 2}
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert generate.main(["--recipe", str(tmp_path / "missing.yaml"), "--artifacts", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("generate: --recipe") and "\n" not in err
+    bad = tmp_path / "r.yaml"
+    bad.write_text("generate: {}\nsources: []\n")
+    assert generate.main(["--recipe", str(bad), "--artifacts", str(tmp_path), "--limit", "0"]) == 2
+    assert "--limit 0" in capsys.readouterr().err
