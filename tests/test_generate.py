@@ -141,3 +141,52 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     bad.write_text("generate: {}\nsources: []\n")
     assert generate.main(["--recipe", str(bad), "--artifacts", str(tmp_path), "--limit", "0"]) == 2
     assert "--limit 0" in capsys.readouterr().err
+
+
+FAKE_VLLM = '''
+import os
+from types import SimpleNamespace
+
+class SamplingParams:
+    def __init__(self, n=1, temperature=0.0, top_p=1.0, max_tokens=16):
+        self.n, self.max_tokens = n, max_tokens
+
+class LLM:
+    def __init__(self, model, tensor_parallel_size=1, seed=0):
+        if os.environ.get("FAKE_VLLM_FAIL") == os.environ["CUDA_VISIBLE_DEVICES"]:
+            raise RuntimeError("CUDA out of memory")
+        self.gpus = os.environ["CUDA_VISIBLE_DEVICES"]
+        self.tp = tensor_parallel_size
+
+    def generate(self, prompts, params, use_tqdm=False):
+        return [SimpleNamespace(prompt_token_ids=[0] * len(p), outputs=[
+            SimpleNamespace(text=f"{p}|gpus={self.gpus}|tp={self.tp}|k={k}", token_ids=[1] * params.max_tokens,
+                            finish_reason="length") for k in range(params.n)]) for p in prompts]
+'''
+
+
+def test_vllm_data_parallel_pins_each_replica_to_its_gpus(tmp_path, monkeypatch):
+    """The real pool (spawned processes, queues, CUDA_VISIBLE_DEVICES slices) around a stand-in vllm."""
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text(FAKE_VLLM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5")
+    prompts = [f"p{i}" for i in range(5)]
+    with generate.open_backend("m", tensor_parallel=2, data_parallel=3, backend="vllm") as (info, complete):
+        outs = complete(prompts, {"n": 2, "temperature": 0.7, "top_p": 1.0, "max_tokens": 3})
+        again = complete(prompts[:1], {"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 3})
+    assert info == {"backend": "vllm", "gpus": 6}
+    assert [o[0]["text"].split("|")[0] for o in outs] == prompts          # order kept across replicas
+    assert [o[0]["text"].split("|")[1] for o in outs] == ["gpus=0,1"] * 2 + ["gpus=2,3"] * 2 + ["gpus=4,5"]
+    assert all("tp=2" in c["text"] and c["response_tokens"] == 3 and c["finish_reason"] == "length"
+               for o in outs for c in o) and all(len(o) == 2 for o in outs)
+    assert len(again) == 1 and again[0][0]["prompt_tokens"] == 2
+
+    monkeypatch.setenv("FAKE_VLLM_FAIL", "2,3")                           # one replica fails to load
+    with pytest.raises(RuntimeError, match="replica 1 failed: RuntimeError: CUDA out of memory"):
+        with generate.open_backend("m", tensor_parallel=2, data_parallel=3, backend="vllm"):
+            pass
+    with pytest.raises(generate.BadInput, match="needs 8 GPUs; 6 visible"):
+        with generate.open_backend("m", tensor_parallel=2, data_parallel=4, backend="vllm"):
+            pass

@@ -110,11 +110,11 @@ def open_backend(model: str, tensor_parallel: int = 1, data_parallel: int = 1, b
 def _vllm_local(model: str, tp: int, seed: int):
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=model, tensor_parallel_size=tp, seed=seed, trust_remote_code=False)
+    llm = LLM(model=model, tensor_parallel_size=tp, seed=seed)   # seed: reproducible sampling per replica
 
     def complete(prompts, sampling):
         params = SamplingParams(n=sampling.get("n", 1), temperature=sampling["temperature"],
-                                top_p=sampling.get("top_p", 1.0), max_tokens=sampling["max_tokens"], seed=seed)
+                                top_p=sampling.get("top_p", 1.0), max_tokens=sampling["max_tokens"])
         results = []
         for out in llm.generate(prompts, params, use_tqdm=False):
             results.append([{"text": c.text, "prompt_tokens": len(out.prompt_token_ids),
@@ -151,17 +151,26 @@ def _vllm_pool(model: str, tp: int, dp: int, seed: int):
     workers = []
     for rank in range(dp):
         jobs = ctx.Queue()
-        proc = ctx.Process(target=_vllm_worker, daemon=True,
+        proc = ctx.Process(target=_vllm_worker,   # not a daemon: vLLM with TP > 1 starts processes of its own
                            args=(rank, ",".join(ids[rank * tp:(rank + 1) * tp]), model, tp, seed, jobs, results))
         proc.start()
         workers.append((proc, jobs))
 
-    def collect(expect: str, count: int) -> dict:
+    def collect(expect: str) -> dict:
+        import queue
+
         got = {}
-        while len(got) < count:
-            rank, kind, payload = results.get()
+        while len(got) < dp:
+            try:
+                rank, kind, payload = results.get(timeout=30)
+            except queue.Empty:                      # a replica killed outright (OOM) reports nothing
+                dead = [r for r, (proc, _) in enumerate(workers) if not proc.is_alive() and r not in got]
+                if dead:
+                    raise RuntimeError(f"vLLM replica {dead[0]} exited with code {workers[dead[0]][0].exitcode}")
+                continue
             if kind == "error":
                 raise RuntimeError(f"vLLM replica {rank} failed: {payload}")
+            assert kind == expect, (kind, expect)
             got[rank] = payload
         return got
 
@@ -170,11 +179,11 @@ def _vllm_pool(model: str, tp: int, dp: int, seed: int):
         parts = [prompts[r * step:(r + 1) * step] for r in range(dp)]
         for (_, jobs), part in zip(workers, parts):
             jobs.put((part, sampling))
-        got = collect("done", dp)
+        got = collect("done")
         return [c for r in range(dp) for c in got[r]]
 
     try:
-        collect("ready", dp)
+        collect("ready")
         yield complete
     finally:
         for proc, jobs in workers:
