@@ -107,7 +107,8 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
         for row in rows.values():
             if row.kind == "gpu":
                 row.kind, row.gpus, row.gpu_hours, row.cpu_hours = "cpu", 0, 0.0, row.hours
-                row.arithmetic = f"this machine's CPU: {row.hours:,.3f} h at $0"
+                row.arithmetic = "this machine's CPU at $0 (tiny model; GPU throughput figures do not apply)"
+                row.assumptions = []
     plan = Plan(recipe["name"], recipe["scale"], backend, budget, [rows[s] for s in STAGES])
     if suggest and not plan.fits:
         plan.suggestions = suggestions(recipe, plan, backend, calibration)
