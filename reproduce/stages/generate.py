@@ -205,6 +205,8 @@ def _transformers(model: str, seed: int):
         tok.pad_token = tok.eos_token
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     lm = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device).eval()
+    if device == "cpu" and sum(p.numel() for p in lm.parameters()) < 10_000_000:
+        torch.set_num_threads(1)      # a tiny model: threads only add sync cost (see tinymodel.train)
     eos = {tok.eos_token_id} | set(_as_list(getattr(lm.generation_config, "eos_token_id", None)))
     eos.discard(None)
     torch.manual_seed(seed)

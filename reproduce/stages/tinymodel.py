@@ -142,6 +142,9 @@ def train(model, tok, pairs, *, steps: int, seed: int, lr: float = LR, batch: in
         ids[i, :len(x)], labels[i, :len(y)], mask[i, :len(x)] = torch.tensor(x), torch.tensor(y), 1
 
     gen = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)    # 64-wide matmuls: thread sync costs more than it gives (10 s vs 155 s on a busy
+                                # 2-CPU machine, measured)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
@@ -155,4 +158,5 @@ def train(model, tok, pairs, *, steps: int, seed: int, lr: float = LR, batch: in
         if step % 100 == 0 or step == steps - 1:
             log(f"tiny model: step {step + 1}/{steps} loss {loss.item():.3f}")
     model.eval()
+    torch.set_num_threads(threads)
     return {"trained_steps": steps, "final_loss": round(loss.item(), 4), "train_s": round(time.time() - t0, 2)}
