@@ -31,10 +31,7 @@ def load(name_or_path: str = "sky-t1-32b-preview", sets: list[str] = (), scale: 
         hint = difflib.get_close_matches(str(name_or_path), available(), n=1)
         raise UserError(f"unknown recipe {name_or_path!r}: expected a file or one of {', '.join(available())}"
                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    try:
-        recipe = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise UserError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    recipe = _read(path)
     smoke = recipe.pop("smoke", {}) or {}
     if scale == "smoke":
         for key, value in smoke.items():
@@ -47,6 +44,31 @@ def load(name_or_path: str = "sky-t1-32b-preview", sets: list[str] = (), scale: 
     recipe["scale"] = scale
     recipe["source_file"] = str(path)
     return recipe
+
+
+def _read(path: Path, depth: int = 0) -> dict:
+    """A recipe file, or a variant: `base: NAME` + `set: {dotted.key: value}` (+ its own `smoke:` keys)
+    so a variant states only what it changes."""
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(recipe, dict):
+        raise UserError(f"recipe {path}: expected a mapping of sections, got {type(recipe).__name__}")
+    if "base" not in recipe:
+        return recipe
+    if depth > 4:
+        raise UserError(f"recipe {path}: `base:` chain is too deep (a cycle?)")
+    base_path = RECIPES_DIR / f"{recipe['base']}.yaml"
+    if not base_path.is_file():
+        raise UserError(f"recipe {path}: base {recipe['base']!r} not found; expected one of {', '.join(available())}")
+    merged = _read(base_path, depth + 1)
+    smoke = {**(merged.pop("smoke", {}) or {}), **(recipe.get("smoke") or {})}
+    for key, value in (recipe.get("set") or {}).items():
+        set_key(merged, key, value)
+    merged.update({k: v for k, v in recipe.items() if k not in ("base", "set", "smoke")})
+    merged["smoke"] = smoke
+    return merged
 
 
 def parse_value(raw: str):

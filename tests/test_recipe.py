@@ -54,3 +54,15 @@ def test_a_recipe_file_by_path(tmp_path):
     path = tmp_path / "my.yaml"
     path.write_text(text)
     assert recipes.load(str(path))["name"] == "my-variant"
+
+
+def test_a_variant_states_only_what_it_changes(tmp_path):
+    variant = tmp_path / "v.yaml"
+    variant.write_text("base: sky-t1-32b-preview\nname: v\nset:\n  sft.packing: true\n"
+                       "smoke:\n  sft.cutoff_len: 256\n")
+    full, smoke = recipes.load(str(variant)), recipes.load(str(variant), scale="smoke")
+    assert (full["name"], full["sft"]["packing"], full["sft"]["cutoff_len"]) == ("v", True, 16384)
+    assert smoke["sft"]["cutoff_len"] == 256 and smoke["sources"][0]["problems"] == 4  # base smoke kept
+    variant.write_text("base: sky-t1-32b-preview\nset:\n  sft.pakcing: true\n")
+    with pytest.raises(UserError, match="did you mean 'sft.packing'"):
+        recipes.load(str(variant))

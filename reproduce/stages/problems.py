@@ -22,7 +22,6 @@ from typing import Iterable, Mapping
 
 from reproduce.stages import smoke_data
 
-SMOKE_EVAL_PROBLEMS = 4   # benchmark problems per benchmark at smoke scale (as `sources.*.problems: 4`)
 
 
 class BadSource(Exception):
@@ -49,7 +48,7 @@ def load_sources(recipe: dict, limit: int | None = None) -> list[dict]:
 def load_benchmark(bench: dict, scale: str = "full", limit: int | None = None) -> list[dict]:
     """One `eval.benchmarks` item's problems."""
     if scale == "smoke":
-        n = min(int(bench.get("problems") or SMOKE_EVAL_PROBLEMS), SMOKE_EVAL_PROBLEMS)
+        n = int(bench["problems"])  # the recipe's smoke block sets eval.benchmarks.*.problems
         return smoke_data.problems(bench["name"], bench["domain"], min(n, limit or n))
     records = load_hub_benchmark(bench)
     return records[:limit] if limit is not None else records
