@@ -198,7 +198,9 @@ def _kill_and_resume(home, seed: int, kills: int = 2) -> str:
     run_id = None
     for attempt in range(kills + 1):
         if run_id is None:
-            argv = base + ["all", "--budget", "450", "--backend", "sim", "--sim-seed", str(seed),
+            # a budget the guard never reaches: a killed sft re-runs from zero in the simulation, and this
+            # test is about bookkeeping, not the guard
+            argv = base + ["all", "--budget", "5000", "--backend", "sim", "--sim-seed", str(seed),
                            "--sim-preemption-rate", "0.2", "--sim-pace", "0.002", "-y"]
         else:
             argv = base + ["all", "--resume", run_id, "--sim-pace", "0.002", "-y"]

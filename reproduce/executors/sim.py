@@ -65,8 +65,9 @@ class SimExecutor:
     def launch(self, run: RunContext) -> str:
         plan, costs = run.plan or {}, (run.recipe or {}).get("costs", {})
         handle = f"sim:{run.stage}:{len(self.sims)}"
-        # one stream per (seed, run, stage, attempt): a resumed run draws what a fresh one would
-        rng = random.Random(f"{self.seed}/{run.run_id}/{run.stage}/{len(self.sims)}")
+        # one stream per (seed, stage, attempt): the same --sim-seed replays the same run, and a resumed
+        # run draws what a fresh one would
+        rng = random.Random(f"{self.seed}/{run.stage}/{len(self.sims)}")
         factor = self.slowdown * max(0.5, rng.gauss(1.0, self.noise))
         kind = plan.get("kind", "none")
         recovery = self.recovery_h if self.recovery_h is not None else float(costs.get("recovery_hours", 0.3))
