@@ -22,6 +22,8 @@ YES_OPTION = typer.Option(False, "--yes", "-y", help="Do not ask for confirmatio
 SLOWDOWN_OPTION = typer.Option(1.0, "--sim-slowdown", help="sim: every stage takes this many times its estimate.")
 PREEMPT_OPTION = typer.Option(0.0, "--sim-preemption-rate", help="sim: spot preemptions per hour of running.")
 SEED_OPTION = typer.Option(0, "--sim-seed", help="sim: random seed (noise, preemptions).")
+BUCKET_OPTION = typer.Option(None, "--bucket", envvar="REPRODUCE_BUCKET",
+                             help="s3://NAME or gs://NAME for artifacts on clouds (each run under runs/RUN).")
 PACE_OPTION = typer.Option(0.0, "--sim-pace", hidden=True, help="sim: real seconds to sleep per poll (tests).")
 
 
@@ -44,10 +46,12 @@ def all_stages(
     sim_preemption_rate: float = PREEMPT_OPTION,
     sim_seed: int = SEED_OPTION,
     sim_pace: float = PACE_OPTION,
+    bucket: Optional[str] = BUCKET_OPTION,
 ) -> None:
     """Plan, confirm, run every stage within --budget (exit 3 before crossing it), then audit."""
     execute(recipe, budget, backend, scale, sets or [], dry_run, resume, yes,
-            dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace))
+            dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
+            bucket=bucket)
 
 
 def stage(
@@ -64,6 +68,7 @@ def stage(
     sim_preemption_rate: float = PREEMPT_OPTION,
     sim_seed: int = SEED_OPTION,
     sim_pace: float = PACE_OPTION,
+    bucket: Optional[str] = BUCKET_OPTION,
 ) -> None:
     """Run one stage (of a new run, or of run --run RUN), admitted by the budget guard."""
     from reproduce.executors.base import STAGES
@@ -72,10 +77,10 @@ def stage(
         raise UserError(f"unknown stage {name!r}: expected one of {', '.join(STAGES)}")
     execute(recipe, budget, backend, scale, sets or [], dry_run, run_id, yes,
             dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
-            only=[name])
+            only=[name], bucket=bucket)
 
 
-def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None) -> None:
+def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None, bucket=None) -> None:
     import yaml
 
     from reproduce import pipeline
@@ -107,6 +112,11 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         if budget_usd is None:
             raise UserError("--budget is required: a positive number of US dollars, e.g. --budget 450")
         resolved = recipes.load(recipe_name, sets, scale)
+    if bucket:  # kept with the run's recipe so --resume finds the same bucket
+        from reproduce.executors.bucket import check
+
+        resolved["bucket"] = check(bucket)
+    bucket = resolved.get("bucket")
     executor, chosen, why = pipeline.make_executor(backend, resolved, sim)
     plan = build_plan(resolved, budget_usd, chosen)
     if only:
@@ -116,6 +126,9 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if not plan.fits:
         raise OverBudget(f"plan costs {money(plan.total_usd)}, over the {money(plan.budget)} budget by "
                          f"{money(-plan.headroom)}: not started (try `reproduce plan --optimize`)")
+    if chosen == "sky" and not bucket and not dry_run:
+        raise UserError("--bucket is required with SkyPilot: s3://NAME or gs://NAME holds the run's artifacts "
+                        "(or set REPRODUCE_BUCKET)")
     if dry_run:
         typer.echo(render_tasks(plan, resolved, executor, chosen))
         typer.echo("dry run: nothing launched, nothing spent, nothing recorded", err=True)
@@ -133,7 +146,8 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if resume and only and only[0] in ledger.finished_stages(resume):
         typer.echo(f"stage {only[0]} already finished in run {resume}; nothing to do", err=True)
         return
-    result = pipeline.run(plan, resolved, executor, ledger, budget_usd, resume_run=resume, stages=stages_now)
+    result = pipeline.run(plan, resolved, executor, ledger, budget_usd, resume_run=resume, stages=stages_now,
+                          bucket=bucket)
     typer.echo(f"run {result.run_id}: artifacts in {result.artifacts}; ledger {ledger.path}", err=True)
     typer.echo(render_audit(ledger.audit(result.run_id)))
     if result.exit_code == 3:

@@ -97,6 +97,17 @@ def sky_env(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "TASKS_DIR", folder)
 
 
+@pytest.fixture(autouse=True)
+def synced(monkeypatch):
+    """The bucket sync (boto3; tested against moto in test_bucket.py), recorded instead of run."""
+    from reproduce.executors import bucket
+
+    calls = []
+    monkeypatch.setattr(bucket, "push", lambda local, url, client=None: calls.append(("push", str(local), url)))
+    monkeypatch.setattr(bucket, "pull", lambda url, local, client=None: calls.append(("pull", url, str(local))))
+    return calls
+
+
 def ctx(stage="sft", plan=PLAN, recipe=None):
     return RunContext(run_id="Run_1", recipe=recipe or {"filter": {"where": "cpu-node"}}, stage=stage,
                       plan=dict(plan), artifacts="/artifacts", envs={"KNOB": "x"}, bucket="s3://my-bucket")
@@ -131,7 +142,7 @@ def test_managed_job_through_preemption_to_success_priced_where_it_ran():
     handle = ex.launch(ctx())
     assert fake.calls[0] == ("launch_managed", "rp-run-1-sft")
     task = fake.tasks[0]
-    assert task.envs["RUN_ID"] == "Run_1" and task.envs["BUCKET"] == "s3://my-bucket" and task.envs["KNOB"] == "x"
+    assert task.envs["RUN_ID"] == "Run_1" and task.envs["BUCKET"] == "s3://my-bucket/runs/Run_1" and task.envs["KNOB"] == "x"
     assert SECRET not in task.envs.values() and task.secrets["HF_TOKEN"].get_secret_value() == SECRET
     assert {r.region for r in task.resources} == {"us-east-1"}       # the plan's placement
 
@@ -307,7 +318,7 @@ def test_shipped_tasks_launch_with_placement_and_secrets(stage, monkeypatch):
     (task,) = fake.tasks
     assert {r.region for r in task.resources} == {"us-east-1"} and all(r.use_spot for r in task.resources)
     assert "H100" in {next(iter(r.accelerators)) for r in task.resources}
-    assert task.envs["BUCKET"] == "s3://my-bucket" and SECRET not in task.envs.values()
+    assert task.envs["BUCKET"] == "s3://my-bucket/runs/Run_1" and SECRET not in task.envs.values()
     assert task.secrets["HF_TOKEN"].get_secret_value() == SECRET
     if stage == "sft":
         assert all(r.job_recovery for r in task.resources)
@@ -389,3 +400,14 @@ def test_adapter_reads_a_real_managed_job_record():
 
 def test_enabled_infra_is_empty_without_a_running_server():
     assert sky_adapter.enabled_infra(timeout_s=20) == []
+
+
+def test_cloud_stages_push_the_artifacts_first_and_pull_the_results_on_success(synced):
+    adapter = FakeAdapter(states=[rec("RUNNING", start=0), rec("SUCCEEDED", start=0, end=3600)])
+    ex = SkyExecutor(adapter=adapter, price_lookup=prices, clock=lambda: 7200)
+    handle = ex.launch(ctx("sft"))
+    assert synced == [("push", "/artifacts", "s3://my-bucket/runs/Run_1")]
+    ex.poll(handle)
+    assert len(synced) == 1  # nothing to pull while it runs
+    assert ex.poll(handle).state == "SUCCEEDED"
+    assert synced[-1] == ("pull", "s3://my-bucket/runs/Run_1", "/artifacts")

@@ -61,6 +61,8 @@ class _Launched:
     first_seen_running: float | None = None
     last: StageStatus | None = None
     torn_down: bool = False
+    bucket_url: str | None = None       # the run's folder in the bucket, pulled when the stage succeeds
+    artifacts: object = None            # the local artifacts folder it is pulled into
 
 
 class SkyExecutor:
@@ -89,11 +91,17 @@ class SkyExecutor:
 
     # ---- the interface ------------------------------------------------------------------------------
     def launch(self, run: RunContext) -> str:
+        from reproduce.executors import bucket
+
+        url = bucket.run_url(run.bucket, run.run_id) if run.bucket else None
         if self._runs_here(run):
+            if url:  # the previous stage ran on a cloud: its outputs are in the bucket
+                bucket.pull(url, run.artifacts)
             return self.local.launch(run)
         envs = {**run.envs, "RUN_ID": run.run_id}
-        if run.bucket:
-            envs["BUCKET"] = run.bucket
+        if url:
+            bucket.push(run.artifacts, url)  # recipe.yaml and what controller stages wrote
+            envs["BUCKET"] = url
         elif "BUCKET" in (tasks.load_task(run.stage).get("envs") or {}) and not envs.get("BUCKET"):
             raise UserError(f"stage {run.stage} on SkyPilot keeps its artifacts in a bucket and this run has none: "
                             "give one as s3://NAME or gs://NAME")
@@ -112,7 +120,8 @@ class SkyExecutor:
                 e.add_note(problem)
             raise
         handle = f"{mode}:{name}:{job_id}"
-        self.runs[handle] = _Launched(run.stage, mode, name, job_id, dict(run.plan or {}), spot, self.clock())
+        self.runs[handle] = _Launched(run.stage, mode, name, job_id, dict(run.plan or {}), spot, self.clock(),
+                                      bucket_url=url, artifacts=run.artifacts)
         return handle
 
     def poll(self, handle: str) -> StageStatus:
@@ -134,6 +143,10 @@ class SkyExecutor:
             st.message = "; ".join(m for m in (st.message, self._teardown(r)) if m)
         elif st.done:
             r.torn_down = True
+        if st.state == "SUCCEEDED" and r.bucket_url and r.artifacts is not None:
+            from reproduce.executors import bucket
+
+            bucket.pull(r.bucket_url, r.artifacts)  # summaries, traces, scores; never model weights
         r.last = st
         return st
 

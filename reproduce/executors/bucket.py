@@ -1,0 +1,89 @@
+"""Keep a run's local artifacts folder and its bucket in step, for stages that run on the controller
+(rewrite, convert, a local filter) between stages that run on clouds with the bucket mounted.
+
+    push(local_dir, "s3://bucket/runs/RUN")   # upload what the bucket lacks (or has at another size)
+    pull("s3://bucket/runs/RUN", local_dir)   # download what the folder lacks
+
+S3 through boto3 (the controller has it); GCS through the `gcloud storage` CLI, which SkyPilot's GCP setup
+installs. Sync by key and size: artifacts are written once and never edited in place, except caches.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from reproduce.errors import UserError
+
+SKIP = ("logs/",)  # local logs stay local; they may quote a stage's stderr
+# Weights stay in the bucket (a ZeRO-3 checkpoint of a 32B model is ~460 GB); the controller needs none.
+NO_PULL = ("sft/checkpoints/", "sft/model/", "models/")
+
+
+def run_url(bucket: str, run_id: str) -> str:
+    return f"{check(bucket).rstrip('/')}/runs/{run_id}"
+
+
+def check(bucket: str) -> str:
+    if not bucket.startswith(("s3://", "gs://")) or len(bucket) <= 5:
+        raise UserError(f"--bucket {bucket!r}: expected s3://NAME or gs://NAME")
+    return bucket
+
+
+def push(local_dir: Path, url: str, client=None) -> int:
+    if url.startswith("gs://"):
+        return _gcloud("rsync", "--recursive", str(local_dir), url)
+    bucket, prefix = _split(url)
+    s3 = client or _s3()
+    remote = _s3_sizes(s3, bucket, prefix)
+    sent = 0
+    for path in sorted(Path(local_dir).rglob("*")):
+        rel = path.relative_to(local_dir).as_posix()
+        if path.is_file() and not rel.startswith(SKIP) and remote.get(rel) != path.stat().st_size:
+            s3.upload_file(str(path), bucket, f"{prefix}/{rel}")
+            sent += 1
+    return sent
+
+
+def pull(url: str, local_dir: Path, client=None) -> int:
+    if url.startswith("gs://"):
+        return _gcloud("rsync", "--recursive", "--exclude", "^(sft/checkpoints|sft/model|models)/", url,
+                       str(local_dir))
+    bucket, prefix = _split(url)
+    s3 = client or _s3()
+    got = 0
+    for rel, size in _s3_sizes(s3, bucket, prefix).items():
+        if rel.startswith(NO_PULL):
+            continue
+        dest = Path(local_dir) / rel
+        if not dest.is_file() or dest.stat().st_size != size:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, f"{prefix}/{rel}", str(dest))
+            got += 1
+    return got
+
+
+def _split(url: str) -> tuple[str, str]:
+    bucket, _, prefix = check(url)[len("s3://"):].partition("/")
+    return bucket, prefix.strip("/")
+
+
+def _s3():
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _s3_sizes(s3, bucket: str, prefix: str) -> dict[str, int]:
+    sizes = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        for obj in page.get("Contents", []):
+            sizes[obj["Key"][len(prefix) + 1:]] = obj["Size"]
+    return sizes
+
+
+def _gcloud(*args: str) -> int:
+    if shutil.which("gcloud") is None:
+        raise UserError("a gs:// bucket needs the gcloud CLI on this machine (or use an s3:// bucket)")
+    subprocess.run(["gcloud", "storage", *args], check=True, capture_output=True)
+    return -1  # gcloud does not say how many
