@@ -185,7 +185,12 @@ def render_tasks(plan, recipe: dict, executor, backend: str) -> str:
                 from reproduce.executors.sky import _placement
 
                 placement = _placement(s.to_dict()) if backend == "sky" else None
-                text = tasks.render_yaml(s.stage, {"RUN_ID": "dry-run"}, placement, recipe["scale"])
+                envs = {"RUN_ID": "dry-run"}
+                if recipe.get("bucket"):
+                    from reproduce.executors.bucket import run_url
+
+                    envs["BUCKET"] = run_url(recipe["bucket"], "RUN")
+                text = tasks.render_yaml(s.stage, envs, placement, recipe["scale"])
                 if backend == "local":
                     text = f"# local: this task's setup and run as subprocesses on this machine\n{text}"
         except UserError as e:

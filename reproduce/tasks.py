@@ -107,8 +107,21 @@ def render_yaml(stage: str, envs: dict | None = None, placement: dict | None = N
     if cfg.get("secrets"):
         cfg["secrets"] = {k: REDACTED if k in secrets else UNSET for k in cfg["secrets"]}
     where = (cfg.get("resources") or {}).get("infra", "any cloud (SkyPilot picks the cheapest)")
-    text = f"# stage {stage} ({scale} scale): {where}\n" + yaml.safe_dump(cfg, sort_keys=False, width=120)
+    text = f"# stage {stage} ({scale} scale): {where}\n" + yaml.dump(cfg, Dumper=_BlockDumper, sort_keys=False,
+                                                                      width=120)
     return redact(text, secrets.values())
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (setup:, run:) as `|` blocks, the way they are written in sky_tasks/."""
+
+
+def _str(dumper, value):
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
 
 
 def redact(text: str, values) -> str:
