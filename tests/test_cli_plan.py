@@ -1,0 +1,69 @@
+"""`reproduce plan` and the CLI's manners, through the real entry point (issue 2's checks)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from reproduce.cli import main
+
+
+def run(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_plan_json_has_six_stages_whose_numbers_add_up(home, capsys):
+    code, out, _ = run(capsys, "plan", "--budget", "450", "--json")
+    assert code == 0
+    plan = json.loads(out)
+    stages = plan["stages"]
+    assert [s["stage"] for s in stages] == ["generate", "filter", "rewrite", "convert", "sft", "eval"]
+    for s in stages:
+        assert s["total_usd"] == pytest.approx(s["compute_usd"] + s["api_usd"])
+        if s["kind"] == "gpu":
+            assert s["compute_usd"] == pytest.approx(s["price_per_hour"] * s["hours"])
+            assert s["gpu_hours"] == pytest.approx(s["gpus"] * s["hours"])
+            assert s["price_source"].startswith("bundled snapshot") and s["price_date"]
+            assert s["on_demand_usd"] >= s["compute_usd"]  # spot beside on-demand
+    totals = plan["totals"]
+    assert totals["total_usd"] == pytest.approx(sum(s["total_usd"] for s in stages))
+    assert totals["headroom_usd"] == pytest.approx(450 - totals["total_usd"]) and totals["fits"]
+
+
+def test_plan_table_shows_the_arithmetic_and_sources(home, capsys):
+    code, out, _ = run(capsys, "plan", "--budget", "450")
+    assert code == 0
+    assert "8 x $0.85/h x " in out and "[bundled snapshot (SkyPilot catalog v8 @" in out
+    assert "Budget: $450.00" in out and "fits" in out
+
+
+def test_an_over_budget_plan_exits_3_and_names_a_knob_that_fits(home, capsys):
+    code, out, err = run(capsys, "plan", "--budget", "150")
+    assert code == 3
+    assert "DOES NOT FIT" in out and "Knobs that would lower the cost" in out
+    assert err.count("\n") == 1 and "over the $150.00 budget" in err and "--set sft.cpu_offload=false" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["plan", "--budget", "-5"], "--budget '-5'"),
+    (["plan", "--budget", "abc"], "--budget 'abc'"),
+    (["prices", "X100:8"], "X100"),
+    (["plan", "--set", "sft.num_train_epoch=6"], "did you mean 'sft.num_train_epochs'"),
+    (["plan", "--recipe", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+    (["plan", "--scale", "huge"], "unknown scale 'huge'"),
+    (["all", "--budget", "450", "--bucket", "ftp://x"], "--bucket 'ftp://x'"),
+])
+def test_bad_input_is_one_line_and_exit_2(home, capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert needle in err and err.strip().count("\n") == 0 and "Traceback" not in err
+
+
+def test_help_imports_no_heavy_library():
+    probe = ("import sys; from reproduce.cli import app; "
+             "print(sorted(m for m in ('sky', 'torch', 'boto3', 'openai', 'transformers', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
