@@ -105,7 +105,7 @@ def test_inputs_are_split_within_the_batch_limits(tmp_path, server, monkeypatch)
 def test_a_failed_batch_line_is_resubmitted(tmp_path, monkeypatch):
     records = kept_records(2, 1)
     args = artifacts(tmp_path, records)
-    recipe = rewrite._load_recipe(args[1])
+    recipe = rewrite.load_recipe(args[1])
     failing = rewrite.cache_key(rewrite.build_request(records[1], recipe["rewrite"]))
     with LocalOpenAI(fail_batch_lines={failing: 1}) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
@@ -118,7 +118,7 @@ def test_a_failed_batch_line_is_resubmitted(tmp_path, monkeypatch):
 def test_a_line_that_keeps_failing_is_given_up_after_bounded_attempts(tmp_path, monkeypatch, capsys):
     records = kept_records(2, 0)
     args = artifacts(tmp_path, records)
-    failing = rewrite.cache_key(rewrite.build_request(records[0], rewrite._load_recipe(args[1])["rewrite"]))
+    failing = rewrite.cache_key(rewrite.build_request(records[0], rewrite.load_recipe(args[1])["rewrite"]))
     with LocalOpenAI(fail_batch_lines={failing: 99}) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         assert rewrite.main(args) == 1
@@ -278,7 +278,7 @@ def test_smoke_model_starts_the_local_formatter_itself_and_costs_nothing(tmp_pat
 def test_the_stage_runs_as_a_program_with_a_grading_pool(tmp_path):
     """The real CLI process, local formatter started in-process, re-check in 2 worker processes."""
     args = artifacts(tmp_path, kept_records(2, 2), model="local-formatter")
-    recipe = rewrite._load_recipe(args[1])
+    recipe = rewrite.load_recipe(args[1])
     recipe["filter"]["cpus"] = 2
     (tmp_path / "recipe.yaml").write_text(recipes.dump(recipe))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}

@@ -23,8 +23,7 @@ from pathlib import Path
 import yaml
 
 
-class BadInput(Exception):
-    """One line for stderr, exit 2."""
+from reproduce.stages.common import BadInput
 
 
 def dataset_info_entry(file_name: str = "train.json") -> dict:

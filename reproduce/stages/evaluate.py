@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from reproduce.stages import generate as gen_stage
-from reproduce.stages.generate import BadInput
+from reproduce.stages.common import BadInput, run_main
 
 
 def log(msg: str) -> None:
@@ -33,18 +33,7 @@ def log(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        return run(args, argv)
-    except BadInput as e:
-        print(f"eval: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("eval: interrupted; run again to resume", file=sys.stderr)
-        return 130
+    return run_main("eval", _parser(), lambda args: run(args, argv), argv)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -29,23 +29,11 @@ from reproduce.stages import grading
 DEFAULT_LIMITS = {"math_timeout_s": 5, "code_timeout_s": 10, "code_memory_mb": 1024}   # recipe defaults
 
 
-class BadInput(Exception):
-    """One line for stderr, exit 2."""
+from reproduce.stages.common import BadInput, load_recipe, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:                             # --help, or argparse's own usage error (exit 2)
-        return int(e.code or 0)
-    try:
-        return _run(args)
-    except BadInput as e:
-        print(f"filter: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("filter: interrupted; run again to resume", file=sys.stderr)
-        return 130
+    return run_main("filter", _parser(), _run, argv)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +61,7 @@ def _run(args) -> int:
     if pipeline:
         if not (args.recipe and args.artifacts):
             raise BadInput("pipeline mode needs both --recipe and --artifacts")
-        section = _load_recipe(args.recipe).get("filter") or {}
+        section = load_recipe(args.recipe).get("filter") or {}
         limits.update({k: section[k] for k in DEFAULT_LIMITS if section.get(k) is not None})
         cpus = section.get("cpus")
         inputs = sorted(glob.glob(os.path.join(args.artifacts, "generate", "shard-*.jsonl")))
@@ -142,21 +130,6 @@ def _run(args) -> int:
 
 
 # ---- reading ----------------------------------------------------------------------------------------------
-
-def _load_recipe(path: str) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f)
-    except OSError as e:
-        raise BadInput(f"--recipe {path!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise BadInput(f"--recipe {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(recipe, dict):
-        raise BadInput(f"--recipe {path!r}: expected a mapping (a resolved recipe)")
-    return recipe
-
 
 def _records(path: str):
     with open(path, encoding="utf-8") as f:

@@ -32,12 +32,11 @@ import sys
 import time
 from pathlib import Path
 
+from reproduce.stages.common import BadInput, run_main
+from reproduce.stages.common import load_recipe as _load
+
 SHARD_SIZE = 512          # problems per shard: ~2.3M output tokens at full scale, a few minutes of 8 GPUs
 TRANSFORMERS_BATCH = 16   # prompts per transformers.generate call
-
-
-class BadInput(Exception):
-    """One line for stderr, exit 2."""
 
 
 def log(msg: str) -> None:
@@ -281,18 +280,7 @@ def throughput(info: dict, params_b: float | None, tp: int, response_tokens: int
 # ---- the stage -------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        return run(args)
-    except BadInput as e:
-        print(f"generate: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("generate: interrupted; run again to resume", file=sys.stderr)
-        return 130
+    return run_main("generate", _parser(), run, argv)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -309,18 +297,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_recipe(path: str) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f)
-    except OSError as e:
-        raise BadInput(f"--recipe {path!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise BadInput(f"--recipe {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(recipe, dict) or "generate" not in recipe or "sources" not in recipe:
-        raise BadInput(f"--recipe {path!r}: expected a resolved recipe with generate: and sources: sections")
-    return recipe
+    return _load(path, needs=("generate", "sources"))
 
 
 def read_shards(out_dir: Path) -> list[dict]:

@@ -34,6 +34,7 @@ import time
 
 from costmodel.api_prices import api_cost
 from costmodel.errors import BadInput as PriceError
+from reproduce.stages.common import BadInput, load_recipe
 
 # OpenAI Batch API limits per input file (environment.md, "OpenAI"); 200 MB taken as 200e6 bytes.
 MAX_BATCH_REQUESTS = 50_000
@@ -79,7 +80,7 @@ DOMAIN_RULES = {
 }
 
 
-class StageError(Exception):
+class StageError(BadInput):
     exit_code = 2
 
 
@@ -550,21 +551,6 @@ def _read_kept(path: str) -> list[dict]:
     return records
 
 
-def _load_recipe(path: str) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            recipe = yaml.safe_load(f)
-    except OSError as e:
-        raise StageError(f"--recipe {path!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise StageError(f"--recipe {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(recipe, dict):
-        raise StageError(f"--recipe {path!r}: expected a mapping (a resolved recipe)")
-    return recipe
-
-
 def _log(message: str) -> None:
     print(f"rewrite: {message}", file=sys.stderr, flush=True)
 
@@ -597,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
             raise StageError(f"--workers {args.workers}: expected 1 or more")
         if args.poll_s < 0:
             raise StageError(f"--poll-s {args.poll_s}: expected 0 or more seconds")
-        result = run(_load_recipe(args.recipe), args.artifacts, sync=args.sync, dry_run=args.dry_run,
+        result = run(load_recipe(args.recipe), args.artifacts, sync=args.sync, dry_run=args.dry_run,
                      estimate_only=args.estimate, workers=args.workers, poll_s=args.poll_s)
     except StageError as e:
         print(f"rewrite: {e}", file=sys.stderr)

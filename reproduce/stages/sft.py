@@ -34,8 +34,7 @@ SAME_NAME = ("template", "cutoff_len", "per_device_train_batch_size", "gradient_
              "packing")
 
 
-class BadInput(Exception):
-    """One line for stderr, exit 2."""
+from reproduce.stages.common import BadInput
 
 
 def lf_config(recipe: dict, artifacts: str | Path) -> dict:

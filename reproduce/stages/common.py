@@ -1,0 +1,46 @@
+"""What every stage program shares: its bad-input error, reading the resolved recipe, and `main`'s manners
+(one line on stderr and exit 2 for bad input, 130 on Ctrl-C, argparse's own codes for --help/usage)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+class BadInput(Exception):
+    """A value the user can fix: one line on stderr, exit 2 (subclasses may use another code)."""
+    exit_code = 2
+
+
+def load_recipe(path: str | Path, needs: tuple[str, ...] = ()) -> dict:
+    """The resolved recipe the pipeline wrote (ARTIFACTS/recipe.yaml), with the sections a stage needs."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except OSError as e:
+        raise BadInput(f"--recipe {str(path)!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise BadInput(f"--recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(recipe, dict):
+        raise BadInput(f"--recipe {str(path)!r}: expected a mapping (a resolved recipe)")
+    missing = [n for n in needs if n not in recipe]
+    if missing:
+        raise BadInput(f"--recipe {str(path)!r}: expected a resolved recipe with {', '.join(missing)} section(s)")
+    return recipe
+
+
+def run_main(name: str, parser, body, argv: list[str] | None) -> int:
+    """Parse `argv` with `parser` and call `body(args)`; map errors to exit codes."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or argparse's own usage error (exit 2)
+        return int(e.code or 0)
+    try:
+        return body(args) or 0
+    except BadInput as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; run again to resume", file=sys.stderr)
+        return 130
