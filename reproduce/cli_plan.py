@@ -82,6 +82,8 @@ def render_plan(p) -> str:
             lines.append(f"  {'':<{width}}    {a}")
     lines += ["", f"Total: {money(p.total_usd)} = compute {money(p.compute_usd)} + API {money(p.api_usd)}"
                   f"  ({p.gpu_hours:,.1f} GPU-hours)"]
+    if any(s.on_demand_usd is not None for s in p.stages):
+        lines.append(f"On-demand instead of spot: {money(p.on_demand_usd)} (no preemptions, cheapest on-demand offers)")
     if p.budget is not None:
         verdict = "fits" if p.fits else "DOES NOT FIT"
         lines.append(f"Budget: {money(p.budget)}  headroom {money(p.headroom)}  -> {verdict}")

@@ -39,6 +39,11 @@ class Plan:
         return sum(s.gpu_hours for s in self.stages)
 
     @property
+    def on_demand_usd(self) -> float:
+        """The same plan with every GPU stage on the cheapest on-demand capacity instead of spot."""
+        return sum(s.total_usd if s.on_demand_usd is None else s.on_demand_usd + s.api_usd for s in self.stages)
+
+    @property
     def headroom(self) -> float | None:
         return None if self.budget is None else self.budget - self.total_usd
 
@@ -53,7 +58,8 @@ class Plan:
         return {"recipe": self.recipe, "scale": self.scale, "backend": self.backend, "budget": self.budget,
                 "stages": [s.to_dict() for s in self.stages],
                 "totals": {"gpu_hours": self.gpu_hours, "compute_usd": self.compute_usd, "api_usd": self.api_usd,
-                           "total_usd": self.total_usd, "headroom_usd": self.headroom, "fits": self.fits},
+                           "total_usd": self.total_usd, "on_demand_total_usd": self.on_demand_usd,
+                           "headroom_usd": self.headroom, "fits": self.fits},
                 "suggestions": self.suggestions}
 
 

@@ -67,3 +67,11 @@ def test_help_imports_no_heavy_library():
              "print(sorted(m for m in ('sky', 'torch', 'boto3', 'openai', 'transformers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_on_demand_total_prices_gpu_stages_on_demand_and_keeps_the_rest(home, capsys):
+    plan = json.loads(run(capsys, "plan", "--json")[1])
+    expected = sum(s["on_demand_usd"] + s["api_usd"] if s["on_demand_usd"] is not None else s["total_usd"]
+                   for s in plan["stages"])
+    assert plan["totals"]["on_demand_total_usd"] == pytest.approx(expected)
+    assert plan["totals"]["on_demand_total_usd"] > plan["totals"]["total_usd"]
