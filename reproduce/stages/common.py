@@ -30,6 +30,24 @@ def load_recipe(path: str | Path, needs: tuple[str, ...] = ()) -> dict:
     return recipe
 
 
+def read_jsonl(path: str | Path, required: str):
+    """Records of a JSONL file, each an object with `required`; a bad line is BadInput naming file:line."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise BadInput(f"{path}:{n}: not a JSON line") from None
+            if not isinstance(record, dict) or record.get(required) is None:
+                raise BadInput(f"{path}:{n}: expected a JSON object with {'an' if required[0] in 'aeiou' else 'a'} "
+                               f"{required}")
+            yield record
+
+
 def run_main(name: str, parser, body, argv: list[str] | None) -> int:
     """Parse `argv` with `parser` and call `body(args)`; map errors to exit codes."""
     try:

@@ -29,7 +29,7 @@ from reproduce.stages import grading
 DEFAULT_LIMITS = {"math_timeout_s": 5, "code_timeout_s": 10, "code_memory_mb": 1024}   # recipe defaults
 
 
-from reproduce.stages.common import BadInput, load_recipe, run_main
+from reproduce.stages.common import BadInput, load_recipe, read_jsonl, run_main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,17 +132,7 @@ def _run(args) -> int:
 # ---- reading ----------------------------------------------------------------------------------------------
 
 def _records(path: str):
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise BadInput(f"{path}:{n}: not a JSON line") from None
-            if not isinstance(record, dict) or record.get("id") is None:
-                raise BadInput(f"{path}:{n}: expected a JSON object with an id")
-            yield record
+    return read_jsonl(path, "id")
 
 
 def _count_pending(inputs, done) -> int:

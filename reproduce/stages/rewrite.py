@@ -34,7 +34,7 @@ import time
 
 from costmodel.api_prices import api_cost
 from costmodel.errors import BadInput as PriceError
-from reproduce.stages.common import BadInput, load_recipe
+from reproduce.stages.common import BadInput, load_recipe, read_jsonl
 
 # OpenAI Batch API limits per input file (environment.md, "OpenAI"); 200 MB taken as 200e6 bytes.
 MAX_BATCH_REQUESTS = 50_000
@@ -536,19 +536,7 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
 def _read_kept(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise StageError(f"no kept traces: {path} does not exist (run the filter stage first)")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise StageError(f"{path}:{n}: not a JSON line") from None
-            if not isinstance(record, dict) or "response" not in record:
-                raise StageError(f"{path}:{n}: expected a JSON object with a response")
-            records.append(record)
-    return records
+    return list(read_jsonl(path, "response"))
 
 
 def _log(message: str) -> None:
@@ -585,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             raise StageError(f"--poll-s {args.poll_s}: expected 0 or more seconds")
         result = run(load_recipe(args.recipe), args.artifacts, sync=args.sync, dry_run=args.dry_run,
                      estimate_only=args.estimate, workers=args.workers, poll_s=args.poll_s)
-    except StageError as e:
+    except BadInput as e:  # StageError and the shared readers' errors
         print(f"rewrite: {e}", file=sys.stderr)
         return e.exit_code
     except Exception as e:
