@@ -221,12 +221,16 @@ def workload(recipe: dict) -> dict:
     gen = recipe["generate"]
     samples = sum(s["problems"] for s in recipe["sources"]) * gen["samples_per_problem"]
     kept = sum(s["problems"] * s["keep_rate"] for s in recipe["sources"]) * gen["samples_per_problem"]
+    # Domains graded only after the rewrite (filter.grade_after_rewrite) are all rewritten, kept or not.
+    later = set(recipe["filter"].get("grade_after_rewrite") or ()) if recipe["rewrite"].get("recheck") else set()
+    rewritten = sum(s["problems"] * (1.0 if s["domain"] in later else s["keep_rate"])
+                    for s in recipe["sources"]) * gen["samples_per_problem"]
     by_domain = {}
     for s in recipe["sources"]:
         by_domain[s["domain"]] = by_domain.get(s["domain"], 0) + s["problems"] * gen["samples_per_problem"]
     ev = recipe["eval"]
     eval_samples = sum(b["problems"] * b["n"] for b in ev["benchmarks"])
-    return {"samples": samples, "kept": kept, "by_domain": by_domain,
+    return {"samples": samples, "kept": kept, "rewritten": rewritten, "by_domain": by_domain,
             "prompt_tokens": samples * gen["mean_prompt_tokens"],
             "output_tokens": samples * gen["mean_response_tokens"],
             "eval_samples": eval_samples,
@@ -279,7 +283,8 @@ def estimate_rewrite(recipe: dict, token_price) -> StageEstimate:
     from costmodel.api_prices import BATCH_DISCOUNT, api_cost
 
     rw, gen = recipe["rewrite"], recipe["generate"]
-    kept = workload(recipe)["kept"]
+    w = workload(recipe)
+    kept = w["rewritten"]
     prompt = kept * (rw["prompt_overhead_tokens"] + gen["mean_prompt_tokens"] + gen["mean_response_tokens"])
     completion = kept * gen["mean_response_tokens"] * rw["output_ratio"]
     est = StageEstimate("rewrite", "api")
@@ -290,7 +295,9 @@ def estimate_rewrite(recipe: dict, token_price) -> StageEstimate:
     est.arithmetic = (f"({prompt / 1e6:,.1f}M in x ${token_price.input}/M + {completion / 1e6:,.1f}M out x "
                       f"${token_price.output}/M){disc} = ${est.api_usd:,.2f}")
     est.price_source, est.price_date = token_price.source, token_price.date
-    est.assumptions.append(f"{kept:,.0f} kept traces rewritten (keep rates per source in the recipe)")
+    later = ", ".join(recipe["filter"].get("grade_after_rewrite") or []) if rw.get("recheck") else ""
+    est.assumptions.append(f"{kept:,.0f} traces rewritten: those the filter kept"
+                           + (f", and every {later} trace (graded after the rewrite)" if later else ""))
     return _total(est)
 
 

@@ -73,7 +73,8 @@ def test_pipeline_mode_with_workers(tmp_path):
     records = traces()
     write_jsonl(artifacts / "generate" / "shard-00000.jsonl", records[:5])
     write_jsonl(artifacts / "generate" / "shard-00001.jsonl", records[5:])
-    resolved = recipes.load("sky-t1-32b-preview", sets=["filter.code_timeout_s=1", "filter.cpus=2"], scale="smoke")
+    resolved = recipes.load("sky-t1-32b-preview", sets=["filter.code_timeout_s=1", "filter.cpus=2",
+                                                        "filter.grade_after_rewrite=[]"], scale="smoke")
     (artifacts / "recipe.yaml").write_text(yaml.safe_dump(resolved))
 
     argv = ["--recipe", str(artifacts / "recipe.yaml"), "--artifacts", str(artifacts)]
@@ -137,3 +138,17 @@ def test_runs_as_a_program(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert read_jsonl(out)[0]["correct"] is True
+
+
+def test_code_is_kept_for_grading_after_the_rewrite_as_novasky_did(tmp_path):
+    artifacts = tmp_path / "artifacts"
+    write_jsonl(artifacts / "generate" / "shard-00000.jsonl", traces())
+    resolved = recipes.load("sky-t1-32b-preview", sets=["filter.cpus=1"], scale="smoke")
+    assert resolved["filter"]["grade_after_rewrite"] == ["code"] and resolved["rewrite"]["recheck"]
+    (artifacts / "recipe.yaml").write_text(yaml.safe_dump(resolved))
+    assert stage.main(["--recipe", str(artifacts / "recipe.yaml"), "--artifacts", str(artifacts)]) == 0
+    kept = read_jsonl(artifacts / "filter" / "kept.jsonl")
+    code = [r for r in kept if r["domain"] == "code"]
+    assert code and all(r["correct"] is None and r["reason"] == stage.DEFERRED for r in code)
+    assert all(r["domain"] != "code" for r in read_jsonl(artifacts / "filter" / "rejected.jsonl"))
+    assert all(r["correct"] for r in kept if r["domain"] != "code")  # math and mcq still graded here
