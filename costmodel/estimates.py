@@ -274,7 +274,8 @@ def estimate_filter(recipe: dict) -> StageEstimate:
         est.price_source = "cpu node (recipe costs.cpu_node_usd_per_hour)"
         est.compute_usd = est.hours * est.price_per_hour
         est.arithmetic = f"1 node x ${est.price_per_hour:,.2f}/h x {est.hours:,.2f} h = ${est.compute_usd:,.2f}"
-    est.assumptions.append(f"{cpu_s:,.0f} CPU-s of grading ({w['by_domain']})")
+    counts = " + ".join(f"{n:,.0f} {d}" for d, n in w["by_domain"].items())
+    est.assumptions.append(f"{cpu_s:,.0f} CPU-s of grading {counts} traces (recipe filter.mean_cpu_s_per_*)")
     return _total(est)
 
 
