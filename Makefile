@@ -27,13 +27,13 @@ install: $(VENV)/.installed
 smoke: $(VENV)/.installed
 	$(VENV)/bin/reproduce all --budget 450 --scale smoke -y
 
-# Controller tests (the smoke run among them builds its stage environment from the tasks' `setup:`), then
-# the tests that need torch / transformers / LLaMA-Factory, in the stage environment (they skip elsewhere).
+# The tests that need torch / transformers / LLaMA-Factory, in the stage environment (they skip elsewhere),
+# then every controller test (the smoke run among them builds its stage environment from the tasks' `setup:`).
 STAGE_TESTS = tests/test_generate.py tests/test_evaluate.py tests/test_convert.py tests/test_sft.py
 test: $(VENV)/.installed $(STAGE_VENV)/.installed
-	$(VENV)/bin/python -m pytest -q
 	$(STAGE_VENV)/bin/python -m pytest -q -m "not slow" $(STAGE_TESTS)
 	$(STAGE_VENV)/bin/python -m pytest -q tests/test_optimize.py -k llamafactory
+	$(VENV)/bin/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/cli_speed.py --all
