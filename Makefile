@@ -9,7 +9,11 @@ export SKYPILOT_DISABLE_USAGE_COLLECTION := 1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
-	$(VENV)/bin/pip install -q -e ".[test]"
+	$(VENV)/bin/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed tests/requirements.txt
+	$(VENV)/bin/pip install -q -r tests/requirements.txt
 	touch $@
 
 # The CPU stage environment (LLaMA-Factory + transformers): what `setup:` of every task installs at smoke
@@ -30,12 +34,12 @@ smoke: $(VENV)/.installed
 # The tests that need torch / transformers / LLaMA-Factory, in the stage environment (they skip elsewhere),
 # then every controller test (the smoke run among them builds its stage environment from the tasks' `setup:`).
 STAGE_TESTS = tests/test_generate.py tests/test_evaluate.py tests/test_convert.py tests/test_sft.py
-test: $(VENV)/.installed $(STAGE_VENV)/.installed
+test: $(VENV)/.test-installed $(STAGE_VENV)/.installed
 	$(STAGE_VENV)/bin/python -m pytest -q -m "not slow" $(STAGE_TESTS)
 	$(STAGE_VENV)/bin/python -m pytest -q tests/test_optimize.py -k llamafactory
 	$(VENV)/bin/python -m pytest -q
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.test-installed
 	$(VENV)/bin/python benchmarks/cli_speed.py --all
 
 .PHONY: install smoke test bench
