@@ -40,7 +40,16 @@ def _register() -> None:
 _register()
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
+    # A closed terminal (SIGHUP) or a `kill` (SIGTERM) tears down like Ctrl-C: nothing is left running.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     try:
         # Without standalone mode click returns a command's exit code instead of exiting with it.
         code = app(args=argv, standalone_mode=False)

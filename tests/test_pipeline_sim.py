@@ -240,3 +240,24 @@ def test_sigkill_and_resume_few_seeds(home):
 def test_sigkill_and_resume_many_seeds(home):
     for seed in range(20, 40):
         _check_killed_run(home, _kill_and_resume(home, seed, kills=3))
+
+
+def test_sigterm_tears_down_and_records_like_ctrl_c(home):
+    env = {**os.environ, "REPRODUCE_HOME": str(home / ".reproduce"), "REPRODUCE_OFFLINE": "1"}
+    argv = [sys.executable, "-c", "from reproduce.cli import main; main()", "all", "--budget", "450",
+            "--backend", "sim", "--sim-pace", "0.01", "-y"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    run_id = None
+    while run_id is None and time.monotonic() < deadline:   # wait until a stage is under way
+        time.sleep(0.2)
+        if (home / ".reproduce" / "ledger.db").exists():
+            with Ledger(home / ".reproduce" / "ledger.db") as led:
+                run_id = led.latest_run_id() if led.open_attempts(led.latest_run_id() or "") else None
+    assert run_id, "the run never started a stage"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 130
+    with Ledger(home / ".reproduce" / "ledger.db") as led:
+        assert led.open_attempts(run_id) == []                # nothing left running unrecorded
+        events = led.db.execute("SELECT event FROM stage_rows WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        assert events[-1][0] == "cancelled"
