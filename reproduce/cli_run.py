@@ -129,6 +129,8 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if chosen == "sky" and not bucket and not dry_run:
         raise UserError("--bucket is required with SkyPilot: s3://NAME or gs://NAME holds the run's artifacts "
                         "(or set REPRODUCE_BUCKET)")
+    if hasattr(executor, "preflight") and not dry_run:
+        executor.preflight([s.stage for s in plan.stages])
     if dry_run:
         typer.echo(render_tasks(plan, resolved, executor, chosen))
         typer.echo("dry run: nothing launched, nothing spent, nothing recorded", err=True)

@@ -250,3 +250,23 @@ def test_smoke_rewrite_runs_on_the_controller_with_a_local_openai_server(env, mo
     assert f"args --recipe {artifacts}/recipe.yaml --artifacts {artifacts}" in log
     assert not alive(int((env / "server.pid").read_text()))   # it lived as long as the stage, no longer
     assert not (env / "home" / "envs").exists()   # controller stages make no venv
+
+
+def test_a_full_scale_run_without_gpus_is_refused_before_it_is_recorded(home, capsys, monkeypatch):
+    from reproduce.cli import main
+    from reproduce.executors import local
+
+    monkeypatch.setattr(local, "has_gpu", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["all", "--budget", "450", "--backend", "local", "-y"])
+    assert exit_info.value.code == 2
+    assert "needs GPUs and this machine has none" in capsys.readouterr().err
+    assert not (home / ".reproduce" / "ledger.db").exists() or "no runs" in _runs(capsys)
+
+
+def _runs(capsys):
+    from reproduce.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["runs"])
+    return capsys.readouterr().out

@@ -156,6 +156,12 @@ class LocalExecutor:
         except KeyError:
             raise UserError(f"no local stage {handle!r} in this process") from None
 
+    def preflight(self, stages: list[str]) -> None:
+        """Refuse before a run is recorded, not at its first GPU stage."""
+        for stage in stages:
+            if stage not in CONTROLLER_STAGES:
+                self._check_hardware(stage, tasks.load_task(stage))
+
     def _check_hardware(self, stage: str, cfg: dict) -> None:
         if self.scale == "full" and tasks.is_gpu_task(cfg) and not has_gpu():
             raise UserError(f"stage {stage} at --scale full needs GPUs and this machine has none (no nvidia-smi): "
