@@ -152,6 +152,9 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
                           bucket=bucket)
     typer.echo(f"run {result.run_id}: artifacts in {result.artifacts}; ledger {ledger.path}", err=True)
     typer.echo(render_audit(ledger.audit(result.run_id)))
+    scores = result.artifacts / "eval" / "table.md"
+    if result.exit_code == 0 and scores.is_file():   # the question after "where did the money go?"
+        typer.echo("\n" + scores.read_text().strip())
     if result.exit_code == 3:
         raise OverBudget(f"{result.reason} (resume with `reproduce all --resume {result.run_id} --budget USD`)")
     if result.exit_code:

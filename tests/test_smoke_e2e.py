@@ -52,6 +52,7 @@ def test_stage_outputs_chain_through_the_artifacts(smoke_run):
     assert (art / "sft" / "model" / "config.json").is_file()
     scores = json.loads((art / "eval" / "scores.json").read_text())
     assert scores and (art / "eval" / "table.md").is_file()
+    assert "| math500 |" in smoke_run[1].stdout  # the run ends with ours vs published
 
 
 def test_resume_does_no_work_twice(smoke_run):
