@@ -324,7 +324,7 @@ class Progress:
         h, rem = divmod(int(st.elapsed_s), 3600)
         line = (f"[{stage}] {st.state:<10} {h:d}:{rem // 60:02d}:{rem % 60:02d} elapsed  ${st.cost_usd:,.2f} "
                 f"of est ${estimate_usd:,.2f}" + (f"  preemptions {st.preemptions}" if st.preemptions else "")
-                + (f"  {st.message}" if st.message and st.done else ""))
+                + (f"  {st.message}" if st.message and (st.done or st.state == "STARTING") else ""))
         changed = self.last.get(stage) != st.state
         self.last[stage] = st.state
         if self.tty:

@@ -129,7 +129,8 @@ class LocalExecutor:
         else:
             state = "SUCCEEDED" if rc == 0 else "FAILED"
         end = job.ended if (rc is not None and job.ended) else time.time()
-        message = "" if state != "FAILED" else f"exit {rc}: " + " | ".join(job.tail[-3:]) + f" (log: {job.log})"
+        message = {"FAILED": f"exit {rc}: " + " | ".join(job.tail[-3:]) + f" (log: {job.log})",
+                   "STARTING": f"building the stage environment, once per setup (log: {job.log})"}.get(state, "")
         return StageStatus(state=state, elapsed_s=end - job.started, cost_usd=0.0, price_per_hour=0.0,
                            price_source="local machine", cloud="local", spot=False, gpus=_gpu_count(),
                            message=message)
