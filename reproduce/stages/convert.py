@@ -20,10 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
-
-from reproduce.stages.common import BadInput
+from reproduce.stages.common import BadInput, load_recipe
 
 
 def dataset_info_entry(file_name: str = "train.json") -> dict:
@@ -97,11 +94,8 @@ def write_json(path: Path, data) -> None:
 
 
 def run(recipe_path: Path, artifacts: Path, input_path: Path | None = None) -> dict:
-    try:
-        recipe = yaml.safe_load(recipe_path.read_text())
-    except OSError as e:
-        raise BadInput(f"--recipe {recipe_path}: cannot read it ({e.strerror})") from None
-    conv = (recipe or {}).get("convert") or {}
+    recipe = load_recipe(recipe_path)
+    conv = recipe.get("convert") or {}
     if not conv.get("dataset_name") or "system_prompt" not in conv:
         raise BadInput(f"--recipe {recipe_path}: needs convert.dataset_name and convert.system_prompt")
     source = input_path or artifacts / "rewrite" / "rewritten.jsonl"

@@ -34,7 +34,7 @@ SAME_NAME = ("template", "cutoff_len", "per_device_train_batch_size", "gradient_
              "packing")
 
 
-from reproduce.stages.common import BadInput
+from reproduce.stages.common import BadInput, load_recipe
 
 
 def lf_config(recipe: dict, artifacts: str | Path) -> dict:
@@ -184,14 +184,7 @@ def _read_json(path: Path, default=None):
 
 
 def run(recipe_path: Path, artifacts: Path, dry_run: bool = False) -> int:
-    try:
-        recipe = yaml.safe_load(recipe_path.read_text())
-    except OSError as e:
-        raise BadInput(f"--recipe {recipe_path}: cannot read it ({e.strerror})") from None
-    except yaml.YAMLError:
-        raise BadInput(f"--recipe {recipe_path}: not valid YAML") from None
-    if not isinstance(recipe, dict):
-        raise BadInput(f"--recipe {recipe_path}: expected a mapping (the resolved recipe)")
+    recipe = load_recipe(recipe_path)
 
     sft_dir = artifacts / "sft"
     model_dir = sft_dir / "model"
