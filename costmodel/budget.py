@@ -39,9 +39,7 @@ def admit(spent: float, stage_estimate: float, rest_estimate: float, budget: flo
     _check(budget)
     text = (f"spent ${spent:,.2f} + {stage} ${stage_estimate:,.2f} + rest ${rest_estimate:,.2f} "
             f"= ${need:,.2f}")
-    if need <= budget + EPS:
-        return Decision(True, "admit", f"{text} <= budget ${budget:,.2f}", numbers)
-    return Decision(False, "admit", f"{text} > budget ${budget:,.2f}", numbers)
+    return _fits("admit", text, need, budget, numbers)
 
 
 def should_stop(spent_before_stage: float, stage_cost_so_far: float, burn_per_hour: float, poll_s: float,
@@ -77,9 +75,12 @@ def admit_api_batch(spent: float, model: str, prompt_tokens: int, completion_tok
     _check(budget)
     text = (f"{model} batch of {prompt_tokens:,} in + {completion_tokens:,} out tokens ~ ${usd:,.2f}; "
             f"spent ${spent:,.2f} + batch + rest ${rest_estimate:,.2f} = ${need:,.2f}")
-    if need <= budget + EPS:
-        return Decision(True, "api_batch", f"{text} <= budget ${budget:,.2f}", numbers)
-    return Decision(False, "api_batch", f"{text} > budget ${budget:,.2f}", numbers)
+    return _fits("api_batch", text, need, budget, numbers)
+
+
+def _fits(kind: str, text: str, need: float, budget: float, numbers: dict) -> Decision:
+    ok = need <= budget + EPS
+    return Decision(ok, kind, f"{text} {'<=' if ok else '>'} budget ${budget:,.2f}", numbers)
 
 
 def record(ledger, run_id: str, stage: str | None, decision: Decision, at: float | None = None) -> Decision:
