@@ -189,10 +189,14 @@ def apps_records(rows: Iterable[Mapping], name: str) -> list[dict]:
         tests = apps_tests(row.get("input_output"))
         if tests is None:
             continue
-        out.append({"id": f"{name}-{row['problem_id']}", "source": name, "domain": "code",
-                    "problem": _code_problem(row["question"], row.get("starter_code"), "fn_name" in tests),
-                    "tests": tests})
+        out.append(_code_record(f"{name}-{row['problem_id']}", name, row, tests))
     return out
+
+
+def _code_record(rid: str, name: str, row: Mapping, tests: dict) -> dict:
+    """An APPS-layout row (question, starter_code) with its parsed tests -> a code record."""
+    return {"id": rid, "source": name, "domain": "code",
+            "problem": _code_problem(row["question"], row.get("starter_code"), "fn_name" in tests), "tests": tests}
 
 
 def taco_records(rows: Iterable[Mapping], name: str, flt: Mapping) -> list[dict]:
@@ -205,9 +209,7 @@ def taco_records(rows: Iterable[Mapping], name: str, flt: Mapping) -> list[dict]
         tests = apps_tests(row.get("input_output"))
         if tests is None:
             continue
-        out.append({"id": f"{name}-{i}", "source": name, "domain": "code",
-                    "problem": _code_problem(row["question"], row.get("starter_code"), "fn_name" in tests),
-                    "tests": tests})
+        out.append(_code_record(f"{name}-{i}", name, row, tests))
     return out
 
 
