@@ -19,18 +19,19 @@ import concurrent.futures as cf
 import glob
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import resource
 import sys
 import time
 
-from reproduce.stages import grading
+from reproduce.stages import grading, sandbox
+from reproduce.stages.common import BadInput, load_recipe, read_jsonl, run_main
 
 DEFAULT_LIMITS = {"math_timeout_s": 5, "code_timeout_s": 10, "code_memory_mb": 1024}   # recipe defaults
-
-
-from reproduce.stages.common import BadInput, load_recipe, read_jsonl, run_main
+MAX_TIMEOUT_S = 3600          # a longer "limit" on one test is no limit
+MAX_WORKERS = 256
 
 # Kept for now, graded on the rewritten text: QwQ's raw APPS answers pass ~25% when the last code block is
 # taken, >90% after reformatting (BLOG), so grading code before the rewrite would reject good traces.
@@ -53,8 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="grading processes (default: recipe filter.cpus, at most this "
                                                "machine's CPUs; standalone: this machine's CPUs)")
     p.add_argument("--math-timeout-s", type=float, help="math-verify timeout per parse/compare (default 5)")
-    p.add_argument("--code-timeout-s", type=float, help="wall seconds per code test (default 10)")
+    p.add_argument("--code-timeout-s", type=float, help="CPU seconds per code test (default 10; a wall-clock "
+                                                        "backstop of 3x + 5 s ends programs that sleep)")
     p.add_argument("--code-memory-mb", type=int, help="address-space limit for code under test (default 1024)")
+    p.add_argument("--unsafe-sandbox", action="store_true",
+                   help=f"run model-written code with rlimits only when bubblewrap is missing (as {sandbox.UNSAFE_ENV}=1)")
     return p
 
 
@@ -62,6 +66,14 @@ def _run(args) -> int:
     pipeline = bool(args.recipe or args.artifacts)
     if pipeline and (args.input or args.output):
         raise BadInput("give either --recipe/--artifacts (pipeline) or INPUT -o OUTPUT (standalone), not both")
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        raise BadInput(f"--workers {args.workers}: expected 1 to {MAX_WORKERS}")
+    flags = {k: v for k, v in (("math_timeout_s", args.math_timeout_s), ("code_timeout_s", args.code_timeout_s),
+                               ("code_memory_mb", args.code_memory_mb)) if v is not None}
+    for key, value in flags.items():
+        check_limit(key, value, f"--{key.replace('_', '-')}")
+    if args.unsafe_sandbox:
+        os.environ[sandbox.UNSAFE_ENV] = "1"      # the grading workers inherit it
     limits = dict(DEFAULT_LIMITS)
     deferred: set[str] = set()   # domains graded only after the rewrite (its re-check), as NovaSky did
     if pipeline:
@@ -71,33 +83,32 @@ def _run(args) -> int:
         section = recipe.get("filter") or {}
         if (recipe.get("rewrite") or {}).get("recheck"):
             deferred = set(section.get("grade_after_rewrite") or ())
-        limits.update({k: section[k] for k in DEFAULT_LIMITS if section.get(k) is not None})
+        for key in DEFAULT_LIMITS:
+            if section.get(key) is not None:
+                limits[key] = check_limit(key, section[key], f"recipe filter.{key}")
         cpus = section.get("cpus")
         inputs = sorted(glob.glob(os.path.join(args.artifacts, "generate", "shard-*.jsonl")))
         if not inputs:
             raise BadInput(f"no traces: {os.path.join(args.artifacts, 'generate', 'shard-*.jsonl')} matches "
                            "nothing (run the generate stage first)")
         out_dir = os.path.join(args.artifacts, "filter")
-        os.makedirs(out_dir, exist_ok=True)
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise BadInput(f"--artifacts {args.artifacts!r}: cannot write {out_dir} ({e.strerror})") from None
         outputs = {True: os.path.join(out_dir, "kept.jsonl"), False: os.path.join(out_dir, "rejected.jsonl")}
     else:
         if not (args.input and args.output):
             raise BadInput("standalone mode needs INPUT.jsonl and -o OUTPUT.jsonl (or use --recipe/--artifacts)")
         if not os.path.isfile(args.input):
             raise BadInput(f"input {args.input!r} is not a file")
+        if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
+            raise BadInput(f"-o {args.output!r} is the input file: give another file to write")
         cpus = None
         inputs = [args.input]
-        if os.path.dirname(args.output):
-            os.makedirs(os.path.dirname(args.output), exist_ok=True)
+        _check_output(args.output)
         outputs = {True: args.output, False: args.output}
-    for key, flag in (("math_timeout_s", args.math_timeout_s), ("code_timeout_s", args.code_timeout_s),
-                      ("code_memory_mb", args.code_memory_mb)):
-        if flag is not None:
-            if flag <= 0:
-                raise BadInput(f"--{key.replace('_', '-')} {flag}: expected a positive number")
-            limits[key] = flag
-    if args.workers is not None and args.workers < 1:
-        raise BadInput(f"--workers {args.workers}: expected 1 or more")
+    limits.update(flags)
     workers = args.workers or max(1, min(int(cpus or os.cpu_count() or 1), os.cpu_count() or 1))
 
     tally = Tally()
@@ -107,10 +118,12 @@ def _run(args) -> int:
             done.add(str(record.get("id")))
             tally.add(record, record.get("correct"), record.get("reason", ""), None)
     previous = tally.records
-    pending = _count_pending(inputs, done)
+    pending, code = _count_pending(inputs, done, deferred)
+    if code:
+        sandbox.require()    # no sandbox and no opt-in: refuse (exit 2) before grading anything
 
     start = time.monotonic()
-    files = {path: open(path, "a", encoding="utf-8") for path in set(outputs.values())}
+    files = _open_outputs(set(outputs.values()))
     bar = _progress(pending)
     try:
         passed = ((r, None, DEFERRED, None) for r in _pending(inputs, done) if r.get("domain") in deferred)
@@ -142,18 +155,81 @@ def _run(args) -> int:
 
 # ---- reading ----------------------------------------------------------------------------------------------
 
+def check_limit(key: str, value, where: str):
+    """A grading limit: a finite number above 0, and at most what still limits (timeouts) or exists (memory)."""
+    top = physical_memory_mb() if key == "code_memory_mb" else MAX_TIMEOUT_S
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not 0 < value <= top:
+        unit = "MB (this machine's memory)" if key == "code_memory_mb" else "seconds"
+        raise BadInput(f"{where} {value!r}: expected a number above 0 and at most {top:,} {unit}")
+    return value
+
+
+def physical_memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (ValueError, OSError):
+        return 1 << 20
+
+
+def _check_output(path: str) -> None:
+    """-o must be a file we can append to, and not someone's other file (a resumed run appends to our own)."""
+    if os.path.isdir(path):
+        raise BadInput(f"-o {path!r} is a folder: expected a file to write")
+    if not os.path.exists(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise BadInput(f"-o {path!r}: cannot write there ({parent} is not a writable folder)")
+        return
+    try:
+        with open(path, "rb") as f:
+            first = f.readline()
+    except OSError as e:
+        raise BadInput(f"-o {path!r}: cannot read it ({e.strerror})") from None
+    try:
+        ok = not first or {"id", "correct", "reason"} <= set(json.loads(first))
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise BadInput(f"-o {path!r} exists and is not graded output of this program: refusing to append to it")
+
+
+def _open_outputs(paths) -> dict:
+    files = {}
+    try:
+        for path in paths:
+            if os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            files[path] = open(path, "a", encoding="utf-8")
+    except OSError as e:
+        for f in files.values():
+            f.close()
+        raise BadInput(f"cannot write {e.filename or path!r} ({e.strerror})") from None
+    return files
+
+
 def _records(path: str):
-    return read_jsonl(path, "id")
+    """read_jsonl, with a binary or unreadable file as BadInput."""
+    try:
+        yield from read_jsonl(path, "id")
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text (expected JSONL: one JSON object a line)") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read it ({e.strerror})") from None
 
 
-def _count_pending(inputs, done) -> int:
-    seen, n = set(done), 0
+def _count_pending(inputs, done, deferred=()) -> tuple[int, int]:
+    """-> (records to grade, of which code to run now)."""
+    seen, n, code = set(done), 0, 0
     for path in inputs:
         for record in _records(path):
             if str(record["id"]) not in seen:
                 seen.add(str(record["id"]))
                 n += 1
-    return n
+                code += record.get("domain") == "code" and "code" not in deferred
+    return n, code
 
 
 def _pending(inputs, done):
@@ -186,11 +262,17 @@ def _read_output(path: str):
 
 # ---- grading, in worker processes -------------------------------------------------------------------------
 
+class WorkersDied(BadInput):
+    exit_code = 1
+
+
 def _grade_one(record: dict, limits: dict):
     """-> (record, correct, reason, cpu seconds incl. the sandboxed children). Never raises."""
     before = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         correct, reason = grading.grade(record, **limits)
+    except sandbox.Unavailable:
+        raise                                           # no sandbox: stop, do not mark code as failed
     except Exception as e:                              # a grader bug must not lose the whole run
         correct, reason = False, f"grader error: {type(e).__name__}: {str(e)[:160]}"
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -221,15 +303,17 @@ def _grade_all(records, workers: int, limits: dict):
                 return
             finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for future in finished:
-                yield future.result()
+                try:
+                    yield future.result()
+                except cf.BrokenExecutor as e:
+                    raise WorkersDied(f"a grading worker died ({e}); what was graded is kept: run again to "
+                                      "resume") from None
 
 
 def _isolation() -> tuple[str, ...]:
-    from reproduce.stages import sandbox
-
     try:
         return sandbox.run_python("pass", timeout_s=5).isolation
-    except OSError:
+    except (OSError, BadInput):
         return ()
 
 

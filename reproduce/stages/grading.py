@@ -5,14 +5,16 @@
     grade({"domain": "mcq", "answer": "C", "response": "... the answer is (C)"})
 
 `reason` is "category" or "category: detail"; the filter stage counts the categories. Categories:
-passed, no answer, wrong answer, no code, no tests, wrong output, timeout, runtime error, killed,
-output limit, bad record.
+passed, no answer, wrong answer, no code, no tests, wrong output, timeout (CPU time, or the sandbox's wall
+backstop), memory, runtime error, killed, output limit, bad record.
 
 Math uses math-verify (`verify(parse(gold), parse(answer))`, gold first). Its timeouts use signal.alarm,
 which only works in a process's main thread: run graders in processes, not threads (elsewhere they run
 without a timeout). Code runs in `sandbox.run_python`, one process per stdin test (APPS/TACO style) or one
 process for all calls of a call-based problem; a response passes only if every test passes (Sky-T1: BLOG,
 "we execute the unit tests provided in datasets"; ST@init keeps a sample only if all tests pass).
+Code time limits are CPU seconds, so a busy machine never turns a correct program into a timeout. Expected
+outputs never enter the sandbox: they are compared here.
 """
 from __future__ import annotations
 
@@ -156,13 +158,20 @@ def _text(value) -> str:
 
 
 def _failure(result: sandbox.Result, where: str) -> str:
-    if result.timed_out:
+    """A failed run's reason, by the limit that ended it (however it was ended: SIGXCPU, SIGKILL, our kill)."""
+    if result.limit == "timeout":
         return f"timeout: {where}"
-    if result.output_capped:
+    if result.limit == "output":
         return f"output limit: {where}"
+    if result.limit == "memory":
+        return f"memory: {where}: {_short(result.why() if result.returncode is None else _last_line(result), 120)}"
     if result.returncode is not None and result.returncode < 0:
         return f"killed: {where}: {result.why()}"
     return f"runtime error: {where}: {_short(result.why(), 120)}"
+
+
+def _last_line(result: sandbox.Result) -> str:
+    return (result.stderr.strip().splitlines() or [f"killed by signal {-(result.returncode or 0)}"])[-1]
 
 
 def outputs_match(got: str, expected: str) -> bool:
@@ -197,28 +206,34 @@ def _report(obj):
     _out.write(_tag + json.dumps(obj, default=repr) + "\n"); _out.flush()
 class _Timeout(BaseException): pass
 def _alarm(*_): raise _Timeout()
-signal.signal(signal.SIGALRM, _alarm)
+def _limit(s): signal.setitimer(signal.ITIMER_PROF, s)   # CPU seconds of this process, not wall time
+signal.signal(signal.SIGPROF, _alarm)
 sys.stdout = io.StringIO()
 try:
     _ns = {"__name__": "solution"}
-    signal.alarm(%(timeout)d)
+    _limit(%(timeout)r)
     exec(compile(%(code)r, "solution.py", "exec"), _ns)
-    signal.alarm(0)
+    _limit(0)
     _fn = _ns.get(%(fn)r)
     if not callable(_fn):
         _fn = getattr(_ns["Solution"](), %(fn)r)
 except BaseException as e:
-    _report({"error": "load: " + type(e).__name__ + ": " + str(e)[:200]}); sys.exit(0)
+    _limit(0)
+    _report({"error": "timeout" if isinstance(e, _Timeout) else "memory" if isinstance(e, MemoryError)
+             else "load: " + type(e).__name__ + ": " + str(e)[:200]}); sys.exit(0)
 for _args in _tests:
     try:
-        signal.alarm(%(timeout)d)
+        _limit(%(timeout)r)
         _value = _fn(*_args)
-        signal.alarm(0)
+        _limit(0)
         _report({"value": _value})
     except _Timeout:
         _report({"error": "timeout"}); break
+    except MemoryError:
+        _limit(0)
+        _report({"error": "memory"}); break
     except BaseException as e:
-        signal.alarm(0)
+        _limit(0)
         _report({"error": type(e).__name__ + ": " + str(e)[:200]}); break
     sys.stdout = io.StringIO()
 '''
@@ -226,9 +241,9 @@ for _args in _tests:
 
 def _grade_call_based(code, fn_name, inputs, outputs, timeout_s, memory_mb) -> tuple[bool, str]:
     tag = f"@@{secrets.token_hex(8)}@@"
-    harness = _HARNESS % {"tag": tag, "timeout": max(1, math.ceil(timeout_s)), "code": code, "fn": str(fn_name)}
+    harness = _HARNESS % {"tag": tag, "timeout": float(timeout_s), "code": code, "fn": str(fn_name)}
     args = [a if isinstance(a, list) else [a] for a in inputs]
-    result = sandbox.run_python(harness, json.dumps(args), timeout_s=timeout_s * len(args) + 2,
+    result = sandbox.run_python(harness, json.dumps(args), timeout_s=min(timeout_s * len(args) + 2, 86_400),
                                 memory_mb=memory_mb, max_output_bytes=16 << 20)
     reports = [json.loads(line[len(tag):]) for line in result.stdout.splitlines() if line.startswith(tag)]
     n = len(args)
@@ -237,8 +252,8 @@ def _grade_call_based(code, fn_name, inputs, outputs, timeout_s, memory_mb) -> t
             return False, _failure(result, f"test {i} of {n}") if not result.ok else f"runtime error: test {i} of {n}"
         report = reports[i - 1]
         if "error" in report:
-            if report["error"] == "timeout":
-                return False, f"timeout: test {i} of {n}"
+            if report["error"] in ("timeout", "memory"):
+                return False, f"{report['error']}: test {i} of {n}"
             return False, f"runtime error: test {i} of {n}: {_short(report['error'], 120)}"
         if not values_match(report["value"], expected):
             return False, f"wrong output: test {i} of {n}: got {_short(json.dumps(report['value'], default=repr), 40)}"
