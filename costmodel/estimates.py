@@ -52,6 +52,9 @@ MFU = {
 }
 LIGER_SPEEDUP = 1.10    # Liger-Kernel README claims ~20% throughput; we take half (assumption)
 NODE_SCALING = 0.85     # each doubling of nodes keeps 85% per-GPU efficiency over the network (assumption)
+# The launch may not take a node dearer than this over the planned $/h: spot prices move between plan and launch
+# (SkyPilot's catalog refreshes every 7 h), and 5% is what we let them move before refusing (our choice).
+PRICE_CAP_MARGIN = 0.05
 
 
 @dataclass
@@ -83,9 +86,26 @@ class StageEstimate:
     arithmetic: str = ""
     assumptions: list = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    # What the launch must ask for, so the run is what was priced (reproduce.tasks renders these):
+    max_hourly_cost: float | None = None  # $/h per node: the planned price plus PRICE_CAP_MARGIN
+    memory: dict = field(default_factory=dict)      # {per_gpu_gib, usable_gib, fits, arithmetic}
+    fallbacks: list = field(default_factory=list)   # other placements the launch may take, each priced
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StageEstimate":
+        """A row read back from the ledger or a test: unknown keys dropped, missing ones defaulted."""
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in dict(d).items() if k in names})
+
+    @property
+    def infra(self) -> str | None:
+        """SkyPilot's `infra:` of the placement: cloud/region, or None (local)."""
+        if not self.cloud or self.cloud == "local":
+            return None
+        return f"{str(self.cloud).lower()}/{self.region}" if self.region else str(self.cloud).lower()
 
 
 def gpu_spec(name: str) -> GpuSpec:
@@ -196,8 +216,9 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
         else:
             est.on_demand_usd = usd
             est.details["on_demand_placement"] = f"{market_offer.cloud} {market_offer.region} ${node_price:,.2f}/h"
-    est.spot = spot and offer.spot is not None
+    est.spot = bool(spot) and offer.spot is not None
     est.price_per_hour = offer.price(est.spot) * est.nodes
+    est.max_hourly_cost = price_cap(offer.price(est.spot))
     est.hours, preemptions = total_hours(est.spot)
     est.overhead_hours = est.hours - base_hours
     est.details["expected_preemptions"] = preemptions
@@ -207,6 +228,12 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
     est.arithmetic = (f"{est.gpus} x ${per_gpu:,.2f}/h x {est.hours:,.2f} h = ${est.compute_usd:,.2f}"
                       f"  ({base_hours:,.2f} h work + {est.overhead_hours:,.2f} h startup/preemption)")
     return _total(est)
+
+
+def price_cap(node_price: float) -> float:
+    """SkyPilot's `max_hourly_cost` for a node priced at `node_price`: the plan's price plus the margin,
+    rounded up to the cent."""
+    return math.ceil(node_price * (1 + PRICE_CAP_MARGIN) * 100) / 100
 
 
 def _total(est: StageEstimate) -> StageEstimate:
@@ -238,7 +265,13 @@ def workload(recipe: dict) -> dict:
             "eval_prompt_tokens": eval_samples * gen["mean_prompt_tokens"]}
 
 
-def estimate_generate(recipe: dict, offer, calibration=None, stage="generate", on_demand_offer=None) -> StageEstimate:
+def wants_spot(cfg: dict) -> bool:
+    """A section's `use_spot`: true/false pins the market; auto (the default) lets the plan take the cheaper."""
+    return cfg.get("use_spot", "auto") is not False
+
+
+def estimate_generate(recipe: dict, offer, calibration=None, stage="generate", on_demand_offer=None,
+                      spot: bool | None = None) -> StageEstimate:
     cfg = recipe[stage]
     gpu, per_node = _accel(cfg["accelerator"])
     w = workload(recipe)
@@ -253,8 +286,8 @@ def estimate_generate(recipe: dict, offer, calibration=None, stage="generate", o
     est.assumptions += [f"{output:,.0f} output tokens at {det['tok_s_per_gpu']:,.0f} tok/s/GPU x {per_node} GPUs "
                         f"({det['throughput_source']})"]
     # Shards are written as they finish: a preemption loses minutes, not hours.
-    return price_gpu_stage(est, hours, offer, cfg.get("use_spot", True), recipe["costs"], checkpoint_hours=0.1,
-                           on_demand_offer=on_demand_offer)
+    return price_gpu_stage(est, hours, offer, wants_spot(cfg) if spot is None else spot, recipe["costs"],
+                           checkpoint_hours=0.1, on_demand_offer=on_demand_offer)
 
 
 def estimate_filter(recipe: dict) -> StageEstimate:
@@ -302,7 +335,7 @@ def estimate_rewrite(recipe: dict, token_price) -> StageEstimate:
     return _total(est)
 
 
-def estimate_sft(recipe: dict, offer, calibration=None, on_demand_offer=None) -> StageEstimate:
+def estimate_sft(recipe: dict, offer, calibration=None, on_demand_offer=None, spot: bool | None = None) -> StageEstimate:
     sft = recipe["sft"]
     gpu, per_node = _accel(sft["accelerator"])
     nodes = sft.get("num_nodes", 1)
@@ -313,8 +346,8 @@ def estimate_sft(recipe: dict, offer, calibration=None, on_demand_offer=None) ->
         f"{det['flops']:.3g} FLOPs ({det['train_tokens'] / 1e6:,.0f}M tokens) / ({est.gpus} x "
         f"{det['peak_tflops_per_gpu']:g} TFLOPS x MFU {det['mfu']:.3f}) ({det['mfu_source']})")
     checkpoint_hours = det["hours_per_step"] * sft["save_steps"]
-    return price_gpu_stage(est, hours, offer, sft.get("use_spot", True), recipe["costs"], checkpoint_hours,
-                           on_demand_offer)
+    return price_gpu_stage(est, hours, offer, wants_spot(sft) if spot is None else spot, recipe["costs"],
+                           checkpoint_hours, on_demand_offer)
 
 
 def _accel(s: str) -> tuple[str, int]:

@@ -241,6 +241,19 @@ class Ledger:
         return {r["stage"] for r in self.attempts(run_id)
                 if r["event"] in ("finished", "correction") and r["state"] == "SUCCEEDED"}
 
+    def stage_state(self, run_id: str, stage: str) -> str:
+        """finished | failed | cancelled | interrupted | running | not started, from its latest attempt."""
+        rows = [r for r in self.attempts(run_id, stage)]
+        return _stage_state(rows[-1] if rows else None)
+
+    def budget(self, run_id: str) -> float | None:
+        """The run's budget now: the one it started with, or the last one a resume gave it."""
+        run = self.run(run_id)
+        budget = None if run is None else run["budget"]
+        for e in self.events(run_id, "budget"):
+            budget = e["numbers"].get("budget", budget)
+        return budget
+
     def attempts(self, run_id: str, stage: str | None = None) -> list[dict]:
         """One row per attempt: its latest terminal row, or (an attempt still open) its latest row."""
         sql = """
@@ -316,9 +329,7 @@ class Ledger:
         planned = self.planned(run_id)
         attempts = self.attempts(run_id)
         api = self.api_totals(run_id)
-        budget = run["budget"]
-        for e in self.events(run_id, "budget"):   # a resume with a new --budget
-            budget = e["numbers"].get("budget", budget)
+        budget = self.budget(run_id)   # a resume with a new --budget changes it
         stage_names = list(planned) + sorted({a["stage"] for a in attempts} - set(planned))
         stages = []
         for name in stage_names:

@@ -182,7 +182,8 @@ def vllm_fits(model: dict, gpu: str, tp: int, max_model_len: int, mean_context: 
     capacity, capacity_source = gpu_memory(gpu)
     s = shape(model)
     if tp < 1 or s["heads"] % tp:
-        return False, {"tp": tp}, f"TP={tp} does not divide {s['heads']} attention heads"
+        return False, {"tp": tp, "need_gib": float("inf"), "usable_gib": VLLM_UTILIZATION * capacity / GIB}, \
+            f"TP={tp} does not divide {s['heads']} attention heads"
     weights = PARAM_BYTES * s["params"] / tp
     kv_budget = VLLM_UTILIZATION * capacity - weights - VLLM_RUNTIME
     # K and V, every layer, bf16; KV heads split across TP ranks (replicated when TP > KV heads).
@@ -190,7 +191,12 @@ def vllm_fits(model: dict, gpu: str, tp: int, max_model_len: int, mean_context: 
     kv_tokens = max(kv_budget, 0) / kv_per_token
     seqs_per_gpu = kv_tokens / mean_context / tp
     ok_len, ok_batch = kv_tokens >= max_model_len, seqs_per_gpu >= VLLM_MIN_SEQS_PER_GPU
+    # What one GPU of the replica needs: weights, runtime and the KV cache of whichever is larger, one sequence
+    # of max_model_len or the batch the throughput assumes; vLLM may use VLLM_UTILIZATION of the card.
+    wanted_tokens = max(max_model_len, VLLM_MIN_SEQS_PER_GPU * mean_context * tp)
+    need = weights + VLLM_RUNTIME + wanted_tokens * kv_per_token
     breakdown = {"gpu": gpu, "tp": tp, "weights_gib": weights / GIB, "runtime_gib": VLLM_RUNTIME / GIB,
+                 "need_gib": need / GIB, "usable_gib": VLLM_UTILIZATION * capacity / GIB,
                  "kv_cache_gib": max(kv_budget, 0) / GIB, "kv_tokens_per_replica": kv_tokens,
                  "seqs_in_flight_per_gpu": seqs_per_gpu, "capacity_gib": capacity / GIB,
                  "fits_max_len": ok_len, "enough_batch": ok_batch}

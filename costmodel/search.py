@@ -52,16 +52,19 @@ class Candidate:
                 "memory": self.memory, "notes": self.notes}
 
 
-def search(recipe: dict, price_fn=None, calibration: dict | None = None, token_price=None) -> dict:
+def search(recipe: dict, price_fn=None, calibration: dict | None = None, token_price=None, place_fn=None) -> dict:
     """{stage: {"anchor": Candidate, "best": Candidate, "candidates": [Candidate, ...] cheapest first}}.
-    `price_fn` None prices GPUs at $0 (this machine), like `reproduce plan --backend local`."""
+    `price_fn` None prices GPUs at $0 (this machine), like `reproduce plan --backend local`.
+    `place_fn(stage, variant) -> StageEstimate` prices a GPU candidate the way the plan does (only clouds that
+    can run the task, the cheaper market when `use_spot: auto`); it raises for a placement that cannot run."""
     out = {}
     for stage, options in (("generate", _generation_options(recipe, "generate")), ("filter", _filter_options(recipe)),
                            ("rewrite", [{"rewrite.batch": b} for b in (True, False)]),
                            ("sft", _sft_options(recipe, price_fn is not None)),
                            ("eval", _generation_options(recipe, "eval"))):
-        tried = [_evaluate(recipe, stage, opt, price_fn, calibration, token_price) for opt in options]
-        anchor = _evaluate(recipe, stage, {}, price_fn, calibration, token_price, derive=False)
+        tried = [_evaluate(recipe, stage, opt, price_fn, calibration, token_price, place_fn=place_fn)
+                 for opt in options]
+        anchor = _evaluate(recipe, stage, {}, price_fn, calibration, token_price, derive=False, place_fn=place_fn)
         feasible = sorted((c for c in tried if c.feasible), key=Candidate.key)
         best = feasible[0] if feasible and feasible[0].key() < anchor.key() else anchor
         if not anchor.feasible and feasible:
@@ -95,9 +98,14 @@ def apply(recipe: dict, changes: dict) -> dict:
 
 # ---- options per stage ---------------------------------------------------------------------------
 
+def _markets(cfg: dict) -> tuple:
+    """`use_spot: auto` leaves the market to the plan (the cheaper expected cost); a pinned one is searched."""
+    return ("auto",) if cfg.get("use_spot", "auto") == "auto" else MARKETS
+
+
 def _generation_options(recipe: dict, stage: str) -> list[dict]:
     out = []
-    for accel, tp, spot in itertools.product(ACCELERATORS, TENSOR_PARALLEL, MARKETS):
+    for accel, tp, spot in itertools.product(ACCELERATORS, TENSOR_PARALLEL, _markets(recipe[stage])):
         per_node = int(accel.partition(":")[2])
         if per_node % tp:
             continue
@@ -114,7 +122,7 @@ def _sft_options(recipe: dict, priced: bool) -> list[dict]:
     sft = recipe["sft"]
     out = []
     for accel, nodes, (zero, offload), packing, liger, spot in itertools.product(
-            ACCELERATORS, SFT_NODES, SFT_SHARDING, (False, True), (False, True), MARKETS):
+            ACCELERATORS, SFT_NODES, SFT_SHARDING, (False, True), (False, True), _markets(sft)):
         opt = {"sft.accelerator": accel, "sft.num_nodes": nodes, "sft.zero_stage": zero, "sft.cpu_offload": offload,
                "sft.packing": packing, "sft.liger_kernel": liger, "sft.use_spot": spot}
         opt["sft.gradient_accumulation_steps"] = _accumulation(sft, int(accel.partition(":")[2]) * nodes, packing)
@@ -175,7 +183,7 @@ def _offer(price_fn, accel: str, spot: bool):
 
 
 def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, token_price,
-              derive: bool = True) -> Candidate:
+              derive: bool = True, place_fn=None) -> Candidate:
     """`derive`: also choose the settings that follow from the others (save_steps); off for the anchor."""
     changes = {k: v for k, v in option.items() if _get(recipe, k) != v}
     variant = apply(recipe, changes)
@@ -185,9 +193,11 @@ def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, tok
     try:
         if stage in ("generate", "eval"):
             _check_vllm(variant, stage, cand)
-            if cand.feasible:
+            if cand.feasible and place_fn is not None:
+                cand.estimate = _placed(place_fn, stage, variant, cand)
+            elif cand.feasible:
                 cfg = variant[stage]
-                offer = _offer(price_fn, cfg["accelerator"], cfg.get("use_spot", True))
+                offer = _offer(price_fn, cfg["accelerator"], estimates.wants_spot(cfg))
                 if price_fn is not None and offer is None:
                     cand.feasible, cand.rejected = False, f"no price for {cfg['accelerator']}"
                 else:
@@ -200,7 +210,7 @@ def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, tok
             cand.estimate = estimates.estimate_rewrite(variant, token_price or api_prices.token_price(
                 variant["rewrite"]["model"]))
         elif stage == "sft":
-            _evaluate_sft(recipe, variant, cand, price_fn, calibration, derive)
+            _evaluate_sft(recipe, variant, cand, price_fn, calibration, derive, place_fn)
     except BadInput as e:  # e.g. no MFU figure for this combination: not a candidate
         cand.feasible, cand.rejected, cand.estimate = False, str(e), None
     return cand
@@ -219,7 +229,16 @@ def _check_vllm(variant: dict, stage: str, cand: Candidate) -> None:
         cand.feasible, cand.rejected = False, arithmetic
 
 
-def _evaluate_sft(recipe: dict, variant: dict, cand: Candidate, price_fn, calibration, derive: bool) -> None:
+def _placed(place_fn, stage: str, variant: dict, cand: Candidate):
+    try:
+        return place_fn(stage, variant)
+    except Exception as e:   # noqa: BLE001 - no cloud can run it, or no price: not a candidate
+        cand.feasible, cand.rejected = False, str(e)
+        return None
+
+
+def _evaluate_sft(recipe: dict, variant: dict, cand: Candidate, price_fn, calibration, derive: bool,
+                  place_fn=None) -> None:
     sft = variant["sft"]
     ok, _, arithmetic = memory.fits(memory.sft_config(variant))
     cand.memory = arithmetic
@@ -234,17 +253,27 @@ def _evaluate_sft(recipe: dict, variant: dict, cand: Candidate, price_fn, calibr
                           f"{sft['gradient_accumulation_steps']} x {gpus} GPUs = "
                           f"{sft['per_device_train_batch_size'] * sft['gradient_accumulation_steps'] * gpus} {unit} "
                           f"per step, the recipe's optimizer step")
-    offer = _offer(price_fn, sft["accelerator"], sft.get("use_spot", True))
-    if price_fn is not None and offer is None:
-        cand.feasible, cand.rejected = False, f"no price for {sft['accelerator']}"
+    if place_fn is not None:
+        first = _placed(place_fn, "sft", variant, cand)
+        on_spot = first is not None and first.spot
+    else:
+        offer = _offer(price_fn, sft["accelerator"], estimates.wants_spot(sft))
+        if price_fn is not None and offer is None:
+            cand.feasible, cand.rejected = False, f"no price for {sft['accelerator']}"
+            return
+        on_spot = estimates.wants_spot(sft) and offer is not None and offer.spot is not None
+    if not cand.feasible:
         return
-    if derive and sft.get("use_spot", True) and offer is not None and offer.spot is not None:
+    if derive and on_spot:
         hours, _ = estimates.sft_hours(sft, variant["models"]["student"], *_gpu_count(sft), calibration)
         steps, why = save_steps(sft, hours, variant["costs"], variant["models"]["student"]["params_b"])
         if steps != recipe["sft"]["save_steps"]:
             sft["save_steps"] = cand.changes["sft.save_steps"] = steps
         cand.notes.append(why)
-    cand.estimate = estimates.estimate_sft(variant, offer, calibration)
+    if place_fn is not None:
+        cand.estimate = _placed(place_fn, "sft", variant, cand)
+    else:
+        cand.estimate = estimates.estimate_sft(variant, offer, calibration)
 
 
 def _gpu_count(sft: dict) -> tuple[str, int, int]:

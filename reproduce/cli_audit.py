@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -38,10 +38,30 @@ def audit(
     as_json: bool = JSON_OPTION,
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per stage and a total row."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write spend over time vs the budget to FILE.png."),
+    billed: bool = typer.Option(False, "--billed", help="Compare with what AWS and OpenAI billed; store the bill "
+                                                        "as corrections (only what changed)."),
+    drift_threshold: Optional[str] = typer.Option(None, "--drift-threshold", metavar="PCT",
+                                                  help="With --billed: flag drift above PCT% (default 10)."),
+    openai_project: Optional[List[str]] = typer.Option(None, "--openai-project", metavar="ID",
+                                                       help="With --billed: only these OpenAI projects' costs."),
+    billing_endpoint: Optional[str] = typer.Option(None, "--billing-endpoint", hidden=True,
+                                                   help="Base URL of the OpenAI API (tests: a local server)."),
 ) -> None:
     """Planned vs actual per stage: GPU-hours, compute $, API tokens and $, preemptions, where it ran."""
     if as_json and as_csv:
         raise UserError("--json and --csv: pick one")
+    if not billed and (drift_threshold is not None or openai_project or billing_endpoint):
+        raise UserError("--drift-threshold, --openai-project and --billing-endpoint go with --billed")
+    if billed:
+        if as_csv or plot:
+            raise UserError("--billed: --csv and --plot are not available with it (use --json)")
+        from reproduce.cli_billed import audit_billed
+
+        ledger = open_ledger()
+        run_id = run or ledger.latest_run_id()
+        if run_id is None:
+            raise UserError(f"no runs in {ledger.path} yet: start one with `reproduce all --budget USD`")
+        return audit_billed(ledger, run_id, as_json, drift_threshold, billing_endpoint, openai_project)
     if plot is not None and not plot.lower().endswith(".png"):
         raise UserError(f"--plot {plot!r}: expected a file name ending in .png")
     ledger = open_ledger()
@@ -198,7 +218,7 @@ def run_rows(ledger) -> list[dict]:
         out.append({"run": r["run_id"], "status": status, "recipe": r["recipe"], "scale": r["scale"],
                     "backend": r["backend"] + (" (sim)" if r["simulated"] and r["backend"] != "sim" else ""),
                     "stage": attempts[-1]["stage"] if attempts else None,
-                    "spent_usd": round(ledger.spent(r["run_id"]), 2), "budget": r["budget"],
+                    "spent_usd": round(ledger.spent(r["run_id"]), 2), "budget": ledger.budget(r["run_id"]),
                     "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
                     "pid": state["numbers"].get("pid") if status == "running" else None})
     return out
@@ -221,7 +241,10 @@ def calibration(as_json: bool = JSON_OPTION,
     """Throughputs measured by finished runs, which the next plan uses, and how many runs each rests on."""
     from costmodel.calibration import figures
 
-    rows = figures(open_ledger(), include_simulated=simulated)
+    from costmodel.calibration import price_rows
+
+    ledger = open_ledger()
+    rows = figures(ledger, include_simulated=simulated) + price_rows(ledger)   # price rows: from audit --billed
     if as_json:
         print_json(rows)
     elif not rows:

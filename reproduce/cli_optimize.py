@@ -6,6 +6,8 @@ that `reproduce plan --set ...` uses, so the printed total is the one `reproduce
 """
 from __future__ import annotations
 
+import math
+
 import typer
 
 from reproduce.output import money, print_json, table
@@ -27,13 +29,18 @@ def optimize(recipe: dict, anchor_plan, as_json: bool = False):
         else:
             typer.echo("Smoke scale runs every stage on this machine's CPU: nothing to optimize.")
         return anchor_plan
-    price_fn = None
+    from reproduce import stagetable
+    from reproduce.plan import place_gpu_stage
+
+    price_fn, place_fn = None, None
+    calibration = _calibration()
     if priced_remotely(recipe, anchor_plan.backend):
         from costmodel import prices
 
         price_fn = prices.cheapest
-    calibration = _calibration()
-    result = search.search(recipe, price_fn, calibration)
+        # a GPU candidate is placed exactly as `reproduce plan` would place it (clouds able to run it, market)
+        place_fn = lambda stage, variant: place_gpu_stage(stagetable.stage(stage), variant, calibration, True)  # noqa: E731
+    result = search.search(recipe, price_fn, calibration, place_fn=place_fn)
     changes = search.overrides(result)
     variant = search.apply(recipe, changes)
     best = build_plan(variant, anchor_plan.budget, anchor_plan.backend, calibration)
@@ -155,10 +162,13 @@ def render(recipe: dict, anchor, best, diff: list, sets: list, variant_name: str
         lines.append(f"Budget: {money(best.budget)}  headroom {money(best.headroom)}  -> "
                      f"{'fits' if best.fits else 'DOES NOT FIT'}")
     if sets:
-        lines += ["", "Run it:", "  reproduce all " + _recipe_flag(recipe) + " ".join(f"--set {s}" for s in sets)]
+        # `all` requires --budget: the user's, else the optimized total rounded up to the next $10
+        budget = best.budget if best.budget is not None else math.ceil(best.total_usd / 10) * 10
+        flag = f"--budget {budget:g}"
+        lines += ["", "Run it:", f"  reproduce all {flag} " + _recipe_flag(recipe) + " ".join(f"--set {s}" for s in sets)]
         if variant_name:
             scale = "" if recipe["scale"] == "full" else f" --scale {recipe['scale']}"
-            lines.append(f"  reproduce all --recipe {variant_name}{scale}     (the same, saved as a recipe file)")
+            lines.append(f"  reproduce all {flag} --recipe {variant_name}{scale}     (the same, saved as a recipe file)")
     else:
         lines += ["", "The recipe as given is already the cheapest feasible configuration."]
     return "\n".join(lines)

@@ -7,9 +7,11 @@ import typer
 
 from reproduce.output import JSON_OPTION, money, print_json, table
 
-RECIPE_OPTION = typer.Option("sky-t1-32b-preview", "--recipe", "-r", help="Recipe name or path to a recipe YAML.")
+RECIPE_OPTION = typer.Option(None, "--recipe", "-r", show_default="sky-t1-32b-preview",
+                             help="Recipe name or path to a recipe YAML.")
 SET_OPTION = typer.Option(None, "--set", help="Override a recipe field: dotted.key=value (repeatable).")
-SCALE_OPTION = typer.Option("full", "--scale", help="full: the real recipe; smoke: every stage on a CPU in minutes.")
+SCALE_OPTION = typer.Option(None, "--scale", show_default="full",
+                            help="full: the real recipe; smoke: every stage on a CPU in minutes.")
 BUDGET_OPTION = typer.Option(None, "--budget", help="Budget in US dollars.")
 
 
@@ -18,9 +20,9 @@ def register(app: typer.Typer) -> None:
 
 
 def plan(
-    recipe: str = RECIPE_OPTION,
+    recipe: Optional[str] = RECIPE_OPTION,
     budget: Optional[str] = BUDGET_OPTION,
-    scale: str = SCALE_OPTION,
+    scale: Optional[str] = SCALE_OPTION,
     sets: Optional[List[str]] = SET_OPTION,
     backend: str = typer.Option("auto", "--backend", help="auto|sky|local|sim: local prices GPUs at $0."),
     optimize: bool = typer.Option(False, "--optimize", help="Also search for the cheapest feasible configuration."),
@@ -31,7 +33,7 @@ def plan(
     from reproduce.errors import OverBudget
     from reproduce.plan import build_plan
 
-    resolved = recipes.load(recipe, sets or [], scale)
+    resolved = recipes.load(recipe, sets or [], scale or "full")
     p = build_plan(resolved, budget, backend)
     if optimize:
         from reproduce import cli_optimize
@@ -50,10 +52,14 @@ def plan(
 def _hint(p) -> str:
     fitting = [s for s in p.suggestions if s["fits"]]
     if fitting:
-        return f"; --set {fitting[0]['set']} would fit ({money(fitting[0]['total_usd'])})"
+        return f"; {flag(fitting[0])} would fit ({money(fitting[0]['total_usd'])})"
     if p.suggestions:
-        return "; no single knob fits, see the suggestions above"
+        return "; no single knob or shipped variant fits, see the suggestions above"
     return ""
+
+
+def flag(suggestion: dict) -> str:
+    return f"--recipe {suggestion['recipe']}" if "recipe" in suggestion else f"--set {suggestion['set']}"
 
 
 def where(s) -> str:
@@ -65,30 +71,56 @@ def where(s) -> str:
 def render_plan(p) -> str:
     rows = []
     for s in p.stages:
+        mem = s.memory or {}
         rows.append({
             "stage": s.stage, "where": where(s), "instance": s.instance_type or "-",
             "market": ("spot" if s.spot else "on-demand") if s.cloud else "-",
-            "GPUs": s.gpus or "-", "hours": round(s.hours, 2), "GPU-h": round(s.gpu_hours, 1),
+            "GPUs": (f"{s.accelerator}" + (f" x{s.nodes}" if s.nodes > 1 else "")) if s.gpus else "-",
+            "mem GiB/GPU": f"{mem['per_gpu_gib']:.0f}/{mem['usable_gib']:.0f}" if mem else "-",
+            "hours": round(s.hours, 2), "GPU-h": round(s.gpu_hours, 1),
             "$/h": round(s.price_per_hour, 2) if s.price_per_hour else "-",
             "compute $": s.compute_usd, "API $": s.api_usd, "stage $": s.total_usd,
             "on-demand $": s.on_demand_usd,
         })
-    lines = [f"Plan: {p.recipe} ({p.scale} scale, backend {p.backend})", "", table(rows), "", "How each number was made:"]
-    width = max(len(s.stage) for s in p.stages)
+    lines = [f"Plan: {p.recipe} ({p.scale} scale, backend {p.backend})", ""]
+    if not p.stages:
+        lines.append("Nothing left to run: every stage is finished.")
+    else:
+        lines += [table(rows), "", "How each number was made:"]
+    width = max([len(s.stage) for s in p.stages] or [0])
+    pad = f"  {'':<{width}}    "
     for s in p.stages:
         src = f"   [{s.price_source}{', ' + s.price_date if s.price_date else ''}]" if s.price_source else ""
         lines.append(f"  {s.stage:<{width}}  {s.arithmetic}{src}")
         for a in s.assumptions:
-            lines.append(f"  {'':<{width}}    {a}")
+            lines.append(pad + a)
+        if s.details.get("market"):
+            lines.append(pad + f"market: {s.details['market']}")
+        if s.max_hourly_cost:
+            lines.append(pad + f"launch capped at ${s.max_hourly_cost:,.2f}/h per node (max_hourly_cost: plan "
+                               f"${s.price_per_hour / max(s.nodes, 1):,.2f}/h + 5%)")
+        if s.memory:
+            lines.append(pad + f"memory: {s.memory['per_gpu_gib']:.1f} GiB per GPU needed, "
+                               f"{s.memory['usable_gib']:.1f} usable on {s.memory['accelerator'].partition(':')[0]} "
+                               f"-> {'fits' if s.memory['fits'] else 'DOES NOT FIT'}")
+        for f in s.fallbacks:
+            if f.get("dropped"):
+                lines.append(pad + f"fallback {f['accelerator']}: dropped ({f['dropped']})")
+            else:
+                lines.append(pad + f"fallback {f['accelerator']}: {f['cloud']} {f['region']} "
+                                   f"{'spot' if f['spot'] else 'on-demand'} ${f['price_per_hour']:,.2f}/h x "
+                                   f"{f['hours']:,.2f} h = {money(f['usd'])} if the planned placement has no capacity")
     lines += ["", f"Total: {money(p.total_usd)} = compute {money(p.compute_usd)} + API {money(p.api_usd)}"
                   f"  ({p.gpu_hours:,.1f} GPU-hours)"]
+    if p.spent_usd:
+        lines.append(f"Already spent by this run: {money(p.spent_usd)}; spent + plan = {money(p.spent_usd + p.total_usd)}")
     if any(s.on_demand_usd is not None for s in p.stages):
         lines.append(f"On-demand instead of spot: {money(p.on_demand_usd)} (no preemptions, cheapest on-demand offers)")
     if p.budget is not None:
         verdict = "fits" if p.fits else "DOES NOT FIT"
         lines.append(f"Budget: {money(p.budget)}  headroom {money(p.headroom)}  -> {verdict}")
     if p.suggestions:
-        lines += ["", "Knobs that would lower the cost (one at a time):"]
-        lines.append(table([{"--set": s["set"], "saves $": s["saves_usd"], "total $": s["total_usd"],
-                             "fits": "yes" if s["fits"] else "no", "why": s["why"]} for s in p.suggestions]))
+        lines += ["", "What would lower the cost (one at a time; each fits in memory):"]
+        lines.append(table([{"change": flag(s), "saves $": s["saves_usd"], "total $": s["total_usd"],
+                             "fits budget": "yes" if s["fits"] else "no", "why": s["why"]} for s in p.suggestions]))
     return "\n".join(lines)

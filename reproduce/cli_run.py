@@ -34,10 +34,10 @@ def register(app: typer.Typer) -> None:
 
 
 def all_stages(
-    recipe: str = RECIPE_OPTION,
+    recipe: Optional[str] = RECIPE_OPTION,
     budget: Optional[str] = BUDGET_OPTION,
     backend: str = BACKEND_OPTION,
-    scale: str = SCALE_OPTION,
+    scale: Optional[str] = SCALE_OPTION,
     sets: Optional[List[str]] = SET_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue run RUN from its last finished stage."),
@@ -57,10 +57,10 @@ def all_stages(
 def stage(
     name: str = typer.Argument(..., help="generate | filter | rewrite | convert | sft | eval"),
     run_id: Optional[str] = typer.Option(None, "--run", help="Run the stage as part of run RUN (default: a new run)."),
-    recipe: str = RECIPE_OPTION,
+    recipe: Optional[str] = RECIPE_OPTION,
     budget: Optional[str] = BUDGET_OPTION,
     backend: str = BACKEND_OPTION,
-    scale: str = SCALE_OPTION,
+    scale: Optional[str] = SCALE_OPTION,
     sets: Optional[List[str]] = SET_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
     yes: bool = YES_OPTION,
@@ -71,16 +71,17 @@ def stage(
     bucket: Optional[str] = BUCKET_OPTION,
 ) -> None:
     """Run one stage (of a new run, or of run --run RUN), admitted by the budget guard."""
-    from reproduce.executors.base import STAGES
+    from reproduce import stagetable
 
-    if name not in STAGES:
-        raise UserError(f"unknown stage {name!r}: expected one of {', '.join(STAGES)}")
+    stagetable.stage(name)   # exit 2 on an unknown name
     execute(recipe, budget, backend, scale, sets or [], dry_run, run_id, yes,
             dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
             only=[name], bucket=bucket)
 
 
 def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None, bucket=None) -> None:
+    import math
+
     import yaml
 
     from reproduce import pipeline
@@ -91,41 +92,58 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     budget_usd = check_budget(budget)
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
-    if not sim["slowdown"] > 0:
-        raise UserError(f"--sim-slowdown {sim['slowdown']!r}: expected a positive factor, e.g. 3")
-    if not sim["preemption_rate"] >= 0:
-        raise UserError(f"--sim-preemption-rate {sim['preemption_rate']!r}: expected preemptions per hour >= 0")
-    ledger, found = None, None
+    if not (math.isfinite(sim["slowdown"]) and 0 < sim["slowdown"] <= 1000):
+        raise UserError(f"--sim-slowdown {sim['slowdown']!r}: expected a finite factor > 0 and <= 1000, e.g. 3")
+    if not (math.isfinite(sim["preemption_rate"]) and 0 <= sim["preemption_rate"] <= 10):
+        raise UserError(f"--sim-preemption-rate {sim['preemption_rate']!r}: expected preemptions per hour "
+                        "from 0 to 10")
+    if not (math.isfinite(sim["pace_s"]) and 0 <= sim["pace_s"] <= 60):
+        raise UserError(f"--sim-pace {sim['pace_s']!r}: expected real seconds per poll from 0 to 60")
+    ledger, found, spent = None, None, 0.0
     if resume:
+        changed = [flag for flag, given in (("--recipe", recipe_name), ("--set", sets), ("--scale", scale)) if given]
+        if changed:   # the run's recipe is what its plan, ledger rows and artifacts were made from
+            raise UserError(f"--resume {resume} continues the run's own recipe; {', '.join(changed)} would change "
+                            f"it mid-run: start a new run instead (reproduce all {' '.join(changed)} ...)")
         ledger = open_ledger()
         found = ledger.run(resume)
         if found is None:
             raise UserError(f"--resume {resume!r}: no such run in {ledger.path}; see `reproduce runs`")
         resolved = yaml.safe_load(found["recipe_yaml"])   # the recipe the run started with, flags and all
         if budget_usd is None:
-            budget_usd = found["budget"]
+            budget_usd = ledger.budget(resume)
         if backend == "auto":
             backend = found["backend"]
         if backend == "sim":   # the virtual clock goes on from where the run's records end
             sim = {**sim, "start": max([r["at"] for r in ledger.progress_rows(resume)] + [found["created_at"]])}
+        spent = ledger.spent(resume)
     else:
         if budget_usd is None:
             raise UserError("--budget is required: a positive number of US dollars, e.g. --budget 450")
-        resolved = recipes.load(recipe_name, sets, scale)
+        resolved = recipes.load(recipe_name, sets, scale or "full")
     if bucket:  # kept with the run's recipe so --resume finds the same bucket
         from reproduce.executors.bucket import check
 
-        resolved["bucket"] = check(bucket)
+        resolved["bucket"] = check(bucket, strict=not dry_run)
     bucket = resolved.get("bucket")
     executor, chosen, why = pipeline.make_executor(backend, resolved, sim)
     plan = build_plan(resolved, budget_usd, chosen)
+    if resume:   # the plan from here: the stages not finished yet, after what was spent
+        finished = ledger.finished_stages(resume)
+        for name in [s.stage for s in plan.stages if s.stage in finished]:
+            typer.echo(f"[{name}] already finished in this run: skipped", err=True)
+        plan = plan.only([s.stage for s in plan.stages if s.stage not in finished])
+        plan.spent_usd = spent
     if only:
-        plan.stages = [s for s in plan.stages if s.stage in only]
+        plan = plan.only(only)
+        if resume:
+            _check_inputs(ledger, resume, only[0], found)
     _show_plan(plan)
     typer.echo(f"backend: {chosen} ({why})", err=True)
     if not plan.fits:
-        raise OverBudget(f"plan costs {money(plan.total_usd)}, over the {money(plan.budget)} budget by "
-                         f"{money(-plan.headroom)}: not started (try `reproduce plan --optimize`)")
+        raise OverBudget(f"plan costs {money(plan.total_usd)}" + (f" after {money(spent)} spent" if spent else "")
+                         + f", over the {money(plan.budget)} budget by {money(-plan.headroom)}: not started "
+                         "(try `reproduce plan --optimize`)")
     if chosen == "sky" and not bucket and not dry_run:
         raise UserError("--bucket is required with SkyPilot: s3://NAME or gs://NAME holds the run's artifacts "
                         "(or set REPRODUCE_BUCKET)")
@@ -144,11 +162,10 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
             typer.echo("not started", err=True)
             raise typer.Exit(1)
     ledger = ledger or open_ledger()
-    stages_now = only
     if resume and only and only[0] in ledger.finished_stages(resume):
         typer.echo(f"stage {only[0]} already finished in run {resume}; nothing to do", err=True)
         return
-    result = pipeline.run(plan, resolved, executor, ledger, budget_usd, resume_run=resume, stages=stages_now,
+    result = pipeline.run(plan, resolved, executor, ledger, budget_usd, resume_run=resume, stages=only,
                           bucket=bucket)
     typer.echo(f"run {result.run_id}: artifacts in {result.artifacts}; ledger {ledger.path}", err=True)
     typer.echo(render_audit(ledger.audit(result.run_id)))
@@ -162,6 +179,24 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         raise typer.Exit(result.exit_code)
 
 
+def _check_inputs(ledger, run_id: str, name: str, found: dict) -> None:
+    """`reproduce stage NAME --run R` only when R finished every stage NAME reads from, and their outputs
+    (each stage's summary.json) are in the run's artifacts."""
+    from pathlib import Path
+
+    from reproduce import stagetable
+
+    finished = ledger.finished_stages(run_id)
+    for need in stagetable.stage(name).needs:
+        if need not in finished:
+            state = ledger.stage_state(run_id, need)
+            raise UserError(f"stage {name} reads {need}'s outputs, and {need} in run {run_id} is {state}: "
+                            f"run it first (reproduce stage {need} --run {run_id}) or resume the run")
+        if not (Path(found["artifacts"]) / need / "summary.json").is_file() and not found.get("simulated"):
+            raise UserError(f"stage {name} reads {need}'s outputs, and {Path(found['artifacts']) / need} has no "
+                            f"summary.json: the artifacts of run {run_id} are incomplete")
+
+
 def _show_plan(plan) -> None:
     try:
         from reproduce.cli_plan import render_plan
@@ -172,30 +207,31 @@ def _show_plan(plan) -> None:
 
 
 def render_tasks(plan, recipe: dict, executor, backend: str) -> str:
-    """What each stage would run, with its placement: the executor's render, or the task YAML."""
-    from reproduce.executors.base import CONTROLLER_STAGES, RunContext
+    """What each stage would run, with its placement: the executor's render, or the task YAML rendered from
+    the stage's plan row (the same row `reproduce all` launches)."""
+    from reproduce import stagetable
+    from reproduce.executors.base import RunContext
     from reproduce.pipeline import artifacts_dir
 
     out = []
     for s in plan.stages:
-        ctx = RunContext(run_id="dry-run", recipe=recipe, stage=s.stage, plan=s.to_dict(),
-                         artifacts=artifacts_dir("dry-run"), envs={})
+        row = stagetable.stage(s.stage)
+        ctx = RunContext(run_id="dry-run", recipe=recipe, stage=s.stage, plan=s, artifacts=artifacts_dir("dry-run"),
+                         envs={})
         try:
             if hasattr(executor, "render"):
                 text = executor.render(ctx)
-            elif s.stage in CONTROLLER_STAGES or (s.stage == "filter" and recipe["filter"].get("where") == "local"):
-                text = f"# stage {s.stage}: runs on this machine (python -m reproduce.stages.{s.stage})"
+            elif row.on_controller(recipe):
+                text = f"# stage {s.stage}: runs on this machine (python -m reproduce.stages.{row.program})"
             else:
                 from reproduce import tasks
-                from reproduce.executors.sky import _placement
 
-                placement = _placement(s.to_dict()) if backend == "sky" else None
                 envs = {"RUN_ID": "dry-run"}
                 if recipe.get("bucket"):
                     from reproduce.executors.bucket import run_url
 
                     envs["BUCKET"] = run_url(recipe["bucket"], "RUN")
-                text = tasks.render_yaml(s.stage, envs, placement, recipe["scale"])
+                text = tasks.render_yaml(row.task, envs, s if backend == "sky" else None, recipe["scale"])
                 if backend == "local":
                     text = f"# local: this task's setup and run as subprocesses on this machine\n{text}"
         except UserError as e:

@@ -24,7 +24,8 @@ from pathlib import Path
 from costmodel import budget as guard
 from costmodel.ledger import home
 from reproduce.errors import UserError
-from reproduce.executors.base import STAGES, RunContext, StageStatus
+from reproduce import stagetable
+from reproduce.executors.base import RunContext, StageStatus
 
 POLL_S = {"sim": 300.0, "sky": 30.0, "local": 2.0}         # sim: virtual seconds
 PROGRESS_EVERY_S = {"sim": 1800.0, "sky": 300.0, "local": 30.0}
@@ -93,8 +94,8 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
     every = PROGRESS_EVERY_S.get(ex_name, 300.0)
     teardown_s = TEARDOWN_S.get(ex_name, 0.0)
     simulated = bool(getattr(executor, "simulated", False))
-    rows = {s.stage: s.to_dict() for s in plan.stages}
-    selected = [s for s in STAGES if s in rows and (stages is None or s in stages)]
+    rows = {s.stage: s for s in plan.stages}   # typed plan rows (StageEstimate), from the plan to the executor
+    selected = [s for s in stagetable.NAMES if s in rows and (stages is None or s in stages)]
     me = {"pid": os.getpid(), "host": socket.gethostname()}
 
     if resume_run:
@@ -129,8 +130,8 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
         for name in selected:
             p = rows[name]
             ledger.add_stage_row(run_id, name, "planned", at=executor.now(), simulated=simulated,
-                                 **_plan_fields(p), hours=p["hours"], gpu_hours=p["gpu_hours"],
-                                 compute_usd=p["compute_usd"], api_usd=p["api_usd"], arithmetic=p["arithmetic"])
+                                 **_plan_fields(p), hours=p.hours, gpu_hours=p.gpu_hours,
+                                 compute_usd=p.compute_usd, api_usd=p.api_usd, arithmetic=p.arithmetic)
         ledger.add_event(run_id, None, "run", ok=True, reason="started", numbers={**me, "budget": budget},
                          at=executor.now())
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -147,15 +148,15 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
         if name in finished:
             progress.note(name, "already finished in this run: skipped")
             continue
-        later = [rows[s]["total_usd"] for s in selected[i + 1:] if s not in finished]
+        later = [rows[s].total_usd for s in selected[i + 1:] if s not in finished]
         spent, rest = ledger.spent(run_id), sum(later)
-        decision = guard.record(ledger, run_id, name, guard.admit(spent, p["total_usd"], rest, budget, name),
+        decision = guard.record(ledger, run_id, name, guard.admit(spent, p.total_usd, rest, budget, name),
                                 at=executor.now())
         if not decision.ok:
             progress.note(name, f"not started: {decision.reason}")
             return end(3, "stopped", name, f"stage {name} not started: {decision.reason}")
         stage_envs = dict(envs or {})
-        if p["kind"] == "api" and budget is not None:
+        if p.kind == "api" and budget is not None:
             refused = _api_batch(ledger, run_id, name, p, spent, rest, budget, executor.now())
             if refused:
                 progress.note(name, f"not started: {refused}")
@@ -174,7 +175,9 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
         if outcome is not None:
             code, why = outcome
             return end(code, "stopped" if code == 3 else "failed", name, why)
-    return end(0, "finished")
+    # "finished" only when every stage of the recipe is; one stage of a run (`reproduce stage`) pauses it
+    done = ledger.finished_stages(run_id) >= set(stagetable.NAMES)
+    return end(0, "finished" if done else "paused")
 
 
 def _run_stage(name, p, recipe, executor, ledger, run_id, artifacts, envs, bucket, budget, spent_before,
@@ -192,7 +195,7 @@ def _run_stage(name, p, recipe, executor, ledger, run_id, artifacts, envs, bucke
         while True:
             st = executor.poll(handle)
             now = executor.now()
-            progress.status(name, st, p["total_usd"])
+            progress.status(name, st, p.total_usd)
             if st.done:
                 break
             if st.state != last_state or now - last_row >= every:
@@ -207,7 +210,7 @@ def _run_stage(name, p, recipe, executor, ledger, run_id, artifacts, envs, bucke
                 why = f"stage {name} stopped by the budget guard: {decision.reason}"
                 ledger.add_stage_row(run_id, name, "cancelled", at=executor.now(), attempt=attempt,
                                      **_actual(st, p, started, executor.now(), simulated, message=why))
-                progress.status(name, st, p["total_usd"], force=True)
+                progress.status(name, st, p.total_usd, force=True)
                 return 3, why
             executor.wait(poll_s)
     except KeyboardInterrupt:
@@ -242,10 +245,10 @@ def _run_stage(name, p, recipe, executor, ledger, run_id, artifacts, envs, bucke
         from costmodel.calibration import observations
 
         try:
-            calibration = observations(name, summary, recipe, p)
+            calibration = observations(name, summary, recipe, p.to_dict())
         except Exception:   # a summary missing a field must not lose the stage's accounting
             calibration = []
-    message = st.message or ("" if summary or p["kind"] != "api" else "no summary.json: API spend not reported")
+    message = st.message or ("" if summary or p.kind != "api" else "no summary.json: API spend not reported")
     ledger.finish_stage(run_id, name, attempt, at=now, api_usage=usage, calibration=calibration,
                         **_actual(st, p, started, now, simulated, message=message))
     return None
@@ -260,7 +263,7 @@ def read_summary(artifacts: Path, stage: str) -> dict:
 
 
 def _api_batch(ledger, run_id, name, p, spent, rest, budget, at) -> str | None:
-    tokens = p.get("api_tokens") or {}
+    tokens = p.api_tokens or {}
     if not tokens.get("model"):
         return None
     try:
@@ -272,21 +275,20 @@ def _api_batch(ledger, run_id, name, p, spent, rest, budget, at) -> str | None:
     return None if decision.ok else decision.reason
 
 
-def _plan_fields(p: dict) -> dict:
-    return {"kind": p.get("kind"), "accelerator": p.get("accelerator"), "nodes": p.get("nodes"),
-            "gpus": p.get("gpus"), "spot": p.get("spot"), "cloud": p.get("cloud"), "region": p.get("region"),
-            "zone": p.get("zone"), "instance_type": p.get("instance_type"), "price_per_hour": p.get("price_per_hour"),
-            "price_source": p.get("price_source"), "price_date": p.get("price_date")}
+def _plan_fields(p) -> dict:
+    return {"kind": p.kind, "accelerator": p.accelerator, "nodes": p.nodes, "gpus": p.gpus, "spot": p.spot,
+            "cloud": p.cloud, "region": p.region, "zone": p.zone, "instance_type": p.instance_type,
+            "price_per_hour": p.price_per_hour, "price_source": p.price_source, "price_date": p.price_date}
 
 
-def _actual(st: StageStatus, p: dict, started: float, now: float, simulated: bool, message: str | None = None,
+def _actual(st: StageStatus, p, started: float, now: float, simulated: bool, message: str | None = None,
             state: str | None = None) -> dict:
     hours = st.elapsed_s / 3600
     gpus = st.gpus or 0
-    return {"state": state or st.state, "kind": p.get("kind"), "accelerator": p.get("accelerator"),
-            "nodes": p.get("nodes"), "gpus": gpus, "spot": st.spot, "cloud": st.cloud, "region": st.region,
+    return {"state": state or st.state, "kind": p.kind, "accelerator": p.accelerator,
+            "nodes": p.nodes, "gpus": gpus, "spot": st.spot, "cloud": st.cloud, "region": st.region,
             "zone": st.zone, "instance_type": st.instance_type, "price_per_hour": st.price_per_hour,
-            "price_source": st.price_source, "price_date": p.get("price_date"), "started_at": started,
+            "price_source": st.price_source, "price_date": p.price_date, "started_at": started,
             "ended_at": now, "hours": hours, "gpu_hours": hours * gpus, "preemptions": st.preemptions,
             "compute_usd": st.cost_usd, "message": st.message if message is None else message,
             "simulated": simulated}

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reproduce import stagetable
 from reproduce.errors import UserError
-from reproduce.executors.base import STAGES
 
 BACKENDS = ("auto", "sky", "local", "sim")
 
@@ -19,8 +19,9 @@ class Plan:
     scale: str
     backend: str
     budget: float | None
-    stages: list = field(default_factory=list)        # costmodel.estimates.StageEstimate, in STAGES order
+    stages: list = field(default_factory=list)        # costmodel.estimates.StageEstimate, in stage-table order
     suggestions: list = field(default_factory=list)   # knobs that would make an over-budget plan fit
+    spent_usd: float = 0.0                             # already spent by the run (a resumed run's finished stages)
 
     @property
     def total_usd(self) -> float:
@@ -45,21 +46,26 @@ class Plan:
 
     @property
     def headroom(self) -> float | None:
-        return None if self.budget is None else self.budget - self.total_usd
+        return None if self.budget is None else self.budget - self.spent_usd - self.total_usd
 
     @property
     def fits(self) -> bool:
-        return self.budget is None or self.total_usd <= self.budget + 1e-9
+        return self.budget is None or self.spent_usd + self.total_usd <= self.budget + 1e-9
 
     def stage(self, name: str):
         return next(s for s in self.stages if s.stage == name)
+
+    def only(self, names) -> "Plan":
+        """The same plan restricted to `names` (a resumed run's unfinished stages, `reproduce stage`)."""
+        return Plan(self.recipe, self.scale, self.backend, self.budget, [s for s in self.stages if s.stage in names],
+                    self.suggestions, self.spent_usd)
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe, "scale": self.scale, "backend": self.backend, "budget": self.budget,
                 "stages": [s.to_dict() for s in self.stages],
                 "totals": {"gpu_hours": self.gpu_hours, "compute_usd": self.compute_usd, "api_usd": self.api_usd,
                            "total_usd": self.total_usd, "on_demand_total_usd": self.on_demand_usd,
-                           "headroom_usd": self.headroom, "fits": self.fits},
+                           "spent_usd": self.spent_usd, "headroom_usd": self.headroom, "fits": self.fits},
                 "suggestions": self.suggestions}
 
 
@@ -84,7 +90,8 @@ def priced_remotely(recipe: dict, backend: str) -> bool:
 
 def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: dict | None = None,
                suggest: bool = True) -> Plan:
-    from costmodel import api_prices, estimates
+    """Every stage of the stage table priced at its cheapest feasible placement. A GPU stage whose
+    configuration does not fit in memory is refused (UserError naming the knob that would fix it)."""
     from costmodel.errors import BadInput
 
     if backend not in BACKENDS:
@@ -93,49 +100,156 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
     if calibration is None:
         calibration = _calibration()
     remote = priced_remotely(recipe, backend)
+    rows = []
     try:
-        offer = {stage: (_placement(recipe[stage]) if remote else None) for stage in ("generate", "sft", "eval")}
-        od = {stage: (_on_demand(recipe[stage]) if remote else None) for stage in ("generate", "sft", "eval")}
-        rows = {
-            "generate": estimates.estimate_generate(recipe, offer["generate"], calibration,
-                                                    on_demand_offer=od["generate"]),
-            "filter": estimates.estimate_filter(recipe),
-            "rewrite": estimates.estimate_rewrite(recipe, api_prices.token_price(recipe["rewrite"]["model"])),
-            "convert": estimates.StageEstimate("convert", "none", arithmetic="on the controller: $0.00",
-                                               price_source="controller ($0)"),
-            "sft": estimates.estimate_sft(recipe, offer["sft"], calibration, on_demand_offer=od["sft"]),
-            "eval": estimates.estimate_generate(recipe, offer["eval"], calibration, stage="eval",
-                                                on_demand_offer=od["eval"]),
-        }
+        for s in stagetable.STAGES:
+            rows.append(place_gpu_stage(s, recipe, calibration, remote) if s.where == stagetable.GPU
+                        else s.estimate(recipe))
     except BadInput as e:
         raise UserError(str(e)) from None
     if not remote and recipe["scale"] == "smoke":  # smoke runs every stage on this machine's CPU
-        for row in rows.values():
+        for row in rows:
             if row.kind == "gpu":
                 row.kind, row.gpus, row.gpu_hours, row.cpu_hours = "cpu", 0, 0.0, row.hours
                 row.arithmetic = "this machine's CPU at $0 (tiny model; GPU throughput figures do not apply)"
-                row.assumptions = []
-    plan = Plan(recipe["name"], recipe["scale"], backend, budget, [rows[s] for s in STAGES])
+                row.assumptions, row.memory, row.fallbacks = [], {}, []
+    plan = Plan(recipe["name"], recipe["scale"], backend, budget, rows)
     if suggest and not plan.fits:
         plan.suggestions = suggestions(recipe, plan, backend, calibration)
     return plan
 
 
-def _placement(cfg: dict):
-    from costmodel import prices
+def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool):
+    """The cheapest (offer, market) for a GPU stage among the clouds that can run its task, the fallbacks
+    it may take (each priced, only those that fit in memory), and its memory arithmetic."""
+    from costmodel import clouds, estimates, prices
 
-    offer = prices.cheapest(cfg["accelerator"], spot=cfg.get("use_spot", True))
-    if offer is None and cfg.get("use_spot", True):  # no spot market anywhere: on-demand
-        offer = prices.cheapest(cfg["accelerator"], spot=False)
-    if offer is None:
-        raise UserError(f"no price for {cfg['accelerator']} on any cloud: try `reproduce prices {cfg['accelerator']}`")
-    return offer
+    cfg = recipe[s.section]
+    mem = s.memory(recipe)
+    if recipe["scale"] == "full" and not mem["fits"]:
+        raise UserError(no_fit(s, recipe, mem))
+    if not remote:
+        est = s.estimate(recipe, None, calibration)
+        est.memory = mem
+        return est
+    nodes = int(cfg.get("num_nodes", 1))
+    pinned = cfg.get("use_spot", "auto")
+    options = {}
+    for spot in ((True, False) if pinned == "auto" else (bool(pinned),)):
+        offer = _cheapest(cfg["accelerator"], spot, nodes)
+        if offer is not None:
+            options[spot] = offer
+    if not options:
+        market = {True: "spot ", False: "on-demand "}.get(pinned, "")
+        raise UserError(f"{s.name}: no {market}price for {cfg['accelerator']}{_nodes(nodes)} on a cloud that can run "
+                        f"its task (bucket mounts{', several nodes' if nodes > 1 else ''}): try "
+                        f"`reproduce prices {cfg['accelerator']}`" + (f" or --set {s.section}.use_spot=auto"
+                                                                       if pinned != "auto" else ""))
+    priced = {spot: s.estimate(recipe, offer, calibration, spot=spot) for spot, offer in options.items()}
+    best = min(priced.values(), key=lambda e: (e.total_usd, not e.spot))
+    best.spot_usd = priced[True].total_usd if True in priced else None
+    best.on_demand_usd = priced[False].total_usd if False in priced else None
+    if False in options:
+        od = options[False]
+        best.details["on_demand_placement"] = f"{od.cloud} {od.region} ${od.on_demand:,.2f}/h"
+    if pinned != "auto":
+        best.details["market"] = f"{'spot' if best.spot else 'on-demand'}: pinned by {s.section}.use_spot"
+    elif len(priced) == 2:
+        other = priced[not best.spot]
+        best.details["market"] = (f"{'spot' if best.spot else 'on-demand'} ${best.total_usd:,.2f} vs "
+                                  f"{'spot' if other.spot else 'on-demand'} ${other.total_usd:,.2f} expected: "
+                                  f"the cheaper wins")
+    else:
+        best.details["market"] = f"{'spot' if best.spot else 'on-demand'}: the only market offered"
+    best.memory = mem
+    best.fallbacks = fallbacks(s, recipe, calibration, best, nodes)
+    best.details["clouds_unable"] = {c: why for c, why in clouds.able(prices.DEFAULT_CLOUDS, needs(nodes))[1].items()}
+    return best
 
 
-def _on_demand(cfg: dict):
-    from costmodel import prices
+def needs(nodes: int, spot: bool = False) -> list[str]:
+    """The SkyPilot features a GPU task needs: every one mounts the run's bucket (file_mounts)."""
+    from costmodel import clouds
 
-    return prices.cheapest(cfg["accelerator"], spot=False)
+    return [clouds.STORAGE_MOUNTING] + ([clouds.MULTI_NODE] if nodes > 1 else []) + ([clouds.SPOT] if spot else [])
+
+
+def _cheapest(accelerator: str, spot: bool, nodes: int):
+    from costmodel import clouds, prices
+
+    able, _ = clouds.able(prices.DEFAULT_CLOUDS, needs(nodes, spot))
+    return prices.cheapest(accelerator, spot, able) if able else None
+
+
+def fallbacks(s, recipe: dict, calibration: dict, best, nodes: int) -> list[dict]:
+    """The recipe's fallback accelerators in its order, each priced in the chosen market where it is cheapest;
+    one the memory model rejects is listed as dropped, never rendered."""
+    import copy
+
+    out = []
+    for accel in recipe[s.section].get("fallbacks") or []:
+        if accel == best.accelerator:
+            continue
+        mem = s.memory(recipe, accel)
+        entry = {"accelerator": accel, "fits": mem["fits"], "per_gpu_gib": mem["per_gpu_gib"],
+                 "usable_gib": mem["usable_gib"]}
+        offer = _cheapest(accel, best.spot, nodes) if mem["fits"] else None
+        if not mem["fits"]:
+            entry["dropped"] = f"does not fit: {mem['per_gpu_gib']:.1f} > {mem['usable_gib']:.1f} GiB per GPU"
+        elif offer is None:
+            entry["dropped"] = f"no {'spot' if best.spot else 'on-demand'} price on a cloud that can run it"
+        else:
+            variant = copy.deepcopy(recipe)
+            variant[s.section]["accelerator"] = accel
+            est = s.estimate(variant, offer, calibration, spot=best.spot)
+            entry.update(cloud=est.cloud, region=est.region, zone=est.zone, instance_type=est.instance_type,
+                         spot=est.spot, price_per_hour=est.price_per_hour, max_hourly_cost=est.max_hourly_cost,
+                         hours=est.hours, usd=est.total_usd, price_source=est.price_source,
+                         price_date=est.price_date)
+        out.append(entry)
+    return out
+
+
+def _nodes(n: int) -> str:
+    return f" x {n} nodes" if n > 1 else ""
+
+
+# Single changes that lower memory per GPU, tried in this order to name the knob that would make a stage fit.
+FIT_KNOBS = {
+    "sft": [("sft.liger_kernel", True), ("sft.gradient_checkpointing", True), ("sft.accelerator", "H200:8"),
+            ("sft.num_nodes", 2), ("sft.num_nodes", 4), ("sft.cpu_offload", True)],
+    "generate": [("generate.tensor_parallel", 4), ("generate.tensor_parallel", 8), ("generate.accelerator", "H200:8")],
+    "eval": [("eval.tensor_parallel", 4), ("eval.tensor_parallel", 8), ("eval.accelerator", "H200:8")],
+}
+
+
+def no_fit(s, recipe: dict, mem: dict) -> str:
+    """One line: the stage, GiB needed vs usable, and the first single knob that would make it fit."""
+    import copy
+
+    line = (f"stage {s.name} does not fit in memory: needs {mem['per_gpu_gib']:.1f} GiB per GPU, "
+            f"{mem['accelerator']} has {mem['usable_gib']:.1f} GiB usable")
+    for key, value in FIT_KNOBS.get(s.name, []):
+        variant = copy.deepcopy(recipe)
+        section, _, leaf = key.partition(".")
+        if variant[section].get(leaf) == value:
+            continue
+        variant[section][leaf] = value
+        if leaf == "tensor_parallel":   # keep every GPU busy: TP x DP = GPUs per node
+            gpus = int(str(variant[section]["accelerator"]).partition(":")[2])
+            if gpus % value:
+                continue
+            variant[section]["data_parallel"] = gpus // value
+        try:
+            alt = s.memory(variant)
+        except Exception:   # noqa: BLE001 - a knob this model has no figures for is no advice
+            continue
+        if alt["fits"]:
+            extra = (f" --set {section}.data_parallel={variant[section]['data_parallel']}"
+                     if leaf == "tensor_parallel" else "")
+            shown = str(value).lower() if isinstance(value, bool) else value
+            return line + f"; --set {key}={shown}{extra} would fit ({alt['per_gpu_gib']:.1f} GiB)"
+    return line + "; no single knob fits (see `reproduce plan --optimize`)"
 
 
 def _calibration() -> dict:
@@ -149,11 +263,9 @@ def _calibration() -> dict:
         return {}
 
 
-# Knobs tried one at a time when a plan is over budget: (dotted key, value, why it could help).
+# Knobs tried one at a time when a plan is over budget: (dotted key, value, why it could help). A knob whose
+# plan is refused (it does not fit in memory) is never offered.
 KNOBS = [
-    ("generate.use_spot", True, "spot capacity for generation"),
-    ("sft.use_spot", True, "spot capacity for SFT (managed job recovers from preemption)"),
-    ("eval.use_spot", True, "spot capacity for evaluation"),
     ("rewrite.batch", True, "OpenAI Batch API, half price"),
     ("sft.cpu_offload", False, "ZeRO-3 without CPU offload (needs the memory: see `plan --optimize`)"),
     ("sft.packing", True, "sequence packing"),
@@ -164,8 +276,12 @@ KNOBS = [
 
 
 def suggestions(recipe: dict, plan: Plan, backend: str, calibration: dict) -> list[dict]:
-    from reproduce.recipe import set_key
+    """Single knobs, then shipped variants of this recipe, that lower the cost; each one priced by a full
+    plan, so one that does not fit in memory is never offered."""
     import copy
+
+    from reproduce import recipe as recipes
+    from reproduce.recipe import set_key
 
     out = []
     for key, value, why in KNOBS:
@@ -178,9 +294,21 @@ def suggestions(recipe: dict, plan: Plan, backend: str, calibration: dict) -> li
             alt = build_plan(variant, plan.budget, backend, calibration, suggest=False)
         except Exception:
             continue
+        alt.spent_usd = plan.spent_usd
         saves = plan.total_usd - alt.total_usd
         if saves > 0.005:
             shown = str(value).lower() if isinstance(value, bool) else value
             out.append({"set": f"{key}={shown}", "why": why, "saves_usd": saves, "total_usd": alt.total_usd,
                         "fits": alt.fits})
+    for name in recipes.variants_of(recipe["name"]):
+        try:
+            alt = build_plan(recipes.load(name, scale=recipe["scale"]), plan.budget, backend, calibration,
+                             suggest=False)
+        except Exception:
+            continue
+        alt.spent_usd = plan.spent_usd
+        saves = plan.total_usd - alt.total_usd
+        if saves > 0.005:
+            out.append({"recipe": name, "why": "a shipped variant of this recipe", "saves_usd": saves,
+                        "total_usd": alt.total_usd, "fits": alt.fits})
     return sorted(out, key=lambda s: -s["saves_usd"])

@@ -1,8 +1,12 @@
 """Task YAMLs in sky_tasks/ -> a sky.Task (to launch) or redacted YAML text (for --dry-run).
 
-    cfg = load_task("sft")                                   # the YAML as a dict
-    task = render("sft", {"RUN_ID": "r1"}, placement, "full")  # env overrides, placement, secrets
-    print(render_yaml("sft", {"RUN_ID": "r1"}, placement, "full"))
+    cfg = load_task("sft")                              # the YAML as a dict
+    task = render("sft", {"RUN_ID": "r1"}, row, "full")   # env overrides, the plan row's placement, secrets
+    print(render_yaml("sft", {"RUN_ID": "r1"}, row, "full"))
+
+The plan row (costmodel.estimates.StageEstimate) decides where a GPU task runs; this module renders it and
+decides nothing: first the planned accelerator, node count, market and infra with a `max_hourly_cost` cap,
+then the plan's priced fallbacks (those that fit in memory), each pinned to where it was priced.
 
 Secrets (HF_TOKEN, OPENAI_API_KEY, WANDB_API_KEY) come from this process's environment into SkyPilot's
 `secrets:` and nowhere else: never into `envs:`, and never into rendered text (shown as <redacted>).
@@ -49,8 +53,9 @@ def secret_values(cfg: dict | None = None, environ=None) -> dict:
     return {n: environ[n] for n in sorted(names) if environ.get(n)}
 
 
-def config(stage: str, envs: dict | None = None, placement: dict | None = None, scale: str = "full") -> dict:
-    """The task dict SkyPilot gets: env overrides and placement applied, secrets left as declared."""
+def config(stage: str, envs: dict | None = None, row=None, scale: str = "full") -> dict:
+    """The task dict SkyPilot gets: env overrides and the plan row's placement applied, secrets left as
+    declared, labels naming the run and stage (provider billing groups by them)."""
     cfg = copy.deepcopy(load_task(stage))
     leaked = sorted(set(envs or {}) & (set(SECRET_NAMES) | set(cfg.get("secrets") or {})))
     if leaked:  # a key passed as an env would show in `sky status`, logs and the YAML
@@ -62,34 +67,71 @@ def config(stage: str, envs: dict | None = None, placement: dict | None = None, 
     cfg["envs"] = cfg_envs
     if cfg.get("workdir") in (".", "./") and (REPO_ROOT / "pyproject.toml").is_file():
         cfg["workdir"] = str(REPO_ROOT)   # `.` means the repo, wherever the CLI was started from
-    if placement:
-        cfg["resources"] = _place(dict(cfg.get("resources") or {}), placement)
+    res = dict(cfg.get("resources") or {})
+    if row is not None and getattr(row, "infra", None) and row.kind == "gpu":
+        from reproduce.stagetable import stage as table_row
+
+        res = place(res, row, table_row(stage).mode)
+        cfg["num_nodes"] = int(row.nodes)
+    res["labels"] = {**(res.get("labels") or {}), **labels(cfg_envs.get("RUN_ID") or "", stage)}
+    cfg["resources"] = res
     return cfg
 
 
-def _place(res: dict, placement: dict) -> dict:
-    """Pin the plan's cloud/region (`infra`) and market; SkyPilot still picks the instance for the GPU there,
-    and `any_of` fallbacks stay, now within that infra. The instance type is not pinned: it would clash with
-    fallback accelerators (a p5.48xlarge has no A100s)."""
-    cloud, region = placement.get("cloud"), placement.get("region")
-    if cloud:
-        res["infra"] = f"{str(cloud).lower()}/{region}" if region else str(cloud).lower()
-        for key in ("cloud", "region", "zone"):   # `infra` replaces these; both at once is an error
-            res.pop(key, None)
-    spot = placement.get("use_spot", placement.get("spot"))
-    if spot is not None:
-        res["use_spot"] = bool(spot)
-        for option in (res.get("any_of") or []) + (res.get("ordered") or []):
-            option.pop("use_spot", None)
+def labels(run_id: str, stage: str) -> dict:
+    """SkyPilot `labels:` (AWS instance tags, GCP labels): what provider billing is grouped by."""
+    from costmodel.billing_tags import TAG_RUN, TAG_STAGE
+
+    return {TAG_RUN: _label(run_id) or "none", TAG_STAGE: _label(stage)}
+
+
+def _label(value: str) -> str:
+    """GCP label values: lowercase letters, digits, '-' and '_', at most 63 characters."""
+    import re
+
+    return re.sub(r"[^a-z0-9_-]", "-", str(value).lower())[:63]
+
+
+# Resource keys the plan row decides; whatever the YAML says for them is replaced.
+PLACED = ("accelerators", "ordered", "any_of", "cloud", "region", "zone", "infra", "use_spot", "max_hourly_cost")
+
+
+def place(res: dict, row, mode: str | None) -> dict:
+    """Resources as priced: the planned accelerator on the planned infra and market, capped at
+    `max_hourly_cost`, then the priced fallbacks in the recipe's order (`ordered`: SkyPilot tries them in
+    turn, where `any_of` would take the cheapest per hour, which is the slowest GPU for this work).
+
+    Recovery stays where it was priced: with the region pinned, EAGER_NEXT_REGION (recover in another
+    region) would contradict the pin, so a managed job recovers with FAILOVER (same region, then the next
+    candidate of `ordered`, each capped at its own price)."""
+    from costmodel import clouds
+
+    res = {k: v for k, v in res.items() if k not in PLACED}
+    first = {"accelerators": row.accelerator, "infra": row.infra, "max_hourly_cost": row.max_hourly_cost}
+    rest = [{"accelerators": f["accelerator"], "infra": f"{str(f['cloud']).lower()}/{f['region']}",
+             "max_hourly_cost": f["max_hourly_cost"]} for f in (row.fallbacks or []) if not f.get("dropped")]
+    res["use_spot"] = bool(row.spot)
+    if rest:
+        res["ordered"] = [first, *rest]
+    else:
+        res.update(first)
+    if mode == "managed":
+        recovery = res.get("job_recovery")
+        res["job_recovery"] = {**(recovery if isinstance(recovery, dict) else {}), "strategy": "FAILOVER"}
+    # A managed job's controller tears its cluster down; autostop is for `sky launch` clusters, on clouds
+    # whose SkyPilot adapter supports it (Prime Intellect's does not).
+    placed_clouds = {str(row.cloud).lower()} | {str(f["cloud"]).lower() for f in row.fallbacks or []
+                                                 if not f.get("dropped")}
+    if mode == "managed" or not all(clouds.supports(c, clouds.AUTOSTOP) for c in placed_clouds):
+        res.pop("autostop", None)
     return res
 
 
-def render(stage: str, envs: dict | None = None, placement: dict | None = None, scale: str = "full",
-           environ=None):
+def render(stage: str, envs: dict | None = None, row=None, scale: str = "full", environ=None):
     """A validated sky.Task. Secrets go in as `secrets_overrides`, so they never sit in `envs`."""
     import sky
 
-    cfg = config(stage, envs, placement, scale)
+    cfg = config(stage, envs, row, scale)
     secrets = secret_values(cfg, environ)
     overrides = [(k, v) for k, v in secrets.items() if k in (cfg.get("secrets") or {})]
     try:
@@ -98,15 +140,15 @@ def render(stage: str, envs: dict | None = None, placement: dict | None = None, 
         raise UserError(f"sky_tasks/{stage}.yaml: {e}") from None
 
 
-def render_yaml(stage: str, envs: dict | None = None, placement: dict | None = None, scale: str = "full",
-                environ=None) -> str:
+def render_yaml(stage: str, envs: dict | None = None, row=None, scale: str = "full", environ=None) -> str:
     """What --dry-run prints: the task as it would launch, validated by SkyPilot, secrets redacted."""
-    render(stage, envs, placement, scale, environ)   # validation only
-    cfg = config(stage, envs, placement, scale)
+    render(stage, envs, row, scale, environ)   # validation only
+    cfg = config(stage, envs, row, scale)
     secrets = secret_values(cfg, environ)
     if cfg.get("secrets"):
         cfg["secrets"] = {k: REDACTED if k in secrets else UNSET for k in cfg["secrets"]}
-    where = (cfg.get("resources") or {}).get("infra", "any cloud (SkyPilot picks the cheapest)")
+    res = cfg.get("resources") or {}
+    where = res.get("infra") or ((res.get("ordered") or [{}])[0].get("infra")) or "any cloud (SkyPilot picks the cheapest)"
     text = f"# stage {stage} ({scale} scale): {where}\n" + yaml.dump(cfg, Dumper=_BlockDumper, sort_keys=False,
                                                                       width=120)
     return redact(text, secrets.values())

@@ -94,8 +94,8 @@ class _MeasuredExecutor:
     def launch(self, run):
         out = run.artifacts / run.stage
         out.mkdir(parents=True, exist_ok=True)
-        self.wall = run.plan["details"]["output_tokens"] / (self.tok_s * run.plan["gpus"])
-        (out / "summary.json").write_text(json.dumps({"output_tokens": run.plan["details"]["output_tokens"],
+        self.wall = run.plan.details["output_tokens"] / (self.tok_s * run.plan.gpus)
+        (out / "summary.json").write_text(json.dumps({"output_tokens": run.plan.details["output_tokens"],
                                                       "prompt_tokens": 0, "wall_s": self.wall, "gpus": 8}))
         self.plan = run.plan
         return "h"

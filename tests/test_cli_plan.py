@@ -43,8 +43,12 @@ def test_plan_table_shows_the_arithmetic_and_sources(home, capsys):
 def test_an_over_budget_plan_exits_3_and_names_a_knob_that_fits(home, capsys):
     code, out, err = run(capsys, "plan", "--budget", "150")
     assert code == 3
-    assert "DOES NOT FIT" in out and "Knobs that would lower the cost" in out
-    assert err.count("\n") == 1 and "over the $150.00 budget" in err and "--set sft.cpu_offload=false" in err
+    assert "DOES NOT FIT" in out and "What would lower the cost" in out
+    assert err.count("\n") == 1 and "over the $150.00 budget" in err
+    # the advice is runnable and fits: a shipped variant or a knob that the memory model accepts
+    advice = err.split("; ")[-1].split(" would fit")[0].split()
+    assert advice[0] in ("--recipe", "--set")
+    assert run(capsys, "plan", "--budget", "150", *advice)[0] == 0
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -32,7 +32,7 @@ setup: pip install -e ".[$STAGE_EXTRAS]"
 run: python -m reproduce.stages.filter --recipe $ARTIFACTS/recipe.yaml --artifacts $ARTIFACTS
 """
 
-PLAN = {"stage": "sft", "accelerator": "H100:8", "nodes": 1, "spot": True, "cloud": "AWS", "region": "us-east-1",
+PLAN = {"stage": "sft", "kind": "gpu", "gpus": 8, "max_hourly_cost": 10.76, "accelerator": "H100:8", "nodes": 1, "spot": True, "cloud": "AWS", "region": "us-east-1",
         "instance_type": "p5.48xlarge", "price_per_hour": 20.0, "price_source": "snapshot 2026-01"}
 
 
@@ -309,15 +309,15 @@ def test_controller_stages_and_local_filter_run_here():
     assert here.launched[-1] == "cancel local:filter:1"
 
 
-@pytest.mark.skipif(not (REAL_TASKS / "sft.yaml").exists(), reason="sky_tasks YAMLs not written yet")
 @pytest.mark.parametrize("stage", ["generate", "sft", "eval"])
 def test_shipped_tasks_launch_with_placement_and_secrets(stage, monkeypatch):
     monkeypatch.setattr(tasks, "TASKS_DIR", REAL_TASKS)
     fake = FakeAdapter([rec("PENDING")])
     SkyExecutor(adapter=fake).launch(ctx(stage, dict(PLAN, stage=stage)))
     (task,) = fake.tasks
-    assert {r.region for r in task.resources} == {"us-east-1"} and all(r.use_spot for r in task.resources)
-    assert "H100" in {next(iter(r.accelerators)) for r in task.resources}
+    (res,) = task.resources   # the plan row has no fallbacks: exactly the planned placement
+    assert (res.region, str(res.cloud), res.use_spot, res.accelerators, res.max_hourly_cost) == (
+        "us-east-1", "AWS", True, {"H100": 8}, 10.76)
     assert task.envs["BUCKET"] == "s3://my-bucket/runs/Run_1" and SECRET not in task.envs.values()
     assert task.secrets["HF_TOKEN"].get_secret_value() == SECRET
     if stage == "sft":

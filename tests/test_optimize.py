@@ -98,7 +98,12 @@ def test_cli_prints_both_plans_side_by_side_and_the_overrides(home, capsys):
     assert "given" in text and "optimized" in text
     assert "sft.cpu_offload: true -> false" in text
     assert "does NOT fit" in text  # why H100:8 without offload was not taken
-    assert "reproduce all --set " in text and "--recipe sky-t1-32b-preview-optimized" in text
+    runs = [line.strip() for line in text.split("Run it:")[1].splitlines() if line.strip().startswith("reproduce all")]
+    assert len(runs) == 2 and "--recipe sky-t1-32b-preview-optimized" in runs[1]
+    for line in runs:   # pasted as printed, each is accepted and fits the budget it names
+        args = line.split("(the same")[0].split()[2:]
+        assert "--budget" in args
+        assert cli("plan", *args) == 0, line
 
 
 def test_cli_budget_check_uses_the_optimized_plan(home, capsys):

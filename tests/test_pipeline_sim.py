@@ -14,7 +14,7 @@ from costmodel.ledger import Ledger
 from reproduce import pipeline
 from reproduce import recipe as recipes
 from reproduce.cli import main
-from reproduce.executors.base import STAGES
+from reproduce.stagetable import NAMES as STAGES
 from reproduce.executors.sim import SimExecutor
 from reproduce.plan import build_plan
 

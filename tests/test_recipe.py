@@ -34,7 +34,7 @@ def test_set_overrides_nested_keys_and_named_list_items():
 
 @pytest.mark.parametrize("item, message", [
     ("sft.num_train_epoch=6", "did you mean 'sft.num_train_epochs'"),
-    ("sft.learning_rate=fast", "expected a float"),
+    ("sft.learning_rate=fast", "expected a finite number > 0"),
     ("sft.packing=3", "expected true or false"),
     ("sources.nope.problems=3", "no item named 'nope'"),
     ("noequals", "expected dotted.key=value"),

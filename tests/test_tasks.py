@@ -1,7 +1,7 @@
 """Task rendering: env overrides, placement, secrets as SkyPilot secrets and never in rendered text.
 
-Fixture YAMLs of the shape sky_tasks/ uses (workdir ., envs, secrets declared empty, any_of fallbacks),
-parsed by SkyPilot's real parser.
+Fixture YAMLs of the shape sky_tasks/ uses (workdir ., envs, secrets declared empty), parsed by SkyPilot's
+real parser; plan rows (StageEstimate) decide the placement.
 """
 
 import pytest
@@ -73,28 +73,55 @@ def sky_env(tmp_path, monkeypatch):
                                                         filter=FILTER))
 
 
-PLACEMENT = {"cloud": "AWS", "region": "us-east-1", "instance_type": "p5.48xlarge", "spot": True}
+def row(stage="generate", accelerator="H100:8", nodes=1, spot=True, cloud="aws", region="us-east-1", fallbacks=()):
+    """A plan row as reproduce.plan makes it: the placement the renderer must ask for."""
+    from costmodel.estimates import StageEstimate
+
+    per_node = int(accelerator.partition(":")[2])
+    return StageEstimate(stage, "gpu", accelerator, nodes, per_node * nodes, spot=spot, cloud=cloud, region=region,
+                         instance_type="p5.48xlarge", price_per_hour=10.24 * nodes, max_hourly_cost=10.76,
+                         fallbacks=list(fallbacks))
 
 
-def test_render_applies_envs_placement_and_secret():
+H200_FALLBACK = {"accelerator": "H200:8", "fits": True, "cloud": "aws", "region": "eu-south-2", "spot": True,
+                 "max_hourly_cost": 7.18, "price_per_hour": 6.84, "usd": 14.6}
+A100_DROPPED = {"accelerator": "A100-80GB:8", "fits": False, "dropped": "does not fit: 95.4 > 76.0 GiB per GPU"}
+PLACEMENT = row(fallbacks=[H200_FALLBACK, A100_DROPPED])
+
+
+def test_render_asks_first_for_the_planned_placement_then_priced_fallbacks():
     task = tasks.render("generate", {"RUN_ID": "r7", "BUCKET": "s3://b"}, PLACEMENT, "full",
                         environ={"HF_TOKEN": SECRET})
     assert task.envs["RUN_ID"] == "r7" and task.envs["BUCKET"] == "s3://b"
     assert task.envs["STAGE_EXTRAS"] == "generate"
     assert SECRET not in task.envs.values()
     assert task.secrets["HF_TOKEN"].get_secret_value() == SECRET
-    accs = sorted(next(iter(r.accelerators)) for r in task.resources)
-    assert accs == ["A100-80GB", "H100", "H200"]          # fallbacks kept
-    assert {str(r.cloud) for r in task.resources} == {"AWS"}
-    assert {r.region for r in task.resources} == {"us-east-1"}
-    assert all(r.use_spot for r in task.resources)
+    first, second = task.resources      # `ordered`: a list; the dropped A100 fallback is not there
+    assert (first.accelerators, str(first.cloud), first.region, first.use_spot, first.max_hourly_cost) == (
+        {"H100": 8}, "AWS", "us-east-1", True, 10.76)
+    assert (second.accelerators, second.region, second.max_hourly_cost) == ({"H200": 8}, "eu-south-2", 7.18)
     assert task.workdir == str(tasks.REPO_ROOT)
 
 
-def test_placement_on_demand_overrides_spot():
-    task = tasks.render("generate", {}, {"cloud": "gcp", "region": "us-central1", "spot": False})
-    assert not any(r.use_spot for r in task.resources)
-    assert {str(r.cloud) for r in task.resources} == {"GCP"}
+def test_on_demand_row_renders_on_demand_and_its_node_count():
+    task = tasks.render("sft", {}, row("sft", nodes=2, spot=False, cloud="gcp", region="us-central1"))
+    (res,) = task.resources
+    assert not res.use_spot and str(res.cloud) == "GCP" and res.region == "us-central1"
+    assert task.num_nodes == 2
+
+
+def test_a_pinned_region_recovers_in_place_and_managed_jobs_drop_autostop():
+    cfg = tasks.config("sft", {}, row("sft"))
+    assert cfg["resources"]["job_recovery"] == {"strategy": "FAILOVER", "max_restarts_on_errors": 2}
+    assert "autostop" not in cfg["resources"]
+
+
+def test_labels_name_the_run_and_stage():
+    from costmodel.billing_tags import TAG_RUN, TAG_STAGE
+
+    task = tasks.render("filter", {"RUN_ID": "20261201-ab12"}, None)
+    (res,) = task.resources
+    assert res.labels == {TAG_RUN: "20261201-ab12", TAG_STAGE: "filter"}
 
 
 def test_no_placement_leaves_cloud_open_and_keeps_job_recovery():
@@ -115,7 +142,7 @@ def test_render_yaml_redacts_secrets_and_shows_placement():
     assert SECRET not in text and "wandb_ALSO_SECRET" not in text
     cfg = yaml.safe_load(text)
     assert cfg["secrets"] == {"HF_TOKEN": "<redacted>", "WANDB_API_KEY": "<redacted>"}
-    assert cfg["resources"]["infra"] == "aws/us-east-1"
+    assert cfg["resources"]["ordered"][0]["infra"] == "aws/us-east-1"
     assert text.startswith("# stage generate (full scale): aws/us-east-1")
     # what we print is itself a valid SkyPilot task
     import sky
@@ -150,11 +177,10 @@ def test_redact():
     assert tasks.redact(f"token={SECRET}!", [SECRET, "", None]) == "token=<redacted>!"
 
 
-@pytest.mark.skipif(not (REAL_TASKS / "generate.yaml").exists(), reason="sky_tasks YAMLs not written yet")
 @pytest.mark.parametrize("stage", ["generate", "filter", "sft", "eval"])
 def test_shipped_tasks_render_without_secret_values(stage, monkeypatch):
     monkeypatch.setattr(tasks, "TASKS_DIR", REAL_TASKS)
     env = {"HF_TOKEN": SECRET, "WANDB_API_KEY": "wandb_SECRET_x", "OPENAI_API_KEY": "sk-SECRET-y"}
-    text = tasks.render_yaml(stage, {"RUN_ID": "r1"}, PLACEMENT, "full", environ=env)
+    text = tasks.render_yaml(stage, {"RUN_ID": "r1"}, row(stage) if stage != "filter" else None, "full", environ=env)
     for value in env.values():
         assert value not in text

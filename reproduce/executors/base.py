@@ -6,8 +6,10 @@
     ex.cancel(handle)                   # stop it and tear down everything it launched; idempotent
     ex.now()                            # wall or virtual time (epoch seconds) for ledger timestamps
 
-`run` is a RunContext: the run id, the resolved recipe, the stage's plan row (costmodel StageEstimate
-as a dict), the artifacts folder, env overrides. Stage programs themselves know nothing of this.
+`run` is a RunContext: the run id, the resolved recipe, the stage's plan row (a typed
+costmodel.estimates.StageEstimate, the same object the plan priced), the artifacts folder, env overrides.
+Which stages exist, where each runs and in which SkyPilot mode: reproduce.stagetable. Stage programs
+themselves know nothing of this.
 """
 from __future__ import annotations
 
@@ -15,8 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-STAGES = ("generate", "filter", "rewrite", "convert", "sft", "eval")
-CONTROLLER_STAGES = ("rewrite", "convert")  # run beside the CLI, never on a cluster
+from costmodel.estimates import StageEstimate
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
@@ -26,10 +27,16 @@ class RunContext:
     run_id: str
     recipe: dict                 # resolved recipe (overrides and scale applied)
     stage: str
-    plan: dict                   # this stage's row of the plan (StageEstimate as a dict)
+    plan: StageEstimate          # this stage's row of the plan: what was priced is what is launched
     artifacts: Path              # local folder, or the bucket mount on clouds
     envs: dict = field(default_factory=dict)   # task env overrides (never secrets)
     bucket: str | None = None    # s3://... or gs://... for cloud runs
+
+    def __post_init__(self):
+        if self.plan is None:
+            self.plan = StageEstimate(self.stage, "none")
+        elif isinstance(self.plan, dict):   # a row read back from the ledger's plan JSON
+            self.plan = StageEstimate.from_dict({"stage": self.stage, "kind": "none", **self.plan})
 
 
 @dataclass

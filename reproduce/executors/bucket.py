@@ -21,13 +21,31 @@ NO_PULL = ("sft/checkpoints/", "sft/model/", "models/")
 
 
 def run_url(bucket: str, run_id: str) -> str:
-    return f"{check(bucket).rstrip('/')}/runs/{run_id}"
+    return f"{check(bucket, strict=False)}/runs/{run_id}"
 
 
-def check(bucket: str) -> str:
-    if not bucket.startswith(("s3://", "gs://")) or len(bucket) <= 5:
-        raise UserError(f"--bucket {bucket!r}: expected s3://NAME or gs://NAME")
-    return bucket
+def check(bucket: str, strict: bool = True) -> str:
+    """s3://NAME[/prefix] or gs://NAME[/prefix] with NAME by the provider's bucket naming rules: 3-63 of
+    lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, not an IP address
+    (docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html; cloud.google.com/storage/docs/
+    buckets#naming also allows '_'). `strict=False` (a dry run) only requires the scheme and a name without
+    spaces: nothing is written there."""
+    import re
+
+    scheme, sep, rest = str(bucket).partition("://")
+    name, _, prefix = rest.partition("/")
+    allowed = r"[a-z0-9._-]" if scheme == "gs" else r"[a-z0-9.-]"
+    if not strict:
+        ok = scheme in ("s3", "gs") and sep and name and not re.search(r"\s", rest)
+    else:
+        ok = (scheme in ("s3", "gs") and sep and 3 <= len(name) <= 63
+              and re.fullmatch(rf"[a-z0-9]{allowed}*[a-z0-9]", name) is not None
+              and ".." not in name and not re.fullmatch(r"\d+\.\d+\.\d+\.\d+", name)
+              and not re.search(r"\s", prefix) and "//" not in prefix)
+    if not ok:
+        raise UserError(f"--bucket {bucket!r}: expected s3://NAME or gs://NAME[/prefix], NAME 3-63 lowercase "
+                        "letters, digits, '-' or '.' (the provider's bucket naming rules)")
+    return bucket.rstrip("/")
 
 
 def push(local_dir: Path, url: str, client=None) -> int:
@@ -64,7 +82,7 @@ def pull(url: str, local_dir: Path, client=None) -> int:
 
 
 def _split(url: str) -> tuple[str, str]:
-    bucket, _, prefix = check(url)[len("s3://"):].partition("/")
+    bucket, _, prefix = check(url, strict=False)[len("s3://"):].partition("/")
     return bucket, prefix.strip("/")
 
 

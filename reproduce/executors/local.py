@@ -4,10 +4,11 @@
     handle = ex.launch(run)            # returns at once; setup (if needed) and run go on in the background
     ex.poll(handle)                    # STARTING (setup) -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, $0
 
-Stage environments: each task's `setup:` builds a venv in `$REPRODUCE_HOME/envs/<hash>/`, the hash of the
-setup text and the env values it references; setup runs once per hash (a `.ready` marker on success), and
-later stages with the same hash reuse it. `REPRODUCE_STAGE_VENV=/path/to/venv` points every stage at a
-ready venv instead and skips setup (tests and CI use the one `make test` builds).
+Stage environments: each task's `setup:` installs its lock (sky_tasks/locks/) with uv into a venv in the
+per-user cache, `~/.cache/reproduce/envs/<extras>-<hash>/` (env_cache()), the hash of the setup text, the env
+values it references and the lock's content (env_hash); setup runs once per hash (a `.ready` marker on
+success), and every later stage, run and REPRODUCE_HOME with the same lock reuses it.
+`REPRODUCE_STAGE_VENV=/path/to/venv` points every stage at a ready venv instead and skips setup.
 Controller stages (rewrite, convert) have no task YAML: they run in the controller's own python.
 Logs: `<artifacts>/../logs/<stage>.log`, with any secret value in the output replaced by <redacted>.
 """
@@ -28,10 +29,10 @@ from pathlib import Path
 
 from reproduce import tasks
 from reproduce.errors import UserError
-from reproduce.executors.base import CONTROLLER_STAGES, RunContext, StageStatus
+from reproduce import stagetable
+from reproduce.executors.base import RunContext, StageStatus
 
 PHASE_SETUP, PHASE_RUN = "::reproduce setup", "::reproduce run"   # lines the wrapper prints between phases
-CONTROLLER_MODULE = "reproduce.stages.{stage}"
 LOCAL_OPENAI = ["-m", "reproduce.stages.local_openai", "--port", "0"]   # prints its base URL first
 
 
@@ -73,13 +74,14 @@ class LocalExecutor:
         env = dict(os.environ)
         extra = {"ARTIFACTS": str(artifacts), "RUN_ID": run.run_id}
         aux = None
-        if stage in CONTROLLER_STAGES:
+        row = stagetable.stage(stage)
+        if row.task is None:   # a controller stage: this python, no task, no stage environment
             cfg = {"envs": {}}
-            script = (f"{shlex.quote(sys.executable)} -m {CONTROLLER_MODULE.format(stage=stage)} "
+            script = (f"{shlex.quote(sys.executable)} -m reproduce.stages.{row.program} "
                       f'--recipe "$ARTIFACTS/recipe.yaml" --artifacts "$ARTIFACTS"')
             prepare = ""
         else:
-            cfg = tasks.load_task(stage)
+            cfg = tasks.load_task(row.task)
             self._check_hardware(stage, cfg)
             if self.scale == "smoke":
                 extra["STAGE_EXTRAS"] = "smoke"
@@ -94,7 +96,7 @@ class LocalExecutor:
         env.setdefault("SKYPILOT_NODE_IPS", "127.0.0.1")
         if gpus:
             env.setdefault("SKYPILOT_NUM_GPUS_PER_NODE", str(gpus))
-        if stage not in CONTROLLER_STAGES:
+        if row.task is not None:
             prepare, script = self._stage_env(cfg, envs, env), cfg.get("run") or ""
         log = artifacts.parent / "logs" / f"{stage}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +162,9 @@ class LocalExecutor:
     def preflight(self, stages: list[str]) -> None:
         """Refuse before a run is recorded, not at its first GPU stage."""
         for stage in stages:
-            if stage not in CONTROLLER_STAGES:
-                self._check_hardware(stage, tasks.load_task(stage))
+            task = stagetable.stage(stage).task
+            if task is not None:
+                self._check_hardware(stage, tasks.load_task(task))
 
     def _check_hardware(self, stage: str, cfg: dict) -> None:
         if self.scale == "full" and tasks.is_gpu_task(cfg) and not has_gpu():
@@ -169,10 +172,13 @@ class LocalExecutor:
                             "use --backend sky, or --scale smoke to run it on this CPU")
 
     def _stage_env(self, cfg: dict, envs: dict, env: dict) -> str:
-        """Shell lines that make (once) and activate the stage's venv; `env` gets PATH/VIRTUAL_ENV."""
+        """Shell lines that make (once per lock) and activate the stage's venv; `env` gets PATH/VIRTUAL_ENV.
+        Environments live in the per-user cache (env_cache()), shared by every run and every REPRODUCE_HOME;
+        a flock makes concurrent runs wait for one build instead of racing it."""
         ready = os.environ.get("REPRODUCE_STAGE_VENV")
         setup = cfg.get("setup") or ""
-        venv = Path(ready) if ready else self.state_dir / "envs" / env_hash(setup, envs)
+        name = f"{envs.get('STAGE_EXTRAS') or 'stage'}-{env_hash(setup, envs)}"
+        venv = Path(ready) if ready else env_cache() / name
         env["VIRTUAL_ENV"] = str(venv)
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env.pop("PYTHONHOME", None)
@@ -184,9 +190,15 @@ class LocalExecutor:
         if marker.exists():
             return ""
         q = shlex.quote
-        return (f"echo {q(PHASE_SETUP)}\nrm -rf {q(str(venv))}\n"
-                f"{q(sys.executable)} -m venv {q(str(venv))}\n"
-                f"bash -c {q('set -e' + chr(10) + setup)}\ntouch {q(str(marker))}\n")
+        uv = _uv()
+        if uv:                        # the controller's pinned uv: setup need not fetch one
+            env["REPRODUCE_UV"] = uv
+        make = (f"{q(uv)} venv -q --seed --python {q(sys.executable)} {q(str(venv))}" if uv
+                else f"{q(sys.executable)} -m venv {q(str(venv))}")
+        return (f"echo {q(PHASE_SETUP)}\nmkdir -p {q(str(venv.parent))}\n"
+                f"exec 9>{q(str(venv) + '.lock')}\n! command -v flock >/dev/null || flock 9\n"
+                f"if [ ! -e {q(str(marker))} ]; then\n  rm -rf {q(str(venv))}\n  {make}\n"
+                f"  bash -c {q('set -e' + chr(10) + setup)}\n  touch {q(str(marker))}\nfi\nexec 9>&-\n")
 
     def _pump(self, job: _Job, secrets: list) -> None:
         """Copy the stage's output into its log, secrets redacted; note the phase; stop helpers at the end."""
@@ -211,8 +223,9 @@ class LocalExecutor:
 
 
 def env_hash(setup: str, envs: dict, root: Path | None = None) -> str:
-    """sha256 of the setup text, the values of the envs it references and the contents of the repo files it
-    names (sky_tasks/requirements/$STAGE_EXTRAS.txt: a changed requirement makes a new env), 12 hex digits."""
+    """The cache key of a stage environment, 12 hex digits: sha256 of the setup text, the values of the envs
+    it references, and the contents of the repo files it names: the lock (sky_tasks/locks/$STAGE_EXTRAS.txt)
+    and the build constraints. A re-locked environment is a new one; the same lock is the same one."""
     names = sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", setup)))
     text = setup + "\n" + "\n".join(f"{n}={envs.get(n, '')}" for n in names)
     root = Path(root or tasks.REPO_ROOT)
@@ -222,6 +235,23 @@ def env_hash(setup: str, envs: dict, root: Path | None = None) -> str:
         if path.is_file():
             text += f"\n{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def env_cache() -> Path:
+    """Where stage environments are cached: per user, not per REPRODUCE_HOME (each is GBs; uv hard-links a
+    second one from its own cache in seconds). REPRODUCE_ENV_CACHE overrides."""
+    if os.environ.get("REPRODUCE_ENV_CACHE"):
+        return Path(os.environ["REPRODUCE_ENV_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reproduce" / "envs"
+
+
+def _uv() -> str | None:
+    """The uv installed with the controller (pyproject pins the version the tasks' setup wants), if any."""
+    try:
+        from uv import find_uv_bin
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return None
 
 
 def _gpu_count() -> int:

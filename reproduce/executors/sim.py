@@ -63,27 +63,27 @@ class SimExecutor:
 
     # ---- the interface ------------------------------------------------------------------------------
     def launch(self, run: RunContext) -> str:
-        plan, costs = run.plan or {}, (run.recipe or {}).get("costs", {})
+        plan, costs = run.plan, (run.recipe or {}).get("costs", {})
         handle = f"sim:{run.stage}:{len(self.sims)}"
         # one stream per (seed, stage, attempt): the same --sim-seed replays the same run, and a resumed
         # run draws what a fresh one would
         rng = random.Random(f"{self.seed}/{run.stage}/{len(self.sims)}")
         factor = self.slowdown * max(0.5, rng.gauss(1.0, self.noise))
-        kind = plan.get("kind", "none")
+        kind = plan.kind
         recovery = self.recovery_h if self.recovery_h is not None else float(costs.get("recovery_hours", 0.3))
         startup = 0.0
         if kind in ("gpu", "cpu"):
-            base = float(plan.get("base_hours") or plan.get("hours") or 0.0)
-            if plan.get("cloud") or plan.get("price_per_hour"):
-                startup = min(float(costs.get("startup_hours", 0.0)) * int(plan.get("nodes") or 1),
-                              float(plan.get("overhead_hours") or 0.0) or float("inf"))
+            base = float(plan.base_hours or plan.hours or 0.0)
+            if plan.cloud or plan.price_per_hour:
+                startup = min(float(costs.get("startup_hours", 0.0)) * int(plan.nodes or 1),
+                              float(plan.overhead_hours or 0.0) or float("inf"))
             work = base * factor
         elif kind == "api":
-            work = API_HOURS[bool((plan.get("api_tokens") or {}).get("batch", True))] * max(0.5, rng.gauss(1, self.noise))
+            work = API_HOURS[bool((plan.api_tokens or {}).get("batch", True))] * max(0.5, rng.gauss(1, self.noise))
         else:
             work = CONTROLLER_HOURS
         sim = _Sim(run, self.clock, startup, work, recovery_h=recovery, api_factor=factor)
-        if kind == "gpu" and plan.get("spot") and self.rate > 0:
+        if kind == "gpu" and plan.spot and self.rate > 0:
             t, done = 0.0, 0.0
             while True:   # Poisson arrivals over running (not recovering) hours
                 gap = rng.expovariate(self.rate)
@@ -99,7 +99,7 @@ class SimExecutor:
 
     def poll(self, handle: str) -> StageStatus:
         sim = self.sims[handle]
-        plan = sim.run.plan or {}
+        plan = sim.run.plan
         now_h = ((sim.cancelled_at if sim.cancelled_at is not None else self.clock) - sim.launched_at) / 3600
         end_h = sim.total_h if sim.fail_at_h is None else sim.fail_at_h
         elapsed_h = min(now_h, end_h)
@@ -116,13 +116,13 @@ class SimExecutor:
             state = "RUNNING"
         if state == "SUCCEEDED" and not sim.summary_written:
             self._write_summary(sim)
-        price = float(plan.get("price_per_hour") or 0.0)
-        billed_h = elapsed_h if plan.get("kind") in ("gpu", "cpu") else 0.0
+        price = float(plan.price_per_hour or 0.0)
+        billed_h = elapsed_h if plan.kind in ("gpu", "cpu") else 0.0
         return StageStatus(state=state, elapsed_s=elapsed_h * 3600, cost_usd=billed_h * price, price_per_hour=price,
-                           price_source=f"simulated at {plan.get('price_source') or 'the plan price'}",
-                           cloud=plan.get("cloud"), region=plan.get("region"), zone=plan.get("zone"),
-                           instance_type=plan.get("instance_type"), spot=plan.get("spot"),
-                           gpus=int(plan.get("gpus") or 0), preemptions=len(preempted),
+                           price_source=f"simulated at {plan.price_source or 'the plan price'}",
+                           cloud=plan.cloud, region=plan.region, zone=plan.zone,
+                           instance_type=plan.instance_type, spot=plan.spot,
+                           gpus=int(plan.gpus or 0), preemptions=len(preempted),
                            message="simulated failure" if state == "FAILED" else "")
 
     def cancel(self, handle: str) -> None:
@@ -139,24 +139,24 @@ class SimExecutor:
         return self.clock
 
     def render(self, run: RunContext) -> str:
-        plan = run.plan or {}
-        return (f"# stage {run.stage}: simulated ({plan.get('kind')}), {plan.get('hours', 0):,.2f} h planned x "
+        plan = run.plan
+        return (f"# stage {run.stage}: simulated ({plan.kind}), {plan.hours:,.2f} h planned x "
                 f"slowdown {self.slowdown:g} +/- {self.noise:.0%}, spot preemptions {self.rate:g}/h, "
-                f"at ${plan.get('price_per_hour') or 0:,.2f}/h")
+                f"at ${plan.price_per_hour or 0:,.2f}/h")
 
     # ---- what a real stage program would leave behind -------------------------------------------------
     def _write_summary(self, sim: _Sim) -> None:
-        run, plan = sim.run, sim.run.plan or {}
+        run, plan = sim.run, sim.run.plan
         summary = {"stage": run.stage, "simulated": True, "wall_s": round(sim.total_h * 3600, 1),
                    "preemptions": len(sim.preemptions_at)}
-        if plan.get("kind") == "api":
-            tokens = plan.get("api_tokens") or {}
+        if plan.kind == "api":
+            tokens = plan.api_tokens or {}
             f = sim.api_factor
             summary["api_usage"] = [{
                 "model": tokens.get("model", "unknown"), "batch": bool(tokens.get("batch")),
                 "prompt_tokens": round((tokens.get("prompt_tokens") or 0) * f), "cached_tokens": 0,
                 "completion_tokens": round((tokens.get("completion_tokens") or 0) * f),
-                "usd": float(plan.get("api_usd") or 0.0) * f}]
+                "usd": float(plan.api_usd or 0.0) * f}]
         out = Path(run.artifacts) / run.stage
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / "summary.json.tmp"

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from reproduce import tasks
 from reproduce.errors import UserError
-from reproduce.executors.base import CONTROLLER_STAGES, TERMINAL, RunContext, StageStatus
-
-MODES = {"generate": "managed", "sft": "managed", "eval": "managed", "filter": "cluster"}
+from costmodel.estimates import StageEstimate
+from reproduce import stagetable
+from reproduce.executors.base import TERMINAL, RunContext, StageStatus
 
 # SkyPilot managed-job states (sky.jobs.state.ManagedJobStatus) -> ours.
 MANAGED_STATES = {
@@ -54,7 +54,7 @@ class _Launched:
     mode: str                    # managed | cluster
     name: str
     job_id: int | None
-    plan: dict
+    plan: StageEstimate
     spot: bool | None            # None: re-attached from a handle alone; priced on-demand (the higher price)
     launched_at: float
     start_at: float | None = None       # billing starts: the job's start, else when we first saw it up
@@ -76,7 +76,7 @@ class SkyExecutor:
         self.scale = scale
         self._local = local
         self.price_lookup = price_lookup or catalog_price
-        self.modes = {**MODES, **(modes or {})}
+        self.modes = {**{s.name: s.mode for s in stagetable.STAGES if s.mode}, **(modes or {})}
         self.idle_minutes = idle_minutes
         self.clock = clock
         self.runs: dict[str, _Launched] = {}
@@ -105,7 +105,7 @@ class SkyExecutor:
         elif "BUCKET" in (tasks.load_task(run.stage).get("envs") or {}) and not envs.get("BUCKET"):
             raise UserError(f"stage {run.stage} on SkyPilot keeps its artifacts in a bucket and this run has none: "
                             "give one as s3://NAME or gs://NAME")
-        task = tasks.render(run.stage, envs, _placement(run.plan), self.scale)
+        task = tasks.render(run.stage, envs, run.plan, self.scale)
         mode = self.modes.get(run.stage, "managed")
         name = cluster_name(run.run_id, run.stage)
         spot = all(bool(r.use_spot) for r in task.resources)
@@ -115,12 +115,12 @@ class SkyExecutor:
             else:
                 job_id = self.adapter.launch_cluster(task, name, down=True, idle_minutes=self.idle_minutes)
         except BaseException as e:   # Ctrl-C or an error mid-launch: whatever came up goes down
-            problem = self._teardown(_Launched(run.stage, mode, name, None, run.plan or {}, spot, self.clock()))
+            problem = self._teardown(_Launched(run.stage, mode, name, None, run.plan, spot, self.clock()))
             if problem and hasattr(e, "add_note"):
                 e.add_note(problem)
             raise
         handle = f"{mode}:{name}:{job_id}"
-        self.runs[handle] = _Launched(run.stage, mode, name, job_id, dict(run.plan or {}), spot, self.clock(),
+        self.runs[handle] = _Launched(run.stage, mode, name, job_id, run.plan, spot, self.clock(),
                                       bucket_url=url, artifacts=run.artifacts)
         return handle
 
@@ -176,7 +176,8 @@ class SkyExecutor:
             except (ValueError, AssertionError):
                 raise UserError(f"{handle!r} is not a SkyPilot stage handle (managed:NAME:JOB_ID)") from None
             job_id = int(job) if job.isdigit() else None
-            self.runs[handle] = _Launched(name.rsplit("-", 1)[-1], mode, name, job_id, {}, None, self.clock())
+            stage = name.rsplit("-", 1)[-1]
+            self.runs[handle] = _Launched(stage, mode, name, job_id, StageEstimate(stage, "gpu"), None, self.clock())
         return self.runs[handle]
 
     # ---- states -------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ class SkyExecutor:
         region = rec.get("region") or prev.region
         instance = rec.get("instance_type") or prev.instance_type
         nodes = int(rec.get("nodes") or 1)
-        accelerator = _accelerator(rec.get("accelerators")) or r.plan.get("accelerator")
+        accelerator = _accelerator(rec.get("accelerators")) or r.plan.accelerator
         r.start_at = _first(rec.get("start_at"), r.start_at, r.first_seen_running)
         start = _first(r.start_at, r.launched_at if state in BILLED else None)
         end = _first(rec.get("end_at"), self.clock())
@@ -224,8 +225,8 @@ class SkyExecutor:
             found = self.price_lookup(cloud, region, instance, spot, accelerator)
             if found is not None:
                 return found
-        nodes = max(1, int(plan.get("nodes") or 1))
-        return float(plan.get("price_per_hour") or 0.0) / nodes, f"plan estimate ({plan.get('price_source') or 'no source'})"
+        nodes = max(1, int(plan.nodes or 1))
+        return float(plan.price_per_hour or 0.0) / nodes, f"plan estimate ({plan.price_source or 'no source'})"
 
     def _teardown(self, r: _Launched) -> str:
         """Once: cancel the managed job (its controller downs the cluster) or down the cluster.
@@ -243,8 +244,7 @@ class SkyExecutor:
         return ""
 
     def _runs_here(self, run: RunContext) -> bool:
-        where = ((run.recipe or {}).get("filter") or {}).get("where", "local")
-        return run.stage in CONTROLLER_STAGES or (run.stage == "filter" and where == "local")
+        return stagetable.stage(run.stage).on_controller(run.recipe or {})
 
 
 def cluster_name(run_id: str, stage: str) -> str:
@@ -273,13 +273,6 @@ def catalog_price(cloud, region, instance_type, spot, accelerator) -> tuple[floa
             market = "spot" if spot else "on-demand"
             return float(price), f"{o.source} {o.date}, {o.cloud} {o.region} {o.instance_type} {market}".strip()
     return None
-
-
-def _placement(plan: dict | None) -> dict | None:
-    plan = plan or {}
-    if not plan.get("cloud"):
-        return None
-    return {"cloud": plan["cloud"], "region": plan.get("region"), "use_spot": plan.get("spot")}
 
 
 def _first(*values):

@@ -1,0 +1,207 @@
+"""What a recipe may say: every section, key and value range, checked once at load (files and `--set` alike).
+
+A bad value is one line naming the key, the value, where it came from and what is accepted:
+    sft.num_nodes=-2 (from --set): expected a whole number >= 1
+Rules are data: RULES maps a dotted key (`*` for every item of a list) to a check. A key with no rule is
+refused, so a typo or a key no code reads never passes silently.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+
+from reproduce.errors import UserError
+
+GPU_NAMES = ("H100", "H200", "A100-80GB")   # those costmodel.estimates and costmodel.memory have figures for
+DOMAINS = ("math", "code", "mcq")
+
+
+class Check:
+    def __init__(self, test, accepted: str):
+        self.test, self.accepted = test, accepted
+
+    def __call__(self, value) -> bool:
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError):
+            return False
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def whole(lo: int = 1, hi: int | None = None) -> Check:
+    rng = f">= {lo}" if hi is None else f"from {lo} to {hi}"
+    return Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi),
+                 f"a whole number {rng}")
+
+
+def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Check:
+    def test(v):
+        return (_num(v) and (lo is None or (v > lo if lo_open else v >= lo))
+                and (hi is None or (v < hi if hi_open else v <= hi)))
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
+    return Check(test, "a finite number" + (" " + " and ".join(parts) if parts else ""))
+
+
+def one_of(*values) -> Check:
+    return Check(lambda v: v in values and type(v) in {type(x) for x in values},
+                 "one of " + ", ".join(str(x).lower() if isinstance(x, bool) else str(x) for x in values))
+
+
+def _accel(v) -> bool:
+    name, sep, count = str(v).partition(":")
+    return isinstance(v, str) and name in GPU_NAMES and sep == ":" and count.isdigit() and int(count) >= 1
+
+
+TEXT = Check(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
+ANY_TEXT = Check(lambda v: isinstance(v, str), "a string")
+BOOL = Check(lambda v: isinstance(v, bool), "true or false")
+POSITIVE = number(0, lo_open=True)
+NON_NEGATIVE = number(0)
+SHARE = number(0, 1, lo_open=True)                       # (0, 1]
+ACCEL = Check(_accel, f"NAME:COUNT with NAME one of {', '.join(GPU_NAMES)}, e.g. H100:8")
+ACCELS = Check(lambda v: isinstance(v, list) and all(_accel(x) for x in v),
+               f"a list of NAME:COUNT with NAME one of {', '.join(GPU_NAMES)}, e.g. [H200:8]")
+MARKET = Check(lambda v: v in (True, False, "auto"), "true (spot), false (on-demand) or auto (the cheaper)")
+DOMAIN_LIST = Check(lambda v: isinstance(v, list) and all(x in DOMAINS for x in v),
+                    f"a list of domains from {', '.join(DOMAINS)}")
+MAPPING = Check(lambda v: isinstance(v, dict), "a mapping")
+
+_MODEL = {"id": TEXT, "params_b": POSITIVE, "layers": whole(), "hidden": whole(), "intermediate": whole(),
+          "heads": whole(), "kv_heads": whole(), "vocab": whole()}
+_GPU_SECTION = {"accelerator": ACCEL, "fallbacks": ACCELS, "use_spot": MARKET}
+
+RULES: dict[str, Check] = {
+    "name": TEXT, "description": ANY_TEXT, "scale": one_of("full", "smoke"), "source_file": TEXT, "bucket": TEXT,
+    "models.rewriter": TEXT,
+    **{f"models.{m}.{k}": c for m in ("teacher", "student") for k, c in _MODEL.items()},
+    "sources.*.name": TEXT, "sources.*.dataset": TEXT, "sources.*.split": TEXT, "sources.*.filter": MAPPING,
+    "sources.*.domain": one_of(*DOMAINS), "sources.*.problems": whole(), "sources.*.keep_rate": SHARE,
+    "extra_data.*.name": TEXT, "extra_data.*.dataset": TEXT, "extra_data.*.filter": MAPPING,
+    "extra_data.*.records": whole(),
+    **{f"generate.{k}": c for k, c in _GPU_SECTION.items()},
+    "generate.samples_per_problem": whole(), "generate.temperature": number(0, 2), "generate.top_p": SHARE,
+    "generate.max_tokens": whole(), "generate.tensor_parallel": whole(), "generate.data_parallel": whole(),
+    "generate.system_prompt": ANY_TEXT, "generate.user_templates": MAPPING,
+    "generate.user_templates.math": TEXT, "generate.user_templates.code": TEXT, "generate.user_templates.mcq": TEXT,
+    "generate.mean_prompt_tokens": POSITIVE, "generate.mean_response_tokens": POSITIVE,
+    "filter.where": one_of("local", "cpu-node"), "filter.grade_after_rewrite": DOMAIN_LIST, "filter.cpus": whole(),
+    "filter.math_timeout_s": number(0, 3600, lo_open=True), "filter.code_timeout_s": number(0, 3600, lo_open=True),
+    "filter.code_memory_mb": whole(64, 65536), "filter.mean_cpu_s_per_math": NON_NEGATIVE,
+    "filter.mean_cpu_s_per_code": NON_NEGATIVE,
+    "rewrite.model": TEXT, "rewrite.batch": BOOL, "rewrite.temperature": number(0, 2), "rewrite.max_tokens": whole(),
+    "rewrite.system_prompt": ANY_TEXT, "rewrite.prompt_overhead_tokens": NON_NEGATIVE,
+    "rewrite.output_ratio": POSITIVE, "rewrite.recheck": BOOL,
+    "convert.dataset_name": TEXT, "convert.system_prompt": ANY_TEXT, "convert.dedupe": BOOL,
+    **{f"sft.{k}": c for k, c in _GPU_SECTION.items()},
+    "sft.num_nodes": whole(1, 64), "sft.samples": whole(), "sft.mean_sample_tokens": POSITIVE, "sft.template": TEXT,
+    "sft.cutoff_len": whole(16), "sft.per_device_train_batch_size": whole(), "sft.gradient_accumulation_steps": whole(),
+    "sft.learning_rate": number(0, 1, lo_open=True), "sft.num_train_epochs": POSITIVE,
+    "sft.lr_scheduler_type": one_of("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
+                                    "polynomial", "inverse_sqrt"),
+    "sft.warmup_ratio": number(0, 1, hi_open=True), "sft.bf16": BOOL, "sft.zero_stage": one_of(0, 3),
+    "sft.cpu_offload": BOOL, "sft.packing": BOOL, "sft.liger_kernel": BOOL, "sft.gradient_checkpointing": BOOL,
+    "sft.save_steps": whole(), "sft.published_hours": POSITIVE, "sft.published_usd": POSITIVE,
+    **{f"eval.{k}": c for k, c in _GPU_SECTION.items()},
+    "eval.tensor_parallel": whole(), "eval.data_parallel": whole(), "eval.max_tokens": whole(),
+    "eval.mean_response_tokens": POSITIVE,
+    "eval.benchmarks.*.name": TEXT, "eval.benchmarks.*.dataset": TEXT, "eval.benchmarks.*.split": TEXT,
+    "eval.benchmarks.*.subset": TEXT, "eval.benchmarks.*.version": TEXT, "eval.benchmarks.*.domain": one_of(*DOMAINS),
+    "eval.benchmarks.*.problems": whole(), "eval.benchmarks.*.temperature": number(0, 2),
+    "eval.benchmarks.*.n": whole(), "eval.benchmarks.*.published": number(0, 100),
+    "costs.spot_preemptions_per_hour": number(0, 10), "costs.recovery_hours": number(0, 48),
+    "costs.startup_hours": number(0, 48), "costs.cpu_node_usd_per_hour": NON_NEGATIVE,
+    "costs.filter_cpus_local": whole(),
+}
+SECTIONS = ("name", "models", "sources", "generate", "filter", "rewrite", "convert", "sft", "eval", "costs")
+LISTS = ("sources", "extra_data", "eval.benchmarks")         # lists of named mappings
+OPEN_MAPPINGS = ("sources.*.filter", "extra_data.*.filter")  # dataset filters: the stage program checks them
+
+
+def check(recipe: dict, origin=lambda key: "the recipe") -> None:
+    """Raise UserError (one line) on the first bad section, key or value. `origin(key)` says where a key
+    was set: a file, a variant's `set:`, or `--set`."""
+    if not isinstance(recipe, dict):
+        raise UserError(f"recipe: expected a mapping of sections, got {type(recipe).__name__}")
+    missing = [s for s in SECTIONS if s not in recipe]
+    if missing:
+        raise UserError(f"recipe {origin(missing[0])}: section {missing[0]!r} is missing; a recipe needs "
+                        f"{', '.join(SECTIONS)}")
+    _walk(recipe, "", "", origin)
+    _cross(recipe, origin)
+
+
+def _walk(node, key: str, pattern: str, origin) -> None:
+    if pattern in OPEN_MAPPINGS:
+        return
+    if isinstance(node, dict) and (pattern == "" or pattern not in RULES or RULES[pattern] is MAPPING):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                raise UserError(f"{key or 'recipe'} ({origin(key)}): key {k!r} is not a name")
+            _walk(v, f"{key}.{k}" if key else k, f"{pattern}.{k}" if pattern else k, origin)
+        return
+    if pattern in LISTS:
+        if not isinstance(node, list) or not all(isinstance(x, dict) for x in node) or not node:
+            raise UserError(f"{key}={_show(node)} ({origin(key)}): expected a non-empty list of mappings")
+        for i, item in enumerate(node):
+            name = item.get("name", i)
+            _walk(item, f"{key}.{name}", f"{pattern}.*", origin)
+        return
+    rule = RULES.get(pattern)
+    if rule is None and any(p.startswith(pattern + ".") for p in RULES):
+        raise UserError(f"{key}={_show(node)} ({origin(key)}): expected a mapping of keys, got "
+                        f"{type(node).__name__}")
+    if rule is None:
+        sections = {p.split(".")[0] for p in RULES}
+        if "." not in pattern and pattern not in sections:
+            hint = difflib.get_close_matches(pattern, sorted(sections), n=1)
+            raise UserError(f"unknown recipe section {key!r} ({origin(key)})"
+                            + (f": did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(SECTIONS)}"))
+        parent = pattern.rsplit(".", 1)[0]
+        siblings = [p.rsplit(".", 1)[1] for p in RULES if p.rsplit(".", 1)[0] == parent]
+        if not siblings:
+            raise UserError(f"{key.rsplit('.', 1)[0]} ({origin(key)}): expected a value, got a mapping")
+        hint = difflib.get_close_matches(pattern.rsplit(".", 1)[1], siblings, n=1)
+        raise UserError(f"unknown recipe key {key!r} ({origin(key)})"
+                        + (f": did you mean {hint[0]!r}?" if hint else f"; expected one of {', '.join(siblings)}"))
+    if not rule(node):
+        raise UserError(f"{key}={_show(node)} ({origin(key)}): expected {rule.accepted}")
+
+
+def _cross(recipe: dict, origin) -> None:
+    """Rules between keys: the GPUs a vLLM stage uses are TP x DP of its node; names are unique."""
+    for section in ("generate", "eval"):
+        cfg = recipe[section]
+        gpus = int(str(cfg["accelerator"]).partition(":")[2])
+        tp, dp = cfg["tensor_parallel"], cfg["data_parallel"]
+        if gpus % tp and recipe.get("scale") != "smoke":
+            raise UserError(f"{section}.tensor_parallel={tp} ({origin(section + '.tensor_parallel')}): expected a "
+                            f"divisor of the {gpus} GPUs of {cfg['accelerator']}")
+        if tp * dp != gpus and recipe.get("scale") != "smoke":   # smoke: one CPU process, whatever the GPUs
+            raise UserError(f"{section}.data_parallel={dp} ({origin(section + '.data_parallel')}): expected "
+                            f"{gpus // tp} so that tensor_parallel {tp} x data_parallel uses the {gpus} GPUs of "
+                            f"{cfg['accelerator']}")
+    for name in LISTS:
+        section, _, sub = name.partition(".")
+        items = recipe.get(section) or []
+        items = items.get(sub) or [] if isinstance(items, dict) else items
+        names = [x.get("name") for x in items]
+        dupes = sorted({n for n in names if names.count(n) > 1 and n is not None})
+        if dupes:
+            raise UserError(f"{name} ({origin(name)}): item name {dupes[0]!r} appears twice; names must be unique")
+    if recipe["sft"]["cpu_offload"] and recipe["sft"]["zero_stage"] == 0:
+        raise UserError(f"sft.cpu_offload=true ({origin('sft.cpu_offload')}): needs sft.zero_stage 3 (DeepSpeed); "
+                        "set sft.cpu_offload=false or sft.zero_stage=3")
+
+
+def _show(v) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    text = repr(v) if isinstance(v, str) else str(v)
+    return text if len(text) <= 40 else text[:37] + "..."
