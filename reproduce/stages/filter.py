@@ -282,6 +282,12 @@ def _grade_one(record: dict, limits: dict):
 
 
 def _grade_all(records, workers: int, limits: dict):
+    if workers > 1 and not os.access(sys.executable, os.X_OK):
+        # worker processes start from sys.executable: a venv whose python lies in another user's home
+        # cannot start them (multiprocessing would fail with a broken pipe and a traceback)
+        print(f"filter: {sys.executable} is not executable by this user: grading in one process",
+              file=sys.stderr)
+        workers = 1
     if workers == 1:
         for record in records:
             yield _grade_one(record, limits)
