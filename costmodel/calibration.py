@@ -7,6 +7,12 @@
 ledger with the stage's terminal row); `load()` gives the estimator the median per key over real runs
 (simulated runs only echo the estimator, so they never calibrate it); `figures()` is what
 `reproduce calibration` shows, with how many runs each figure rests on.
+
+Billing calibrates prices: `price_factors()` turns the `billed` events of `reproduce audit --billed`
+(costmodel.reconcile) into billed / recorded $ per cloud, accelerator and market, the median over runs, which
+costmodel.prices applies to offers, so the next plan is priced at what was really charged.
+
+    price/<cloud>/<ACCEL:N>/<spot|on-demand>                     billed / recorded compute $
 """
 from __future__ import annotations
 
@@ -70,6 +76,70 @@ def figures(ledger=None, include_simulated: bool = False) -> list[dict]:
                     "observations": len(obs), "min": min(values), "max": max(values),
                     "last_run": obs[-1]["run_id"], "how": obs[-1]["detail"]})
     return out
+
+
+def price_factors(ledger=None) -> dict:
+    """{(cloud, "H100:8", "spot" | "on-demand"): {factor, runs, effective_per_hour, recorded_per_hour, last_run,
+    how}}: billed / recorded compute $ of each run's stages on that placement, the median over runs. A bill is a
+    bill whatever produced the ledger rows, so simulated runs count here (a real one has no tagged costs)."""
+    from costmodel.prices import parse_accelerator
+
+    per_run: dict = {}
+    for run_id, stage, n in _billed_events(ledger):
+        if not n.get("calibrates"):
+            continue
+        try:
+            name, count = parse_accelerator(n["accelerator"])
+        except Exception:
+            continue
+        key = (str(n["cloud"]).lower(), f"{name}:{count}", "spot" if n.get("spot") else "on-demand")
+        agg = per_run.setdefault(key, {}).setdefault(run_id, {"billed": 0.0, "recorded": 0.0, "hours": 0.0})
+        agg["billed"] += n["billed_compute_usd"]
+        agg["recorded"] += n["recorded_compute_usd"]
+        agg["hours"] += n["hours"]
+    out = {}
+    for key, runs in per_run.items():
+        ratios = [r["billed"] / r["recorded"] for r in runs.values()]
+        last_run, last = list(runs.items())[-1]
+        factor = statistics.median(ratios)
+        out[key] = {"factor": factor, "runs": len(runs), "last_run": last_run,
+                    "effective_per_hour": last["billed"] / last["hours"],
+                    "recorded_per_hour": last["recorded"] / last["hours"],
+                    "how": f"billed ${last['billed']:,.2f} / recorded ${last['recorded']:,.2f} over "
+                           f"{last['hours']:,.2f} h (run {last_run})"}
+    return out
+
+
+def price_rows(ledger=None) -> list[dict]:
+    """price_factors() as `reproduce calibration` rows."""
+    rows = []
+    for (cloud, accel, market), f in sorted(price_factors(ledger).items()):
+        rows.append({"key": f"price/{cloud}/{accel}/{market}", "value": f["factor"], "runs": f["runs"],
+                     "observations": f["runs"], "min": None, "max": None, "last_run": f["last_run"],
+                     "how": f["how"] + f"; ${f['recorded_per_hour']:,.2f}/h recorded -> "
+                                       f"${f['effective_per_hour']:,.2f}/h billed"})
+    return rows
+
+
+def _billed_events(ledger) -> list[tuple[str, str, dict]]:
+    """The latest `billed` event of each run and stage, oldest run first: (run_id, stage, numbers)."""
+    import json
+
+    from costmodel.ledger import Ledger, default_path
+
+    sql = "SELECT run_id, stage, numbers FROM events WHERE kind = 'billed' ORDER BY id"
+    if ledger is None:
+        if not Path(default_path()).is_file():
+            return []
+        with Ledger(default_path()) as led:
+            rows = led.db.execute(sql).fetchall()
+    else:
+        rows = ledger.db.execute(sql).fetchall()
+    latest = {}
+    for run_id, stage, numbers in rows:
+        latest.pop((run_id, stage), None)   # re-inserted: the order follows the latest event
+        latest[(run_id, stage)] = json.loads(numbers or "{}")
+    return [(run_id, stage, n) for (run_id, stage), n in latest.items()]
 
 
 def load(ledger=None) -> dict:

@@ -72,9 +72,17 @@ class Offer:
     spot: float | None        # $/h for the whole node
     source: str               # where the price came from, e.g. "skypilot catalog (cached, ~/.sky/catalogs/v8/aws/vms.csv)"
     date: str                 # ISO date (or timestamp) of the price
+    # Before billing calibration (with_billing), the catalog's own prices: SkyPilot filters launches by these,
+    # so a `max_hourly_cost` cap must come from them, not from a price calibrated below the catalog's.
+    list_on_demand: float | None = None
+    list_spot: float | None = None
 
     def price(self, spot: bool) -> float | None:
         return self.spot if spot else self.on_demand
+
+    def list_price(self, spot: bool) -> float | None:
+        listed = self.list_spot if spot else self.list_on_demand
+        return self.price(spot) if listed is None else listed
 
     def sort_key(self) -> float:
         p = self.spot if self.spot is not None else self.on_demand
@@ -398,6 +406,7 @@ CACHE_S = 600  # within one process, prices are reused for 10 minutes
 def clear_cache() -> None:
     _offers_cache.clear()
     _rows_cache.clear()
+    _billing_cache.clear()
 
 
 def _cached_file(cloud: str) -> Path | None:
@@ -415,7 +424,7 @@ def gpu_offers(accelerator: str = "H100:8", clouds: list[str] | None = None, tim
            os.environ.get("REPRODUCE_CATALOG_URL"))
     hit = _offers_cache.get(key)
     if hit and time.monotonic() - hit[0] < CACHE_S:
-        return list(hit[1])
+        return with_billing(hit[1])
 
     deadline = time.monotonic() + timeout_s
     cached = {c: _cached_file(c) for c in wanted}
@@ -448,9 +457,65 @@ def gpu_offers(accelerator: str = "H100:8", clouds: list[str] | None = None, tim
 
     if live:
         offers = _with_live_spot(offers, deadline)
-    offers.sort(key=lambda o: (o.sort_key(), o.on_demand or float("inf"), o.cloud, o.region, o.zone or ""))
+    offers.sort(key=_order)
     _offers_cache[key] = (time.monotonic(), offers)
-    return list(offers)
+    return with_billing(offers)
+
+
+def _order(o: Offer):
+    return (o.sort_key(), o.on_demand or float("inf"), o.cloud, o.region, o.zone or "")
+
+
+# ---------------------------------------------------------------- what billing said (audit --billed)
+
+_billing_cache: dict = {}
+
+
+def with_billing(offers: list[Offer], factors: dict | None = None) -> list[Offer]:
+    """Offers scaled by what clouds really billed against what the ledger recorded, per cloud, accelerator
+    and market (costmodel.calibration.price_factors), the source saying so. Outside the offers cache: a new
+    bill counts at once. Never fails a price lookup (no ledger, a locked or odd one: offers unchanged)."""
+    factors = _billing_factors() if factors is None else factors
+    if not factors:
+        return list(offers)
+    out = []
+    for o in offers:
+        accel = f"{o.accelerator}:{o.count}"
+        fs, fo = factors.get((o.cloud, accel, "spot")), factors.get((o.cloud, accel, "on-demand"))
+        if not (fs and o.spot) and not (fo and o.on_demand):
+            out.append(o)
+            continue
+        notes = [f"{market} x{f['factor']:.3f} calibrated from billing, {f['runs']} run{'s' if f['runs'] > 1 else ''}"
+                 for market, f, price in (("spot", fs, o.spot), ("on-demand", fo, o.on_demand)) if f and price]
+        out.append(Offer(o.cloud, o.region, o.zone, o.instance_type, o.accelerator, o.count,
+                         o.on_demand * fo["factor"] if fo and o.on_demand else o.on_demand,
+                         o.spot * fs["factor"] if fs and o.spot else o.spot,
+                         f"{o.source}; {'; '.join(notes)}", o.date, o.on_demand, o.spot))
+    return sorted(out, key=_order)
+
+
+def _billing_factors() -> dict:
+    from costmodel.ledger import default_path
+
+    path = default_path()
+    try:
+        stamp = tuple((p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+                      for p in (path, path.with_name(path.name + "-wal")))
+    except OSError:
+        return {}
+    if stamp[0] is None:
+        return {}   # a plan never creates a ledger
+    key = (str(path), stamp)
+    if key not in _billing_cache:
+        try:
+            from costmodel import calibration
+
+            _billing_cache.clear()
+            _billing_cache[key] = calibration.price_factors()
+        except Exception as e:
+            log.debug("billing calibration: %s", e)
+            return {}
+    return _billing_cache[key]
 
 
 def cheapest(accelerator: str, spot: bool, clouds: list[str] | None = None) -> Offer | None:

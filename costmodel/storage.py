@@ -1,0 +1,111 @@
+"""The run's bucket: GB each stage writes under runs/RUN, kept for some days, and what the controller pulls.
+
+    storage.estimate(recipe)                      # S3 Standard, kept 30 days
+    storage.estimate(recipe, days_kept=7, store="gs")
+
+    storage $ = GB written x days kept x 24 / 730 h a month x $/GB-month
+    egress $  = GB pulled to the controller x $/GB out to the internet
+
+Sizes come from the recipe's workload (costmodel.estimates.workload): text at ~4 bytes a token, SFT checkpoints
+at 14 bytes a parameter. Uploads are free (AWS and GCP charge no ingress); request charges ($0.005 per 1,000
+S3 PUTs: a run makes thousands, cents) and the free tiers (AWS: 100 GB a month out) are left out, so the
+figure errs high.
+"""
+from __future__ import annotations
+
+import math
+
+from costmodel import estimates
+from costmodel.errors import BadInput
+from costmodel.prices import parse_accelerator
+
+DAYS_KEPT = 30          # our default: a month to look at results before deleting the bucket's run folder
+HOURS_PER_MONTH = 730   # the month AWS prices GB-months with (AWS Pricing Calculator)
+BYTES_PER_TOKEN = 4.0   # Sky-T1_data_17k: 268,380,746 B / 16,401 rows / ~4.1k tokens (recipe sft.mean_sample_tokens)
+CHECKPOINT_BYTES_PER_PARAM = 14   # bf16 weights 2 + fp32 master and Adam m, v 12 (sky_tasks/sft.yaml disk_size)
+WEIGHT_BYTES_PER_PARAM = 2        # the saved bf16 model
+SFT_PULLED_GB = 0.01              # the controller pulls sft's logs and trainer state, never weights (estimate)
+SAVE_TOTAL_LIMIT = 2              # sky_tasks/llamafactory/sft.yaml keeps the last two checkpoints
+GB = 1e9
+
+# $/GB-month of standard storage and $/GB of internet egress, the first price tier; list prices as we know
+# them, not re-checked against the pages since (dated by the page's tier table we copied).
+PRICES = {
+    "s3": {"storage_gb_month": 0.023, "egress_gb": 0.09,
+           "source": "aws.amazon.com/s3/pricing: S3 Standard us-east-1 first 50 TB $0.023/GB-month; data "
+                     "transfer out to the internet first 10 TB $0.09/GB", "date": "2024-12"},
+    "gs": {"storage_gb_month": 0.020, "egress_gb": 0.12,
+           "source": "cloud.google.com/storage/pricing: Standard us-east1 $0.020/GB-month; internet egress "
+                     "(premium tier, first TB) $0.12/GB", "date": "2024-12"},
+}
+
+# What a stage leaves in the bucket, and whether the controller pulls it (reproduce/executors/bucket.py: it
+# pulls what remote stages wrote, never weights; what it writes itself it already has).
+REMOTE = {"generate": True, "filter": None, "rewrite": False, "convert": False, "sft": True, "eval": True}
+
+
+def estimate(recipe: dict, days_kept: float | None = None, store: str = "s3") -> dict:
+    """Per stage GB written and pulled, $ and arithmetic; totals. `store`: s3 | gs (or a bucket URL)."""
+    days = DAYS_KEPT if days_kept is None else days_kept
+    if not isinstance(days, (int, float)) or days < 0 or days != days or math.isinf(days):
+        raise BadInput(f"storage days kept {days_kept!r}: expected a number of days >= 0, e.g. 30")
+    store = store.partition("://")[0] if "://" in store else store
+    if store not in PRICES:
+        raise BadInput(f"store {store!r}: expected one of {', '.join(PRICES)} (or an s3:// or gs:// bucket)")
+    price = PRICES[store]
+    months = days * 24 / HOURS_PER_MONTH
+    rows = []
+    for stage, gb, what in written(recipe):
+        remote = REMOTE[stage] if REMOTE[stage] is not None else recipe["filter"].get("where") != "local"
+        pulled = SFT_PULLED_GB if stage == "sft" else (gb if remote else 0.0)
+        storage_usd = gb * months * price["storage_gb_month"]
+        egress_usd = pulled * price["egress_gb"]
+        rows.append({"stage": stage, "gb_written": gb, "gb_pulled": pulled, "what": what,
+                     "storage_usd": storage_usd, "egress_usd": egress_usd, "usd": storage_usd + egress_usd,
+                     "arithmetic": _arith(gb, days, price, pulled, storage_usd + egress_usd)})
+    total_gb = sum(r["gb_written"] for r in rows)
+    pulled = sum(r["gb_pulled"] for r in rows)
+    total = sum(r["usd"] for r in rows)
+    return {"store": store, "days_kept": days, "storage_gb_month": price["storage_gb_month"],
+            "egress_gb": price["egress_gb"], "price_source": price["source"], "price_date": price["date"],
+            "stages": rows, "gb_written": total_gb, "gb_pulled": pulled,
+            "storage_usd": sum(r["storage_usd"] for r in rows), "egress_usd": sum(r["egress_usd"] for r in rows),
+            "total_usd": total, "arithmetic": _arith(total_gb, days, price, pulled, total)}
+
+
+def written(recipe: dict) -> list[tuple[str, float, str]]:
+    """(stage, GB, what) each stage writes to the bucket, from the recipe's workload."""
+    w = estimates.workload(recipe)
+    gen, rw, sft = recipe["generate"], recipe["rewrite"], recipe["sft"]
+    trace = (gen["mean_prompt_tokens"] + gen["mean_response_tokens"]) * BYTES_PER_TOKEN
+    rewritten = trace + gen["mean_response_tokens"] * rw["output_ratio"] * BYTES_PER_TOKEN
+    eval_trace = (gen["mean_prompt_tokens"] + recipe["eval"]["mean_response_tokens"]) * BYTES_PER_TOKEN
+    student = recipe["models"]["student"]["params_b"] * 1e9
+    kept, weights = checkpoints(recipe), student * WEIGHT_BYTES_PER_PARAM
+    return [
+        ("generate", w["samples"] * trace / GB, f"{w['samples']:,.0f} traces x {trace / 1e3:,.1f} KB"),
+        ("filter", w["samples"] * trace / GB, f"{w['samples']:,.0f} graded traces (kept + rejected) x "
+                                              f"{trace / 1e3:,.1f} KB"),
+        ("rewrite", w["rewritten"] * rewritten / GB, f"{w['rewritten']:,.0f} traces + rewrites x "
+                                                     f"{rewritten / 1e3:,.1f} KB"),
+        ("convert", sft["samples"] * sft["mean_sample_tokens"] * BYTES_PER_TOKEN / GB,
+         f"{sft['samples']:,} SFT records x {sft['mean_sample_tokens'] * BYTES_PER_TOKEN / 1e3:,.1f} KB"),
+        ("sft", (kept * student * CHECKPOINT_BYTES_PER_PARAM + weights) / GB,
+         f"{kept} checkpoint{'s' if kept != 1 else ''} x {student / 1e9:g}B params x {CHECKPOINT_BYTES_PER_PARAM} B"
+         f" + model {student / 1e9:g}B x {WEIGHT_BYTES_PER_PARAM} B"),
+        ("eval", w["eval_samples"] * eval_trace / GB, f"{w['eval_samples']:,.0f} answers x {eval_trace / 1e3:,.1f} KB"),
+    ]
+
+
+def checkpoints(recipe: dict) -> int:
+    """Checkpoints left in the bucket: every save_steps optimizer steps, at most save_total_limit kept."""
+    sft = recipe["sft"]
+    gpus = parse_accelerator(sft["accelerator"])[1] * sft.get("num_nodes", 1)
+    batch = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus
+    steps = math.ceil(sft["samples"] * sft["num_train_epochs"] / batch)
+    return min(steps // max(1, int(sft["save_steps"])), int(sft.get("save_total_limit", SAVE_TOTAL_LIMIT)))
+
+
+def _arith(gb: float, days: float, price: dict, pulled: float, usd: float) -> str:
+    return (f"{gb:,.2f} GB x {days:g} d x 24/{HOURS_PER_MONTH} x ${price['storage_gb_month']}/GB-month + "
+            f"{pulled:,.2f} GB pulled x ${price['egress_gb']}/GB = ${usd:,.2f}")
