@@ -9,12 +9,18 @@ convert_to_data.py kept only traces still correct after the GPT-4o-mini rewrite;
 - `recheck_correct` false -> dropped (the rewrite broke the answer);
 - `recheck_correct` null (re-check off) -> the rewritten text, or the filter-kept response if none.
 Identical problems (same prompt, whitespace aside) keep their first trace only (recipe `convert.dedupe`).
+Decontamination (recipe `convert.decontaminate`, reproduce/stages/decontam.py): a problem that overlaps an eval
+benchmark (8-word n-gram or the same normalized text) or nearly duplicates a kept one is dropped; the counts per
+source and benchmark go to summary.json "decontamination", the dropped ids to `convert/dropped.jsonl`.
+The user turn is the user message the teacher was asked (as SkyThought's `"prompt": conversations[idx][1]
+["content"]`), taken out of the chat-rendered prompt generate stores.
 Cheap and deterministic: a re-run rebuilds the same files.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import Counter
@@ -35,6 +41,19 @@ def dataset_info_entry(file_name: str = "train.json") -> dict:
     }
 
 
+_CHATML_USER = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S)
+
+
+def user_message(record: dict) -> str | None:
+    """The user turn: `user` when the record has it, else the last ChatML user turn of the rendered `prompt`
+    (Qwen/QwQ's template), else `prompt` as it is (already a bare message)."""
+    if record.get("user"):
+        return record["user"]
+    prompt = record.get("prompt")
+    turns = _CHATML_USER.findall(prompt or "")
+    return turns[-1] if turns else prompt
+
+
 def to_sharegpt(record: dict, system_prompt: str) -> dict | None:
     """One trace -> one ShareGPT record, or None when it must not be trained on."""
     check = record.get("recheck_correct")
@@ -42,14 +61,17 @@ def to_sharegpt(record: dict, system_prompt: str) -> dict | None:
     if check is False:
         return None
     answer = rewritten or record.get("response")  # re-check passed or was off: the rewrite wins
-    if not answer or not record.get("prompt"):
+    user = user_message(record)
+    if not answer or not user:
         return None
     return {"system": system_prompt,
-            "conversations": [{"from": "user", "value": record["prompt"]},
+            "conversations": [{"from": "user", "value": user},
                               {"from": "assistant", "value": answer}]}
 
 
-def convert(records, system_prompt: str, dedupe: bool = True) -> tuple[list[dict], dict]:
+def convert(records, system_prompt: str, dedupe: bool = True, screen=None) -> tuple[list[dict], dict]:
+    """`screen(record, user_text)` (decontam.Screen) returns why a record must go ("contaminated",
+    "near_duplicate") or None; it keeps its own counts."""
     out, seen = [], set()
     counts = Counter()
     per_source, per_domain = Counter(), Counter()
@@ -59,11 +81,16 @@ def convert(records, system_prompt: str, dedupe: bool = True) -> tuple[list[dict
         if item is None:
             counts["dropped_recheck" if rec.get("recheck_correct") is False else "dropped_empty"] += 1
             continue
-        key = " ".join(rec["prompt"].split())
+        user = item["conversations"][0]["value"]
+        key = " ".join(user.split())
         if dedupe and key in seen:
             counts["duplicates"] += 1
             continue
         seen.add(key)
+        why = screen(rec, user) if screen is not None else None
+        if why:
+            counts[why] += 1
+            continue
         out.append(item)
         counts["rewritten" if rec.get("rewritten") else "original"] += 1
         per_source[rec.get("source") or "unknown"] += 1
@@ -71,7 +98,8 @@ def convert(records, system_prompt: str, dedupe: bool = True) -> tuple[list[dict
     summary = {"records_in": counts["records_in"], "records_out": len(out),
                "from_rewritten": counts["rewritten"], "from_original": counts["original"],
                "dropped_recheck": counts["dropped_recheck"], "dropped_empty": counts["dropped_empty"],
-               "duplicates": counts["duplicates"],
+               "duplicates": counts["duplicates"], "contaminated": counts["contaminated"],
+               "near_duplicates": counts["near_duplicate"],
                "per_source": dict(sorted(per_source.items())), "per_domain": dict(sorted(per_domain.items())),
                "chars": sum(len(m["value"]) for r in out for m in r["conversations"]) + sum(len(r["system"]) for r in out)}
     return out, summary
@@ -93,6 +121,16 @@ def write_json(path: Path, data) -> None:
     tmp.rename(path)
 
 
+def decontamination_screen(recipe: dict, artifacts: Path):
+    """decontam.Screen for the recipe's eval benchmarks, or None when `convert.decontaminate: false`."""
+    from reproduce.stages import decontam, problems
+
+    try:
+        return decontam.screen_for(recipe, artifacts)
+    except (ValueError, ImportError, problems.BadSource) as e:
+        raise BadInput(str(e)) from None
+
+
 def run(recipe_path: Path, artifacts: Path, input_path: Path | None = None) -> dict:
     recipe = load_recipe(recipe_path)
     conv = recipe.get("convert") or {}
@@ -103,13 +141,17 @@ def run(recipe_path: Path, artifacts: Path, input_path: Path | None = None) -> d
         raise BadInput(f"{source} is missing: run the rewrite stage first (or pass --input FILE.jsonl)")
 
     start = time.time()
-    records, summary = convert(read_jsonl(source), conv["system_prompt"], conv.get("dedupe", True))
+    screen = decontamination_screen(recipe, artifacts)
+    records, summary = convert(read_jsonl(source), conv["system_prompt"], conv.get("dedupe", True), screen)
     if not records:
         raise BadInput(f"{source}: no record left to train on ({summary['records_in']} read)")
     out = artifacts / "convert"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "train.json", records)
     write_json(out / "dataset_info.json", {conv["dataset_name"]: dataset_info_entry("train.json")})
+    if screen is not None:
+        summary["decontamination"] = screen.report()
+        (out / "dropped.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in screen.dropped))
     summary = {"stage": "convert", "dataset_name": conv["dataset_name"], "input": str(source), **summary,
                "wall_s": round(time.time() - start, 3)}
     write_json(out / "summary.json", summary)
@@ -129,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sources = ", ".join(f"{k} {v}" for k, v in s["per_source"].items())
     print(f"convert: {s['records_out']} of {s['records_in']} records ({s['duplicates']} duplicates, "
+          f"{s['contaminated']} overlap a benchmark, {s['near_duplicates']} near-duplicates, "
           f"{s['dropped_recheck']} failed the re-check) -> {args.artifacts / 'convert' / 'train.json'}; {sources}")
     return 0
 
