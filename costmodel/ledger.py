@@ -15,11 +15,20 @@ the controller and a watcher can write at once. synchronous=NORMAL survives a ki
 power loss may roll back the last commits, never corrupt the file.
 
 A file that is not a SQLite database, or whose schema is newer than this code, raises LedgerError and is
-never written to.
+never written to; so does a REPRODUCE_HOME that is not a writable folder.
+
+Money is never impossible: a negative, NaN or infinite amount, hour count or token count raises BadInput
+before anything is written (corrections of API usage carry deltas and may be negative, never NaN).
+
+One run, one owner: `claim_run(run_id, owner)` takes the run's lease (owner = {"pid", "host"}) in one
+BEGIN IMMEDIATE transaction; a second claimant gets LeaseHeld naming the owner. A lease whose pid is dead
+on this host, or whose heartbeat is older than LEASE_STALE_S, is taken over, and the takeover is an event.
+The lease row is the one mutable row here: it is not money.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -94,12 +103,30 @@ MIGRATIONS = {
             simulated INTEGER NOT NULL DEFAULT 0)""",
         "CREATE INDEX calibration_key ON calibration(key, simulated)",
     ],
+    3: [
+        # Who drives a run now (claim_run / heartbeat / release_run); history is in events, kind 'lease'.
+        """CREATE TABLE leases (
+            run_id TEXT PRIMARY KEY,
+            pid INTEGER NOT NULL, host TEXT NOT NULL,
+            claimed_at REAL NOT NULL, heartbeat_at REAL NOT NULL,
+            released_at REAL)""",
+    ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+LEASE_STALE_S = 600.0       # a heartbeat older than this frees the lease (the pipeline beats every poll)
+HEARTBEAT_EVERY_S = 5.0     # at most one heartbeat write per run in this long
 
 
 class LedgerError(BadInput):
     """The ledger file cannot be used as it is (corrupt, foreign, or from a newer version)."""
+
+
+class LeaseHeld(BadInput):
+    """Another live process drives this run."""
+
+
+class LeaseLost(BadInput):
+    """This process's lease on the run was taken over (it was thought dead): it must stop driving the run."""
 
 
 def home() -> Path:
@@ -113,7 +140,8 @@ def default_path() -> Path:
 class Ledger:
     def __init__(self, path: str | Path | None = None, timeout_s: float = 30.0):
         self.path = Path(path) if path else default_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._beats: dict = {}
+        _check_folder(self.path.parent)
         _check_header(self.path)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
@@ -179,6 +207,7 @@ class Ledger:
     def create_run(self, run_id: str, *, recipe: str, scale: str, backend: str, budget: float | None,
                    simulated: bool = False, artifacts: str = "", recipe_yaml: str = "", plan: dict | None = None,
                    at: float | None = None) -> None:
+        budget = _amount(budget, f"run {run_id} budget")
         with self.write() as db:
             db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (run_id, at or time.time(), recipe, scale, backend, budget, int(simulated), artifacts,
@@ -199,13 +228,31 @@ class Ledger:
             _insert_api(db, run_id, stage, attempt, at, api_usage, simulated)
             db.executemany("INSERT INTO calibration (run_id, stage, at, key, value, detail, simulated) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(run_id, stage, at, k, float(v), d, simulated) for k, v, d in calibration])
+                           [(run_id, stage, at, k, _amount(float(v), f"calibration {k}", negative=True), d,
+                             simulated) for k, v, d in calibration])
             return row
 
     def add_api_usage(self, run_id: str, stage: str, rows: list[dict], *, at: float, attempt: int | None = None,
                       simulated: bool = False) -> None:
         with self.write() as db:
             _insert_api(db, run_id, stage, attempt, at, rows, int(simulated))
+
+    def add_usage_lines(self, run_id: str, stage: str, lines: list[dict], *, at: float, attempt: int | None = None,
+                        simulated: bool = False) -> int:
+        """Record the lines of a stage's append-only usage log (ARTIFACTS/<stage>/usage.jsonl: one line per
+        paid result) that are not in the ledger yet; the count recorded rides in the same transaction, so a
+        crash never records a line twice nor loses one. Returns how many were new."""
+        with self.write() as db:
+            done = db.execute("SELECT COALESCE(SUM(CAST(json_extract(numbers, '$.lines') AS INTEGER)), 0) FROM events "
+                              "WHERE run_id = ? AND stage = ? AND kind = 'api_lines'", (run_id, stage)).fetchone()[0]
+            new = lines[done:]
+            if new:
+                _insert_api(db, run_id, stage, attempt, at, new, int(simulated))
+                db.execute("INSERT INTO events (run_id, stage, at, wall_at, kind, ok, reason, numbers) "
+                           "VALUES (?, ?, ?, ?, 'api_lines', 1, ?, ?)",
+                           (run_id, stage, at, time.time(), f"{len(new)} paid result(s) recorded",
+                            json.dumps({"lines": len(new), "usd": sum(float(x.get("usd") or 0) for x in new)})))
+            return len(new)
 
     def add_event(self, run_id: str | None, stage: str | None, kind: str, *, ok: bool | None, reason: str,
                   numbers: dict | None = None, at: float | None = None) -> int:
@@ -215,6 +262,60 @@ class Ledger:
                              (run_id, stage, at or time.time(), time.time(), kind,
                               None if ok is None else int(ok), reason, json.dumps(numbers or {}, default=str)))
             return cur.lastrowid
+
+    # ---- the lease: one run, one owner ----------------------------------------------------------------
+    def claim_run(self, run_id: str, owner: dict, stale_s: float = LEASE_STALE_S) -> None:
+        """Take the run's lease for `owner` ({"pid", "host"}), or raise LeaseHeld naming the live owner.
+        Read and write in one BEGIN IMMEDIATE transaction: of two claimants at once, exactly one wins."""
+        pid, host, now = int(owner["pid"]), str(owner["host"]), time.time()
+        with self.write() as db:
+            row = db.execute("SELECT * FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+            if row is not None and row["released_at"] is None and (row["pid"], row["host"]) != (pid, host):
+                stale = _stale(row, now, stale_s)
+                if stale is None:
+                    raise LeaseHeld(f"run {run_id} is in progress: pid {row['pid']} on host {row['host']} drives it "
+                                    f"(heartbeat {now - row['heartbeat_at']:.0f} s ago); wait for it or stop it "
+                                    "first")
+                _lease_event(db, run_id, f"took over from pid {row['pid']} on {row['host']}: {stale}",
+                             {"pid": pid, "host": host, "was_pid": row["pid"], "was_host": row["host"],
+                              "heartbeat_age_s": round(now - row["heartbeat_at"], 3)}, now)
+            elif row is None or row["released_at"] is not None:
+                _lease_event(db, run_id, "claimed", {"pid": pid, "host": host}, now)
+            db.execute("INSERT OR REPLACE INTO leases (run_id, pid, host, claimed_at, heartbeat_at, released_at) "
+                       "VALUES (?, ?, ?, ?, ?, NULL)", (run_id, pid, host, now, now))
+        self._beats[run_id] = now
+
+    def heartbeat(self, run_id: str, owner: dict) -> None:
+        """Say the owner is alive (written at most every HEARTBEAT_EVERY_S). LeaseLost if another process
+        took the run over: the caller must stop driving it."""
+        now = time.time()
+        if now - self._beats.get(run_id, 0.0) < HEARTBEAT_EVERY_S:
+            return
+        with self.write() as db:
+            cur = db.execute("UPDATE leases SET heartbeat_at = ? WHERE run_id = ? AND pid = ? AND host = ? "
+                             "AND released_at IS NULL", (now, run_id, int(owner["pid"]), str(owner["host"])))
+            if cur.rowcount == 0:
+                row = db.execute("SELECT pid, host FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+                who = f"pid {row['pid']} on {row['host']}" if row else "nobody"
+                raise LeaseLost(f"run {run_id} is now driven by {who}: this process lost its lease and stops")
+        self._beats[run_id] = now
+
+    def release_run(self, run_id: str, owner: dict) -> None:
+        """Give the lease back (a no-op if another process holds it now)."""
+        now = time.time()
+        with self.write() as db:
+            cur = db.execute("UPDATE leases SET released_at = ? WHERE run_id = ? AND pid = ? AND host = ? "
+                             "AND released_at IS NULL", (now, run_id, int(owner["pid"]), str(owner["host"])))
+            if cur.rowcount:
+                _lease_event(db, run_id, "released", {"pid": int(owner["pid"]), "host": str(owner["host"])}, now)
+        self._beats.pop(run_id, None)
+
+    def lease(self, run_id: str) -> dict | None:
+        """The run's lease row, or None; `live` says whether it still binds another claimant."""
+        row = self.db.execute("SELECT * FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        return {**dict(row), "live": row["released_at"] is None and _stale(row, time.time(), LEASE_STALE_S) is None}
 
     def correct(self, run_id: str, stage: str, attempt: int, *, reason: str, at: float | None = None, **fields) -> int:
         """A correction replaces the attempt's terminal row in the audit; the old row stays."""
@@ -433,6 +534,8 @@ def _insert_stage_row(db, run_id, stage, event, at, attempt, fields) -> int:
     if event not in STAGE_EVENTS:
         raise BadInput(f"stage event {event!r}: expected one of {', '.join(STAGE_EVENTS)}")
     values = {k: fields.get(k) for k in _STAGE_COLUMNS}
+    for k in _MONEY_COLUMNS:
+        values[k] = _amount(values[k], f"stage {stage} {event} {k}")
     for k in ("spot", "simulated"):
         if values[k] is not None:
             values[k] = int(bool(values[k]))
@@ -446,16 +549,89 @@ def _insert_stage_row(db, run_id, stage, event, at, attempt, fields) -> int:
 
 
 def _insert_api(db, run_id, stage, attempt, at, rows, simulated) -> None:
+    values = []
+    for r in rows:
+        kind = r.get("kind", "usage")
+        delta = kind == "correction"           # corrections carry deltas: negative is fine, NaN never
+        what = f"stage {stage} API usage ({r.get('model')})"
+        tokens = [_amount(r.get(k) or 0, f"{what} {k}", negative=delta, whole=True)
+                  for k in ("prompt_tokens", "cached_tokens", "completion_tokens")]
+        values.append((run_id, stage, attempt, at, kind, str(r["model"]), int(bool(r.get("batch"))), *tokens,
+                       _amount(r.get("usd") or 0.0, f"{what} usd", negative=delta), simulated))
     db.executemany(
         "INSERT INTO api_usage (run_id, stage, attempt, at, kind, model, batch, prompt_tokens, cached_tokens, "
-        "completion_tokens, usd, simulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(run_id, stage, attempt, at, r.get("kind", "usage"), str(r["model"]), int(bool(r.get("batch"))),
-          int(r.get("prompt_tokens") or 0), int(r.get("cached_tokens") or 0), int(r.get("completion_tokens") or 0),
-          float(r.get("usd") or 0.0), simulated) for r in rows])
+        "completion_tokens, usd, simulated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+
+
+_MONEY_COLUMNS = ("nodes", "gpus", "price_per_hour", "hours", "gpu_hours", "preemptions", "compute_usd", "api_usd")
+_FLOAT_NOISE = 1e-9
+
+
+def _amount(value, what: str, negative: bool = False, whole: bool = False):
+    """A finite number, >= 0 unless `negative` (float noise of -1e-9 reads as 0); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadInput(f"{what} = {value!r}: expected a finite number; nothing was recorded")
+    if not negative and value < 0:
+        if value < -_FLOAT_NOISE:
+            raise BadInput(f"{what} = {value!r}: negative amounts are impossible; nothing was recorded")
+        value = 0 if whole else 0.0
+    if whole and value != int(value):
+        raise BadInput(f"{what} = {value!r}: expected a whole number; nothing was recorded")
+    return int(value) if whole else value
+
+
+def _stale(row, now: float, stale_s: float) -> str | None:
+    """Why a lease no longer binds (its pid is dead on this host, or its heartbeat is old), or None."""
+    import socket
+
+    if row["host"] == socket.gethostname() and not _pid_alive(row["pid"]):
+        return f"pid {row['pid']} is not running"
+    if now - row["heartbeat_at"] > stale_s:
+        return f"no heartbeat for {now - row['heartbeat_at']:.0f} s (over {stale_s:.0f} s)"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:   # a zombie is dead: its parent just has not reaped it yet
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+def _lease_event(db, run_id: str, reason: str, numbers: dict, now: float) -> None:
+    db.execute("INSERT INTO events (run_id, stage, at, wall_at, kind, ok, reason, numbers) VALUES "
+               "(?, NULL, ?, ?, 'lease', 1, ?, ?)", (run_id, now, now, reason, json.dumps(numbers)))
+
+
+def _check_folder(folder: Path) -> None:
+    """REPRODUCE_HOME (or the ledger's folder) must be a folder we can write, made if missing."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise LedgerError(f"{folder} is a file, not a folder: point REPRODUCE_HOME at a folder") from None
+    except OSError as e:
+        raise LedgerError(f"cannot make the folder {folder} ({e.strerror}): point REPRODUCE_HOME at a writable "
+                          "folder") from None
+    if not folder.is_dir():
+        raise LedgerError(f"{folder} is not a folder: point REPRODUCE_HOME at a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LedgerError(f"{folder} is not writable (read-only?): point REPRODUCE_HOME at a writable folder")
 
 
 def _check_header(path: Path) -> None:
     """Refuse a non-SQLite file before SQLite (or WAL mode) can write anything into it."""
+    if path.is_dir():
+        raise LedgerError(f"ledger {path} is a folder, not a SQLite file: move it aside or point REPRODUCE_HOME "
+                          "elsewhere")
     if not path.exists() or path.stat().st_size == 0:
         return
     with path.open("rb") as f:

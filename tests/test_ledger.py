@@ -1,5 +1,6 @@
 """The ledger: append-only accounting in SQLite, safe for two writers, never overwrites a file it cannot read."""
 import multiprocessing
+import os
 import sqlite3
 
 import pytest
@@ -167,9 +168,10 @@ def test_migrates_a_version_1_ledger_keeping_its_rows(home, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setenv("REPRODUCE_HOME", str(home / ".reproduce"))
     with Ledger() as led:
-        assert led.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+        assert led.db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
         assert led.run("r1")["budget"] == 100.0
         assert led.calibration_rows() == []
+        assert led.lease("r1") is None
 
 
 def test_cli_reports_a_corrupt_ledger_in_one_line(home, capsys):
@@ -183,3 +185,186 @@ def test_cli_reports_a_corrupt_ledger_in_one_line(home, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert err.count("\n") == 1 and "not a SQLite database" in err and "Traceback" not in err
+
+
+# ---- impossible money ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value", [("compute_usd", -14.58), ("compute_usd", float("nan")),
+                                          ("hours", float("inf")), ("gpu_hours", -1.0), ("api_usd", float("-inf")),
+                                          ("price_per_hour", -2.0), ("preemptions", -1)])
+def test_impossible_stage_amounts_are_refused_and_nothing_is_written(home, field, value):
+    with Ledger() as led:
+        _run(led)
+        attempt = led.add_stage_row("r1", "generate", "started", at=1.0, state="PENDING")
+        before = led.db.execute("SELECT COUNT(*) FROM stage_rows").fetchone()[0]
+        with pytest.raises(ledger_mod.BadInput, match=f"{field} = .*(finite|negative)"):
+            led.finish_stage("r1", "generate", attempt, at=2.0, state="SUCCEEDED", **{field: value})
+        with pytest.raises(ledger_mod.BadInput):
+            led.add_stage_row("r1", "generate", "progress", at=2.0, attempt=attempt, **{field: value})
+        assert led.db.execute("SELECT COUNT(*) FROM stage_rows").fetchone()[0] == before
+
+
+@pytest.mark.parametrize("row", [{"usd": -0.5}, {"usd": float("nan")}, {"prompt_tokens": -10},
+                                 {"completion_tokens": float("inf")}, {"cached_tokens": 1.5}])
+def test_impossible_api_usage_is_refused(home, row):
+    with Ledger() as led:
+        _run(led)
+        with pytest.raises(ledger_mod.BadInput, match="nothing was recorded"):
+            led.add_api_usage("r1", "rewrite", [{"model": "gpt-4o-mini", **row}], at=1.0)
+        # a correction carries a delta: negative is fine, NaN is not
+        led.add_api_usage("r1", "rewrite", [{"model": "gpt-4o-mini", "kind": "correction", "usd": -0.1}], at=1.0)
+        with pytest.raises(ledger_mod.BadInput):
+            led.add_api_usage("r1", "rewrite", [{"model": "m", "kind": "correction", "usd": float("nan")}], at=1.0)
+        assert tuple(led.db.execute("SELECT COUNT(*), SUM(usd) FROM api_usage").fetchone()) == (1, -0.1)
+
+
+def test_impossible_budget_and_float_noise(home):
+    with Ledger() as led:
+        with pytest.raises(ledger_mod.BadInput, match="budget"):
+            _run(led, budget=float("nan"))
+        assert led.runs() == []
+        _run(led)
+        attempt = led.add_stage_row("r1", "eval", "started", at=1.0)
+        led.finish_stage("r1", "eval", attempt, at=2.0, state="SUCCEEDED", compute_usd=-1e-12)   # float noise
+        assert led.spent("r1") == 0.0
+
+
+# ---- the state folder and the file ---------------------------------------------------------------------------
+
+def test_unusable_homes_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    from reproduce.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    folder_db = tmp_path / "h2"
+    (folder_db / "ledger.db").mkdir(parents=True)
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    cases = {str(afile): "is a file, not a folder", str(afile / "sub"): "cannot make the folder",
+             str(folder_db): "is a folder, not a SQLite file"}
+    if os.geteuid() != 0:
+        os.chmod(readonly, 0o500)
+        cases[str(readonly)] = "not writable"
+    for home_dir, message in cases.items():
+        monkeypatch.setenv("REPRODUCE_HOME", home_dir)
+        with pytest.raises(SystemExit) as e:
+            main(["runs"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2, (home_dir, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert afile.read_text() == "x" and list((folder_db / "ledger.db").iterdir()) == []
+
+
+def test_a_read_only_mount_is_one_line(tmp_path, monkeypatch):
+    """A real read-only mount (root can write anywhere else): a private mount namespace of `unshare`."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (f"mount --bind {ro} {ro} && mount -o remount,bind,ro {ro} && "
+              f"REPRODUCE_HOME={ro}/home {sys.executable} -m reproduce runs")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                          text=True)
+    if "mount" in done.stderr and done.returncode != 2:
+        pytest.skip(f"cannot make a read-only mount here: {done.stderr.strip()}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+# ---- one run, one owner --------------------------------------------------------------------------------------
+
+def _dead_pid() -> int:
+    import subprocess
+
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_a_second_claimant_is_told_who_owns_the_run(home):
+    import socket
+
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    other = {"pid": os.getppid(), "host": socket.gethostname()}        # alive: our parent
+    with Ledger() as led:
+        _run(led)
+        led.claim_run("r1", me)
+        led.claim_run("r1", me)                                        # re-entrant for its owner
+        with pytest.raises(ledger_mod.LeaseHeld, match=f"pid {os.getpid()} on host {me['host']}"):
+            led.claim_run("r1", other)
+        led.release_run("r1", me)
+        led.claim_run("r1", other)                                     # released: free to take
+        assert led.lease("r1")["pid"] == os.getppid() and led.lease("r1")["live"]
+        reasons = [e["reason"] for e in led.events("r1", "lease")]
+    assert reasons == ["claimed", "released", "claimed"]
+
+
+def test_a_stale_lease_is_taken_over_and_recorded(home, monkeypatch):
+    import socket
+
+    host = socket.gethostname()
+    with Ledger() as led:
+        _run(led)
+        _run(led, "r2")
+        led.claim_run("r1", {"pid": _dead_pid(), "host": host})            # the controller was SIGKILLed
+        led.claim_run("r1", {"pid": os.getpid(), "host": host})
+        led.claim_run("r2", {"pid": 4242, "host": "elsewhere"})            # another host: only its heartbeat counts
+        with pytest.raises(ledger_mod.LeaseHeld):
+            led.claim_run("r2", {"pid": os.getpid(), "host": host})
+        led.db.execute("UPDATE leases SET heartbeat_at = heartbeat_at - ? WHERE run_id = 'r2'",
+                       (ledger_mod.LEASE_STALE_S + 1,))
+        led.claim_run("r2", {"pid": os.getpid(), "host": host})
+        took = [e for e in led.events("r1", "lease") + led.events("r2", "lease") if e["reason"].startswith("took")]
+    assert len(took) == 2
+    assert "is not running" in took[0]["reason"] and "no heartbeat for" in took[1]["reason"]
+    assert took[1]["numbers"]["was_host"] == "elsewhere"
+
+
+def test_a_taken_over_owner_learns_it_at_its_next_heartbeat(home, monkeypatch):
+    import socket
+
+    host = socket.gethostname()
+    monkeypatch.setattr(ledger_mod, "HEARTBEAT_EVERY_S", 0.0)
+    with Ledger() as a, Ledger() as b:
+        _run(a)
+        a.claim_run("r1", {"pid": 4242, "host": "elsewhere"})
+        a.heartbeat("r1", {"pid": 4242, "host": "elsewhere"})
+        b.claim_run("r1", {"pid": os.getpid(), "host": host}, stale_s=-1)   # thought dead
+        with pytest.raises(ledger_mod.LeaseLost, match=f"pid {os.getpid()}"):
+            a.heartbeat("r1", {"pid": 4242, "host": "elsewhere"})
+        a.release_run("r1", {"pid": 4242, "host": "elsewhere"})             # not its lease any more: no-op
+        assert b.lease("r1")["pid"] == os.getpid() and b.lease("r1")["released_at"] is None
+
+
+def _claim_in_process(path, run_id, barrier, results):
+    import socket
+
+    led = Ledger(path)
+    barrier.wait()
+    try:
+        led.claim_run(run_id, {"pid": os.getpid(), "host": socket.gethostname()})
+        results.put("won")
+        barrier.wait()           # hold the lease while the other tries
+    except ledger_mod.LeaseHeld:
+        results.put("held")
+        barrier.wait()
+
+
+def test_two_claimants_at_once_exactly_one_wins(home):
+    with Ledger() as led:
+        _run(led)
+        path = led.path
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(10):
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_claim_in_process, args=(path, "r1", barrier, results)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert sorted(results.get(timeout=5) for _ in procs) == ["held", "won"], trial
