@@ -50,34 +50,45 @@ def stubbed_ce(pages, expected=None):
     return ce, stub
 
 
+def serve(answer):
+    """A local HTTP server in a thread: answer(path, headers, body) -> (status, content type, JSON-able body)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def reply(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            status, ctype, obj = answer(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                        self.rfile.read(length) if length else b"")
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = reply
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class CostsServer:
     """OpenAI's GET /v1/organization/costs, paged: answers `pages` in turn and keeps every request."""
 
     def __init__(self, pages, status=200):
         self.pages, self.status, self.requests = pages, status, []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                outer.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-                if outer.status != 200:
-                    body = {"error": {"message": f"Incorrect API key provided: {FAKE_OPENAI}. You need an admin key",
-                                      "type": "invalid_request_error", "code": "invalid_api_key"}}
-                else:
-                    body = outer.pages[1 if "page=" in self.path else 0]   # page 2 when asked for by token
-                data = json.dumps(body).encode()
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve(self.answer)
         self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def answer(self, path, headers, body):
+        self.requests.append((path, headers))
+        if self.status != 200:   # what OpenAI says to a wrong key: it quotes the key
+            return self.status, "application/json", {"error": {
+                "message": f"Incorrect API key provided: {FAKE_OPENAI}. You need an admin key",
+                "type": "invalid_request_error", "code": "invalid_api_key"}}
+        return 200, "application/json", self.pages[1 if "page=" in path else 0]   # page 2 when asked by token
 
     def close(self):
         self.server.shutdown()
@@ -389,24 +400,12 @@ def test_threshold_without_billed_and_no_source_are_one_line(sim_run, capsys):
 
 def fake_cost_explorer(pages, seen):
     """Cost Explorer's JSON protocol on a local port, for a real boto3 client in another process."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-            seen.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            page = pages[1] if body.get("NextPageToken") else pages[0]
-            data = json.dumps(page).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-amz-json-1.1")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(path, headers, body):
+        query = json.loads(body or b"{}")
+        seen.append((headers, query))
+        return 200, "application/x-amz-json-1.1", pages[1] if query.get("NextPageToken") else pages[0]
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return serve(answer)
 
 
 def test_no_credential_reaches_the_ledger_or_the_output(sim_run, home, tmp_path):
@@ -440,3 +439,38 @@ def test_no_credential_reaches_the_ledger_or_the_output(sim_run, home, tmp_path)
     blobs += [p.read_bytes() for p in root.rglob("*") if p.is_file()]
     for secret in (FAKE_AWS_ID, FAKE_AWS_SECRET, FAKE_OPENAI, "PLANTED"):
         assert not any(secret.encode() in b for b in blobs), secret
+
+
+def test_a_stage_billed_over_two_attempts_is_split_as_recorded(home):
+    """A failed attempt and its retry: each is corrected in proportion to what it recorded, so the stage adds up to
+    the bill and each attempt keeps its hours; a cost with the run tag but no stage tag is the bucket's row."""
+    now = time.time()
+    with Ledger() as led:
+        led.create_run("r2", recipe="x", scale="full", backend="sky", budget=100.0)
+        led.add_stage_row("r2", "sft", "planned", at=now - 90 * 3600, kind="gpu", compute_usd=9.0)
+        for usd, state, event in ((4.0, "FAILED", "failed"), (6.0, "SUCCEEDED", "finished")):
+            a = led.add_stage_row("r2", "sft", "started", at=now - 80 * 3600, kind="gpu", cloud="aws")
+            fields = dict(state=state, kind="gpu", cloud="aws", accelerator="H100:8", spot=False, gpus=8, nodes=1,
+                          hours=usd / 2, price_per_hour=2.0, compute_usd=usd, ended_at=now - 72 * 3600)
+            if event == "failed":
+                led.add_stage_row("r2", "sft", "failed", at=now - 75 * 3600, attempt=a, **fields)
+            else:
+                led.finish_stage("r2", "sft", a, at=now - 72 * 3600, **fields)
+        ce, stub = stubbed_ce([[period("2026-11-28", [group("sft", 12.0), group("", 1.5, "Amazon Simple Storage Service")])]])
+        report = reconcile.reconcile(led, "r2", [billing.aws_costs(ce, "r2", dt.date(2026, 11, 28), dt.date(2026, 11, 29))],
+                                     now=now, storage_plan={"total_usd": 1.0})
+        rows = {s["stage"]: s for s in report["stages"]}
+        assert rows["sft"]["recorded_usd"] == 10.0 and rows["sft"]["drift_pct"] == pytest.approx(0.2)
+        assert rows[reconcile.RUN_LEVEL]["billed_usd"] == 1.5 and rows[reconcile.RUN_LEVEL]["planned_usd"] == 1.0
+        reconcile.record(led, report)
+        attempts = led.attempts("r2", "sft")
+        assert [a["compute_usd"] for a in attempts] == pytest.approx([4.8, 7.2])
+        assert [a["price_per_hour"] for a in attempts] == pytest.approx([2.4, 2.4])       # effective: $12 / 5 h
+        assert [a["state"] for a in attempts] == ["FAILED", "SUCCEEDED"]
+        assert led.spent("r2") == pytest.approx(12.0)
+        assert {e["stage"] for e in led.events("r2", "billed")} == {"sft", reconcile.RUN_LEVEL}
+        factor = calibration.price_factors(led)[("aws", "H100:8", "on-demand")]
+        assert factor["factor"] == pytest.approx(1.2) and factor["effective_per_hour"] == pytest.approx(2.4)
+        assert reconcile.record(led, reconcile.reconcile(led, "r2", [billing.aws_costs(
+            stubbed_ce([[period("2026-11-28", [group("sft", 12.0), group("", 1.5, "S3")])]])[0], "r2",
+            dt.date(2026, 11, 28), dt.date(2026, 11, 29))], now=now, storage_plan={"total_usd": 1.0})) == []
