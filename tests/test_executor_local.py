@@ -56,6 +56,7 @@ def env(tmp_path, monkeypatch):
     (folder / "sft.yaml").write_text(GPU_TASK.replace("name: generate", "name: sft"))
     monkeypatch.setattr(tasks, "TASKS_DIR", folder)
     monkeypatch.setenv("SETUP_LOG", str(tmp_path / "setup.log"))
+    monkeypatch.setenv("REPRODUCE_ENV_CACHE", str(tmp_path / "envs"))   # the per-user cache, here
     monkeypatch.setenv("HF_TOKEN", SECRET)
     monkeypatch.delenv("REPRODUCE_STAGE_VENV", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
@@ -111,7 +112,7 @@ def test_setup_runs_once_per_hash_and_env_is_reused(env):
     log = (env / "run1" / "logs" / "generate.log").read_text()
     artifacts = env / "run1" / "artifacts"
     assert f"run extras=smoke run=run1 knob=7 artifacts={artifacts} cwd={tasks.REPO_ROOT}" in log
-    venv = env / "home" / "envs" / env_hash(tasks.load_task("generate")["setup"], {"STAGE_EXTRAS": "smoke"})
+    venv = env / "envs" / f'smoke-{env_hash(tasks.load_task("generate")["setup"], {"STAGE_EXTRAS": "smoke"})}'
     assert "nodes=1 rank=0 ips=127.0.0.1" in log
     assert f"venv={venv} python={venv}" in log          # run used the stage venv's python
     assert (venv / ".ready").exists()
@@ -130,15 +131,47 @@ def test_env_hash_follows_setup_and_referenced_envs():
     assert len(env_hash(setup, {})) == 12
 
 
-def test_env_hash_follows_the_requirements_file_setup_names(tmp_path):
-    setup = "pip install -r sky_tasks/requirements/$STAGE_EXTRAS.txt"
-    req = tmp_path / "sky_tasks" / "requirements" / "smoke.txt"
-    req.parent.mkdir(parents=True)
-    req.write_text("pyyaml\n")
+def test_env_hash_is_the_lock_the_real_setup_installs(tmp_path):
+    setup = tasks.load_task("generate")["setup"]          # the real text: it names the lock and build constraints
+    for name, text in (("smoke.txt", "pyyaml==6.0.2 --hash=sha256:aa\n"), ("build.txt", "setuptools==80 \\\n")):
+        (tmp_path / "sky_tasks" / "locks").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sky_tasks" / "locks" / name).write_text(text)
     before = env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path)
     assert env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path) == before
-    req.write_text("pyyaml\nmath-verify\n")
-    assert env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path) != before
+    assert env_hash(setup, {"STAGE_EXTRAS": "sft"}, root=tmp_path) != before
+    (tmp_path / "sky_tasks" / "locks" / "smoke.txt").write_text("pyyaml==6.0.3 --hash=sha256:bb\n")   # re-locked
+    relocked = env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path)
+    assert relocked != before
+    (tmp_path / "sky_tasks" / "locks" / "build.txt").write_text("setuptools==81 \\\n")
+    assert env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path) != relocked
+
+
+def test_stage_envs_are_cached_per_user_not_per_home(env, monkeypatch):
+    """Two REPRODUCE_HOMEs (two trial runs, two smoke tests) share one environment: one setup."""
+    for home in ("home-a", "home-b"):
+        ex = LocalExecutor("smoke", state_dir=env / home)
+        st, _ = finish(ex, ex.launch(ctx(env / home, "generate")))
+        assert st.state == "SUCCEEDED", st.message
+    assert (env / "setup.log").read_text() == "setup smoke\n"
+    assert [p.parent.name.split("-")[0] for p in (env / "envs").glob("*/.ready")] == ["smoke"]
+    monkeypatch.delenv("REPRODUCE_ENV_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(env / "xdg"))
+    assert local.env_cache() == env / "xdg" / "reproduce" / "envs"
+
+
+def test_concurrent_runs_build_one_env(env):
+    """Runs that start together wait for one build (flock) rather than both building or using half an env."""
+    slow = GPU_TASK.replace('echo "setup $STAGE_EXTRAS" >> "$SETUP_LOG"',
+                            'echo "setup $STAGE_EXTRAS" >> "$SETUP_LOG"; sleep 1; touch "$VIRTUAL_ENV/built"')
+    for stage in ("generate", "sft"):
+        (env / "sky_tasks" / f"{stage}.yaml").write_text(slow.replace("name: generate", f"name: {stage}"))
+    a, b = LocalExecutor("smoke", state_dir=env / "a"), LocalExecutor("smoke", state_dir=env / "b")
+    ha, hb = a.launch(ctx(env / "a", "generate")), b.launch(ctx(env / "b", "sft"))
+    for ex, handle in ((a, ha), (b, hb)):
+        st, _ = finish(ex, handle)
+        assert st.state == "SUCCEEDED", st.message
+    assert (env / "setup.log").read_text() == "setup smoke\n"
+    assert len(list((env / "envs").glob("*/built"))) == 1
 
 
 def test_failed_setup_is_retried_and_fails_the_stage(env, monkeypatch):
@@ -147,7 +180,7 @@ def test_failed_setup_is_retried_and_fails_the_stage(env, monkeypatch):
     st, _ = finish(ex, ex.launch(ctx(env, "generate")))
     assert st.state == "FAILED" and "no-such-dir" in st.message
     assert "run extras" not in (env / "run1" / "logs" / "generate.log").read_text()   # run never ran
-    assert not list((env / "home" / "envs").glob("*/.ready"))
+    assert not list((env / "envs").glob("*/.ready"))
 
 
 def test_ready_venv_skips_setup(env, ready):

@@ -1,6 +1,8 @@
 """`reproduce all --budget 450 --scale smoke` end to end on this CPU: every stage's real code, the real
-local executor building the stage environment from the task's `setup:` (or REPRODUCE_STAGE_VENV when set),
-the ledger recording every stage, and `--resume` doing no work twice. Minutes, so marked slow."""
+local executor installing the smoke lock with the task's `setup:` into the per-user environment cache
+(or REPRODUCE_STAGE_VENV when set), the ledger recording every stage, and `--resume` doing no work twice.
+The environment is shared with every other run: after `make test` built .venv-stage from the same lock,
+uv hard-links it from its cache in seconds. Minutes, so marked slow."""
 import json
 import os
 import subprocess
@@ -64,3 +66,12 @@ def test_resume_does_no_work_twice(smoke_run):
     after = json.loads(reproduce("audit", run_id, "--json", home=home).stdout)
     attempts = {s["stage"]: s["actual"]["attempts"] for s in after["stages"]}
     assert attempts == {s["stage"]: s["actual"]["attempts"] for s in audit["stages"]} == {s: 1 for s in attempts}
+
+
+def test_one_stage_environment_for_every_stage(smoke_run):
+    """Every task has the same setup and the smoke lock: at most one build (none when the per-user cache
+    already holds it), and a resumed run adds none."""
+    home, _, audit = smoke_run
+    logs = home / "runs" / audit["run"]["run_id"] / "logs"
+    builds = [p.name for p in logs.glob("*.log") if "::reproduce setup" in p.read_text()]
+    assert len(builds) <= 1, builds
