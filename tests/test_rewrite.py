@@ -179,7 +179,8 @@ def test_a_rerun_hits_the_cache_and_pays_nothing(tmp_path, server):
     rows, summary = outputs(tmp_path)
     assert server.requests["total"] == served            # nothing sent at all
     assert summary["cached"] == 5 and summary["submitted"] == 0
-    assert summary["api_usage"] == [] and summary["usd"] == 0
+    assert summary["usd_this_run"] == 0 and summary["api_usage"] == first["api_usage"]   # nothing counted twice
+    assert len((tmp_path / "rewrite" / "usage.jsonl").read_text().splitlines()) == 5
     assert [r["rewritten"] for r in rows] == [r["rewritten"] for r in first_rows]
     # a record added later is the only one sent
     with open(tmp_path / "filter" / "kept.jsonl", "a") as f:
@@ -327,3 +328,51 @@ def test_help_runs():
     out = subprocess.run([sys.executable, "-m", "reproduce.stages.rewrite", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "--sync" in out.stdout
+
+
+def _paid(server, batch: bool) -> float:
+    return sum(api_cost("gpt-4o-mini", u["prompt_tokens"], u["completion_tokens"],
+                        u["prompt_tokens_details"]["cached_tokens"], batch=batch) for u in server.usages)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_crash_then_resume_reports_every_dollar_paid(tmp_path, server, monkeypatch, batch):
+    """The issue: killed after 800 of 2,000 results and resumed, the stage reported only what the resume paid.
+    Here it dies after 3 of 8 paid results; the resume pays the other 5; the summary sums all 8."""
+    args = artifacts(tmp_path, kept_records(6, 2), batch=batch)
+    real, calls = rewrite.cache_result, []
+
+    def dies_after_three(*a, **k):
+        if len(calls) == 3:
+            raise KeyboardInterrupt          # the process dies here: results paid, not all cached
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(rewrite, "cache_result", dies_after_three)
+    assert rewrite.main(args) == 130
+    log = tmp_path / "rewrite" / "usage.jsonl"
+    assert len(log.read_text().splitlines()) >= 3            # at least what was cached was logged as paid
+    monkeypatch.setattr(rewrite, "cache_result", real)
+    assert rewrite.main(args) == 0
+    _, summary = outputs(tmp_path)
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert summary["usd"] == pytest.approx(sum(x["usd"] for x in lines), rel=1e-12)
+    assert summary["usd"] > summary["usd_this_run"] > 0
+    # every response the server was paid for is in the log once: sync answers that arrived but were never
+    # cached were asked (and paid) again, and both payments count; a batch read again is one payment
+    assert len(lines) == len(server.usages) >= 8
+    assert summary["usd"] == pytest.approx(_paid(server, batch), rel=1e-9)
+    if batch:
+        assert len(lines) == 8
+
+
+def test_a_torn_last_line_is_cut_before_appending(tmp_path):
+    log = tmp_path / "usage.jsonl"
+    log.write_text(json.dumps({"model": "m", "usd": 0.5}) + "\n" + '{"model": "m", "us')
+    usage = rewrite.Usage(str(log))
+    usage.add("m", False, 10, 0, 5, 0.25)
+    usage.close()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["usd"] for x in lines] == [0.5, 0.25]
+    assert rewrite.logged_usage(str(log)) == [{"model": "m", "batch": False, "prompt_tokens": 10,
+                                               "cached_tokens": 0, "completion_tokens": 5, "usd": 0.75}]

@@ -12,6 +12,10 @@ Reads ARTIFACTS/filter/kept.jsonl; writes ARTIFACTS/rewrite/rewritten.jsonl (eac
   backoff and jitter (the client's own retries are off, so every retry is ours and counted).
 - Every result is cached in SQLite under sha256(model, messages, params): a rerun pays nothing for what is
   done. Batches in flight are recorded there too, so a rerun after a crash polls them instead of resubmitting.
+- Every paid result's usage is appended to ARTIFACTS/rewrite/usage.jsonl (one line: model, batch, tokens, $,
+  at) before its cache row is committed, so a crash never hides money paid: the pipeline records new lines
+  as they appear, and summary.json's `api_usage` sums every line, also those paid before a crash. A cached
+  result is never appended again (`usd_this_run` is what this invocation paid).
 - Before anything is sent the cost is estimated (chars/4 tokens, completion = `rewrite.output_ratio` x the
   trace); if env REPRODUCE_API_BUDGET_USD is set and the estimate exceeds it, exit 3 with nothing submitted.
 - After rewriting, each record is graded again (`rewrite.recheck`), as NovaSky did (sky-t1.md, Step 3).
@@ -30,6 +34,7 @@ import os
 import random
 import sqlite3
 import sys
+import threading
 import time
 
 from costmodel.api_prices import api_cost
@@ -173,27 +178,62 @@ def cached_results(conn, keys) -> dict:
     return out
 
 
-def store(conn, key: str, model: str, completion: dict, batch: bool, usage: "Usage") -> None:
-    """Record one paid response (cache row) and add its tokens and $ to `usage`."""
+def store(conn, key: str, model: str, completion: dict, batch: bool, usage: "Usage",
+          batch_id: str | None = None) -> None:
+    """Record one paid response: its usage first (the log: paid is paid), then its cache row. A batch's
+    output read again after a crash is the same payment: logged once, by (batch id, key)."""
+    paid(usage, model, completion, batch, paid_as=(batch_id, key) if batch_id else None)
+    cache_result(conn, key, model, completion, batch)
+
+
+def paid(usage: "Usage", model: str, completion: dict, batch: bool, paid_as: tuple | None = None) -> None:
+    """Log one response's usage as paid."""
+    usage.add(model, batch, *_cost(model, completion, batch), paid_as=paid_as)
+
+
+def _cost(model: str, completion: dict, batch: bool) -> tuple[int, int, int, float]:
+    """(prompt, cached, completion tokens, $) of one response, from its `usage` block."""
     u = completion.get("usage") or {}
-    prompt, out = int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0)
-    cached = int(((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
-    usd = api_cost(model, prompt, out, cached, batch=batch)
+    prompt, out = max(0, int(u.get("prompt_tokens") or 0)), max(0, int(u.get("completion_tokens") or 0))
+    cached = max(0, int(((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0))
+    return prompt, cached, out, api_cost(model, prompt, out, cached, batch=batch)
+
+
+def cache_result(conn, key: str, model: str, completion: dict, batch: bool) -> None:
+    prompt, cached, out, usd = _cost(model, completion, batch)
     choice = (completion.get("choices") or [{}])[0]
     conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)",
                  (key, model, (choice.get("message") or {}).get("content") or "", choice.get("finish_reason"),
                   prompt, cached, out, int(batch), usd, time.time()))
     conn.commit()
-    usage.add(model, batch, prompt, cached, out, usd)
 
 
 class Usage:
-    """api_usage rows per (model, batch), as the stage contract asks."""
+    """api_usage rows per (model, batch), as the stage contract asks; with a `log` path, every result is also
+    appended there as it is paid (O_APPEND, one write a line; fsync per sync result and per batch)."""
 
-    def __init__(self):
+    def __init__(self, log: str | None = None):
         self.rows: dict = {}
+        self.lock = threading.Lock()          # sync requests log from their threads, as each is paid
+        self.logged = {(u.get("batch_id"), u.get("key")) for u in _log_lines(log) if u.get("batch_id")} if log else set()
+        self.fd = _open_log(log) if log else None
 
-    def add(self, model, batch, prompt, cached, completion, usd):
+    def add(self, model, batch, prompt, cached, completion, usd, paid_as: tuple | None = None):
+        with self.lock:
+            self._add(model, batch, prompt, cached, completion, usd, paid_as)
+
+    def _add(self, model, batch, prompt, cached, completion, usd, paid_as):
+        if paid_as is not None and paid_as in self.logged:
+            return                                      # this batch line was logged before a crash
+        if self.fd is not None:
+            line = {"model": model, "batch": bool(batch), "prompt_tokens": prompt, "cached_tokens": cached,
+                    "completion_tokens": completion, "usd": usd, "at": round(time.time(), 3)}
+            if paid_as is not None:
+                line.update(batch_id=paid_as[0], key=paid_as[1])
+                self.logged.add(paid_as)
+            os.write(self.fd, (json.dumps(line) + "\n").encode())
+            if not batch:
+                os.fsync(self.fd)
         row = self.rows.setdefault((model, batch), {"model": model, "batch": batch, "prompt_tokens": 0,
                                                     "cached_tokens": 0, "completion_tokens": 0, "usd": 0.0})
         row["prompt_tokens"] += prompt
@@ -201,8 +241,49 @@ class Usage:
         row["completion_tokens"] += completion
         row["usd"] += usd
 
+    def sync(self) -> None:
+        if self.fd is not None:
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
     def as_list(self) -> list[dict]:
         return [dict(r, usd=round(r["usd"], 12)) for r in self.rows.values()]
+
+
+def _open_log(path: str) -> int:
+    """The usage log for appending. A torn last line (killed mid-write) is cut first: appended to, it would
+    make one bad line that readers stop at; the pipeline has not counted it (it reads whole lines only)."""
+    if os.path.exists(path):
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+
+def _log_lines(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    return                                  # a torn last line
+    except FileNotFoundError:
+        return
+
+
+def logged_usage(path: str) -> list[dict]:
+    """Every line of a usage log summed per (model, batch): all that was ever paid for these artifacts."""
+    total = Usage()
+    for u in _log_lines(path):
+        total.add(u["model"], bool(u.get("batch")), int(u.get("prompt_tokens") or 0),
+                  int(u.get("cached_tokens") or 0), int(u.get("completion_tokens") or 0), float(u.get("usd") or 0.0))
+    return total.as_list()
 
 
 # ---- calling the API ----------------------------------------------------------------------------------
@@ -255,7 +336,9 @@ def run_sync(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dict, 
     failed = set()
 
     def one(body):
-        return with_retries(lambda: client.chat.completions.create(**body).model_dump())
+        completion, retries = with_retries(lambda: client.chat.completions.create(**body).model_dump())
+        paid(usage, cfg["model"], completion, False)     # logged in this thread: a crash now hides nothing
+        return completion, retries
 
     with cf.ThreadPoolExecutor(max(1, workers)) as pool:
         futures = {pool.submit(one, body): key for key, body in pending.items()}
@@ -272,7 +355,7 @@ def run_sync(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dict, 
                 _log(f"request {key[:12]} failed: {type(e).__name__}: {str(e)[:160]}")
                 continue
             stats["retries"] += retries
-            store(conn, key, cfg["model"], completion, False, usage)
+            cache_result(conn, key, cfg["model"], completion, False)
             stats["completed"] += 1
     return failed
 
@@ -377,8 +460,9 @@ def _poll(client, open_batches: dict, pending, cfg, conn, usage, stats, poll_s, 
                     key, response = item.get("custom_id"), item.get("response") or {}
                     # every paid line is kept, even one a changed kept.jsonl no longer asks for
                     if key and response.get("status_code") == 200 and key not in done:
-                        store(conn, key, cfg["model"], response["body"], True, usage)
+                        store(conn, key, cfg["model"], response["body"], True, usage, batch_id=batch_id)
                         done.add(key)
+                usage.sync()
             lost = [k for k in keys if k not in done and k in pending]
             failed.update(lost)
             stats["completed"] += len(done & set(pending))
@@ -470,8 +554,12 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
                 estimate["input_files"] = len(chunk_lines(lines)) if use_batch else 0
             return {"estimate": estimate}
         budget_guard(estimate)
+        if cfg.get("recheck") and any(r.get("domain") == "code" for r in records):
+            from reproduce.stages import sandbox
 
-        usage, stats = Usage(), collections.Counter()
+            sandbox.require()        # the re-check runs code: refuse before paying, not after
+
+        usage, stats = Usage(os.path.join(out_dir, "usage.jsonl")), collections.Counter()
         failed: set = set()
         if pending:
             client, server = make_client(cfg["model"])
@@ -483,9 +571,11 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
                 else:
                     failed = run_sync(client, pending, cfg, conn, usage, stats, workers)
             finally:
+                usage.close()
                 if server:
                     server.stop()
                 client.close()
+        usage.close()
 
         results = cached_results(conn, set(keys))
         out = []
@@ -504,8 +594,9 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
         os.replace(path + ".tmp", path)
 
         wall = time.monotonic() - start
-        api_usage = usage.as_list()
-        tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in api_usage)
+        this_run = usage.as_list()
+        api_usage = logged_usage(os.path.join(out_dir, "usage.jsonl"))   # every attempt's payments
+        tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in this_run)
         summary = {
             "stage": "rewrite", "model": cfg["model"], "batch": use_batch,
             "records": len(records), "requests": len(set(keys)), "cached": len(done_before),
@@ -518,13 +609,15 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
             "retries": stats["retries"], "resubmitted": stats["resubmitted"], "batches": stats["batches"],
             "estimate": estimate, "api_usage": api_usage,
             "usd": round(sum(r["usd"] for r in api_usage), 12),
+            "usd_this_run": round(sum(r["usd"] for r in this_run), 12),
             "tokens": tokens, "tokens_per_s": round(tokens / wall, 1) if wall > 0 else 0.0,
             "wall_s": round(wall, 3),
         }
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         _log(f"{len(out)} of {len(records)} rewritten ({len(done_before)} from cache), "
-             f"{summary['recheck_correct']} re-checked correct; ${summary['usd']:.4f} in {wall:.1f} s")
+             f"{summary['recheck_correct']} re-checked correct; ${summary['usd_this_run']:.4f} paid now, "
+             f"${summary['usd']:.4f} in all, in {wall:.1f} s")
         if failed:
             raise Failed(f"{len(failed)} requests still failed after {MAX_ATTEMPTS} attempts; the rest are "
                          "written and cached: run again to retry only those")
