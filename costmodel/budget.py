@@ -60,6 +60,40 @@ def should_stop(spent_before_stage: float, stage_cost_so_far: float, burn_per_ho
     return Decision(False, "stop", f"{text} <= ${budget:,.2f}", numbers)
 
 
+# A forecast needs some of the stage done before its rate means anything (the first minutes include loading
+# weights and warm-up), and is padded by a margin for rates that drift: our choices, shown in every decision.
+FORECAST_MIN_SHARE = 0.05
+FORECAST_MARGIN = 0.10
+
+
+def forecast(cost_so_far: float, done: float, total: float, rate_cost_per_unit: float) -> tuple[float, str]:
+    """This stage's $ at completion: what it has cost, plus the units left at the observed $ per unit, padded
+    by FORECAST_MARGIN. Returns (usd, arithmetic)."""
+    left = max(total - done, 0.0)
+    rest = left * rate_cost_per_unit * (1 + FORECAST_MARGIN)
+    return cost_so_far + rest, (f"${cost_so_far:,.2f} so far + {left:,.0f} of {total:,.0f} left x "
+                                f"${rate_cost_per_unit:,.4f} each (observed) x {1 + FORECAST_MARGIN:.2f} margin "
+                                f"= ${cost_so_far + rest:,.2f}")
+
+
+def should_stop_forecast(stage: str, spent_before_stage: float, stage_forecast: float, rest_estimate: float,
+                         budget: float | None, arithmetic: str = "") -> Decision:
+    """ok=True means: stop now, the run cannot finish: what was spent before this stage + this stage at
+    completion (forecast) + the re-planned rest would pass the budget. Money spent on a stage that cannot
+    be followed by the rest buys no model."""
+    need = spent_before_stage + stage_forecast + rest_estimate
+    numbers = {"spent_before_stage_usd": spent_before_stage, "stage_forecast_usd": stage_forecast,
+               "rest_estimate_usd": rest_estimate, "needed_usd": need, "budget_usd": budget,
+               "arithmetic": arithmetic}
+    if budget is None:
+        return Decision(False, "forecast", "no budget set", numbers)
+    text = (f"at the observed rate {stage} ends at ${stage_forecast:,.2f}; spent before it ${spent_before_stage:,.2f} "
+            f"+ {stage} ${stage_forecast:,.2f} + rest ${rest_estimate:,.2f} = ${need:,.2f}")
+    if need > budget + EPS:
+        return Decision(True, "forecast", f"{text} > budget ${budget:,.2f}", numbers)
+    return Decision(False, "forecast", f"{text} <= budget ${budget:,.2f}", numbers)
+
+
 def admit_api_batch(spent: float, model: str, prompt_tokens: int, completion_tokens: int, batch: bool,
                     budget: float | None, rest_estimate: float = 0.0, cached_tokens: int = 0) -> Decision:
     """Refuse an API batch whose token estimate does not fit what is left (after the stages still to run)."""

@@ -230,6 +230,26 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
     return _total(est)
 
 
+def rescale(est: StageEstimate, factor: float, costs: dict) -> StageEstimate:
+    """The same placement with `factor` times the work (a measured speed): startup stays, the expected
+    preemption overhead grows with the hours at risk, dollars follow the hours."""
+    startup = costs["startup_hours"] * est.nodes if est.price_per_hour else 0.0
+    at_risk = max(est.overhead_hours - startup, 0.0)
+    old_base = est.base_hours
+    est.base_hours = old_base * factor
+    est.overhead_hours = startup + at_risk * factor
+    est.hours = est.base_hours + est.overhead_hours
+    est.gpu_hours = est.hours * est.gpus
+    est.compute_usd = est.price_per_hour * est.hours
+    if est.spot_usd is not None and est.spot:
+        est.spot_usd = est.compute_usd + est.api_usd
+    if est.gpus and est.price_per_hour:
+        est.arithmetic = (f"{est.gpus} x ${est.price_per_hour / est.gpus:,.2f}/h x {est.hours:,.2f} h = "
+                          f"${est.compute_usd:,.2f}  ({old_base:,.2f} h work x {factor:.2f} measured + "
+                          f"{est.overhead_hours:,.2f} h startup/preemption)")
+    return _total(est)
+
+
 def price_cap(node_price: float) -> float:
     """SkyPilot's `max_hourly_cost` for a node priced at `node_price`: the plan's price plus the margin,
     rounded up to the cent."""

@@ -264,12 +264,15 @@ class Ledger:
             return cur.lastrowid
 
     # ---- the lease: one run, one owner ----------------------------------------------------------------
-    def claim_run(self, run_id: str, owner: dict, stale_s: float = LEASE_STALE_S) -> None:
-        """Take the run's lease for `owner` ({"pid", "host"}), or raise LeaseHeld naming the live owner.
-        Read and write in one BEGIN IMMEDIATE transaction: of two claimants at once, exactly one wins."""
+    def claim_run(self, run_id: str, owner: dict | None = None, stale_s: float = LEASE_STALE_S) -> None:
+        """Take the run's lease for `owner` ({"pid", "host"}; default this process), or raise LeaseHeld naming
+        the live owner. Read and write in one BEGIN IMMEDIATE transaction: of two claimants, exactly one wins."""
+        owner = owner or this_process()
         pid, host, now = int(owner["pid"]), str(owner["host"]), time.time()
         with self.write() as db:
             row = db.execute("SELECT * FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:       # a run started before leases existed: its last start/resume event stands in
+                row = _legacy_lease(db, run_id)
             if row is not None and row["released_at"] is None and (row["pid"], row["host"]) != (pid, host):
                 stale = _stale(row, now, stale_s)
                 if stale is None:
@@ -285,9 +288,10 @@ class Ledger:
                        "VALUES (?, ?, ?, ?, ?, NULL)", (run_id, pid, host, now, now))
         self._beats[run_id] = now
 
-    def heartbeat(self, run_id: str, owner: dict) -> None:
-        """Say the owner is alive (written at most every HEARTBEAT_EVERY_S). LeaseLost if another process
-        took the run over: the caller must stop driving it."""
+    def heartbeat(self, run_id: str, owner: dict | None = None) -> None:
+        """Say the owner (default this process) is alive, written at most every HEARTBEAT_EVERY_S. LeaseLost if
+        another process took the run over: the caller must stop driving it."""
+        owner = owner or this_process()
         now = time.time()
         if now - self._beats.get(run_id, 0.0) < HEARTBEAT_EVERY_S:
             return
@@ -300,8 +304,9 @@ class Ledger:
                 raise LeaseLost(f"run {run_id} is now driven by {who}: this process lost its lease and stops")
         self._beats[run_id] = now
 
-    def release_run(self, run_id: str, owner: dict) -> None:
+    def release_run(self, run_id: str, owner: dict | None = None) -> None:
         """Give the lease back (a no-op if another process holds it now)."""
+        owner = owner or this_process()
         now = time.time()
         with self.write() as db:
             cur = db.execute("UPDATE leases SET released_at = ? WHERE run_id = ? AND pid = ? AND host = ? "
@@ -432,6 +437,10 @@ class Ledger:
         api = self.api_totals(run_id)
         budget = self.budget(run_id)   # a resume with a new --budget changes it
         stage_names = list(planned) + sorted({a["stage"] for a in attempts} - set(planned))
+        replans: dict = {}   # stage -> every re-plan of it, oldest first (the pipeline's `replan` events)
+        for e in self.events(run_id, "replan"):
+            for name, r in (e["numbers"].get("stages") or {}).items():
+                replans.setdefault(name, []).append({"after": e["numbers"].get("after"), **r})
         stages = []
         for name in stage_names:
             p = planned.get(name, {})
@@ -461,7 +470,8 @@ class Ledger:
                 "total_usd": (p.get("compute_usd") or 0.0) + (p.get("api_usd") or 0.0),
                 "cloud": p.get("cloud"), "region": p.get("region"), "instance_type": p.get("instance_type"),
                 "price_per_hour": p.get("price_per_hour"), "price_source": p.get("price_source"),
-                "price_date": p.get("price_date"), "arithmetic": p.get("arithmetic")}, "actual": actual})
+                "price_date": p.get("price_date"), "arithmetic": p.get("arithmetic")},
+                "replans": replans.get(name, []), "actual": actual})
         by_cloud: dict = {}
         for a in attempts:
             key = (a["cloud"] or ("controller" if a["kind"] in ("api", "none") else "local"), a["region"])
@@ -580,6 +590,24 @@ def _amount(value, what: str, negative: bool = False, whole: bool = False):
     if whole and value != int(value):
         raise BadInput(f"{what} = {value!r}: expected a whole number; nothing was recorded")
     return int(value) if whole else value
+
+
+def this_process() -> dict:
+    import socket
+
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _legacy_lease(db, run_id: str) -> dict | None:
+    row = db.execute("SELECT reason, numbers, wall_at FROM events WHERE run_id = ? AND kind = 'run' "
+                     "ORDER BY id DESC LIMIT 1", (run_id,)).fetchone()
+    if row is None or row["reason"] not in ("started", "resumed"):
+        return None
+    numbers = json.loads(row["numbers"] or "{}")
+    if not numbers.get("pid") or numbers.get("host") != this_process()["host"]:
+        return None           # as before leases: only a live pid on this host holds the run
+    return {"pid": int(numbers["pid"]), "host": str(numbers["host"]), "heartbeat_at": time.time(),
+            "released_at": None}
 
 
 def _stale(row, now: float, stale_s: float) -> str | None:

@@ -90,7 +90,9 @@ def render_audit(a: dict) -> str:
         p, x = s["planned"], s["actual"]
         rows.append({"stage": s["stage"], "state": x["state"], "where": _where(x if x["attempts"] else p, s["kind"]),
                      "$/h": x["price_per_hour"] or None, "plan GPU-h": p["gpu_hours"], "GPU-h": x["gpu_hours"],
-                     "plan $": p["total_usd"], "compute $": x["compute_usd"], "API $": x["api_usd"],
+                     "plan $": p["total_usd"],
+                     "re-plan $": s["replans"][-1]["total_usd"] if s.get("replans") else None,
+                     "compute $": x["compute_usd"], "API $": x["api_usd"],
                      "tokens in/out": (f"{x['prompt_tokens']:,}/{x['completion_tokens']:,}"
                                        if x["prompt_tokens"] or x["completion_tokens"] else None),
                      "preempt": x["preemptions"], "total $": x["total_usd"]})
@@ -105,6 +107,11 @@ def render_audit(a: dict) -> str:
                      + (f"  ({x['attempts']} attempts)" if x["attempts"] > 1 else ""))
         if x["message"] and x["state"] not in ("finished",):
             lines.append(f"  {'':<{width}}    {x['message']}")
+        for r in s.get("replans") or []:   # first plan -> each re-plan -> the actual above
+            lines.append(f"  {'':<{width}}    re-planned after {r['after']}: ${r['was_usd']:,.2f} -> "
+                         f"${r['total_usd']:,.2f}  {r['arithmetic']}")
+            for why in r.get("reasons") or []:
+                lines.append(f"  {'':<{width}}      because {why}")
     lines += ["", f"Total: {money(t['actual_usd'])} = compute {money(t['compute_usd'])} + API {money(t['api_usd'])}"
                   f"  ({t['gpu_hours']:,.1f} GPU-hours, planned {money(t['planned_usd'])})"]
     if t["budget"] is not None:
@@ -119,7 +126,8 @@ def render_audit(a: dict) -> str:
                                            "records": m["records"], "prompt": m["prompt_tokens"],
                                            "cached": m["cached_tokens"], "completion": m["completion_tokens"],
                                            "$": m["usd"]} for m in a["by_model"]], floatfmt=",.4f")]
-    refused = [d for d in a["decisions"] if d["ok"] == 0 or (d["kind"] == "stop" and d["ok"])]
+    refused = [d for d in a["decisions"] if (d["ok"] == 0 and d["kind"] not in ("forecast", "stop"))
+               or (d["kind"] in ("stop", "forecast") and d["ok"])]
     if refused:
         lines += ["", "Budget guard:"] + [f"  {d['stage']}: {d['kind']}: {d['reason']}" for d in refused]
     return "\n".join(lines)

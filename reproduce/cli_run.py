@@ -101,7 +101,7 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         raise UserError(f"--sim-pace {sim['pace_s']!r}: expected real seconds per poll from 0 to 60")
     ledger, found, spent = None, None, 0.0
     if resume:
-        changed = [flag for flag, given in (("--recipe", recipe_name), ("--set", sets), ("--scale", scale)) if given]
+        changed = [flag for flag, given in (("--recipe", recipe_name), ("--scale", scale)) if given]
         if changed:   # the run's recipe is what its plan, ledger rows and artifacts were made from
             raise UserError(f"--resume {resume} continues the run's own recipe; {', '.join(changed)} would change "
                             f"it mid-run: start a new run instead (reproduce all {' '.join(changed)} ...)")
@@ -109,7 +109,8 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         found = ledger.run(resume)
         if found is None:
             raise UserError(f"--resume {resume!r}: no such run in {ledger.path}; see `reproduce runs`")
-        resolved = yaml.safe_load(found["recipe_yaml"])   # the recipe the run started with, flags and all
+        resolved = resumed_recipe(ledger, resume, found)
+        recipe_change = change_on_resume(ledger, resume, resolved, sets) if sets else None
         if budget_usd is None:
             budget_usd = ledger.budget(resume)
         if backend == "auto":
@@ -134,6 +135,12 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
             typer.echo(f"[{name}] already finished in this run: skipped", err=True)
         plan = plan.only([s.stage for s in plan.stages if s.stage not in finished])
         plan.spent_usd = spent
+        known = pipeline.known_facts(ledger, resume)
+        if known and plan.stages:   # what the run measured before it stopped, not the recipe's assumptions
+            from reproduce import replan
+
+            rows, _, _ = replan.replan(resolved, known, [s.stage for s in plan.stages], budget_usd, chosen, None)
+            plan.stages = [rows[s.stage] for s in plan.stages]
     if only:
         plan = plan.only(only)
         if resume:
@@ -162,6 +169,9 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
             typer.echo("not started", err=True)
             raise typer.Exit(1)
     ledger = ledger or open_ledger()
+    if resume and sets:   # an explicit re-plan: recorded, and every later resume applies it too
+        ledger.add_event(resume, None, "recipe_changed", ok=True, reason=f"--set {' --set '.join(sets)} on resume",
+                         numbers={"sets": list(sets), "stages": recipe_change})
     if resume and only and only[0] in ledger.finished_stages(resume):
         typer.echo(f"stage {only[0]} already finished in run {resume}; nothing to do", err=True)
         return
@@ -173,10 +183,47 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if result.exit_code == 0 and scores.is_file():   # the question after "where did the money go?"
         typer.echo("\n" + scores.read_text().strip())
     if result.exit_code == 3:
-        raise OverBudget(f"{result.reason} (resume with `reproduce all --resume {result.run_id} --budget USD`)")
+        hint = "" if "--resume" in result.reason else f" (resume with `reproduce all --resume {result.run_id} --budget USD`)"
+        raise OverBudget(result.reason + hint)
     if result.exit_code:
         typer.echo(f"error: {result.reason} (resume with `reproduce all --resume {result.run_id}`)", err=True)
         raise typer.Exit(result.exit_code)
+
+
+def resumed_recipe(ledger, run_id: str, found: dict) -> dict:
+    """The recipe the run started with, flags and all, with every change recorded on a resume since."""
+    import yaml
+
+    from reproduce.recipe import parse_value, set_key
+
+    recipe = yaml.safe_load(found["recipe_yaml"])
+    for e in ledger.events(run_id, "recipe_changed"):
+        for item in e["numbers"].get("sets", []):
+            key, _, raw = item.partition("=")
+            set_key(recipe, key.strip(), parse_value(raw))
+    return recipe
+
+
+def change_on_resume(ledger, run_id: str, recipe: dict, sets: list[str]) -> list[str]:
+    """`--resume R --set k=v`: allowed for the sections of stages not finished yet (what is done stays as it
+    was done); checked like any recipe value. Changes `recipe` in place; returns the stages it affects."""
+    from reproduce import recipe_schema, stagetable
+    from reproduce.recipe import parse_value, set_key
+
+    finished = ledger.finished_stages(run_id)
+    open_sections = {s.section: s.name for s in stagetable.STAGES if s.name not in finished}
+    touched = []
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        section = key.strip().split(".")[0]
+        if not sep or section not in open_sections:
+            done = [s.name for s in stagetable.STAGES if s.section == section]
+            raise UserError(f"--resume {run_id} --set {item}: only the sections of stages still to run may change "
+                            f"({', '.join(sorted(open_sections))})" + (f"; {done[0]} is finished" if done else ""))
+        set_key(recipe, key.strip(), parse_value(raw))
+        touched.append(open_sections[section])
+    recipe_schema.check(recipe, origin=lambda key: "from --set on resume")
+    return sorted(set(touched))
 
 
 def _check_inputs(ledger, run_id: str, name: str, found: dict) -> None:

@@ -103,9 +103,7 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
         found = ledger.run(run_id)
         if found is None:
             raise UserError(f"--resume {run_id!r}: no such run; see `reproduce runs`")
-        state = ledger.run_state(run_id)
-        if state["reason"] in ("started", "resumed") and _alive(state["numbers"]) and state["numbers"].get("pid") != me["pid"]:
-            raise UserError(f"run {run_id} is in progress (pid {state['numbers']['pid']}); wait for it or stop it first")
+        ledger.claim_run(run_id, me)   # atomic: of two resumers one proceeds, the other exits 2 naming it
         artifacts = Path(found["artifacts"])
         ledger.add_event(run_id, None, "run", ok=True, reason="resumed", numbers={**me, "budget": budget},
                          at=executor.now())
@@ -127,6 +125,7 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
         ledger.create_run(run_id, recipe=plan.recipe, scale=plan.scale, backend=ex_name, budget=budget,
                           simulated=simulated, artifacts=str(artifacts), recipe_yaml=dump(recipe),
                           plan=plan.to_dict(), at=executor.now())
+        ledger.claim_run(run_id, me)
         for name in selected:
             p = rows[name]
             ledger.add_stage_row(run_id, name, "planned", at=executor.now(), simulated=simulated,
@@ -140,32 +139,37 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
     def end(code: int, reason: str, stage: str | None = None, why: str = "") -> RunResult:
         ledger.add_event(run_id, stage, "run", ok=code == 0, reason=reason, numbers={"exit_code": code},
                          at=executor.now())
+        ledger.release_run(run_id, me)
         return RunResult(run_id, code, stage, why, artifacts)
 
     finished = ledger.finished_stages(run_id)
+    watch = _Watch(run_id, recipe, executor, ledger, budget, artifacts, bucket, simulated, progress, poll_s, every,
+                   teardown_s, plan.backend)
+    known = known_facts(ledger, run_id)
     for i, name in enumerate(selected):
         p = rows[name]
         if name in finished:
             progress.note(name, "already finished in this run: skipped")
             continue
-        later = [rows[s].total_usd for s in selected[i + 1:] if s not in finished]
-        spent, rest = ledger.spent(run_id), sum(later)
+        later = [s for s in selected[i + 1:] if s not in finished]
+        spent, rest = ledger.spent(run_id), sum(rows[s].total_usd for s in later)
         decision = guard.record(ledger, run_id, name, guard.admit(spent, p.total_usd, rest, budget, name),
                                 at=executor.now())
         if not decision.ok:
             progress.note(name, f"not started: {decision.reason}")
-            return end(3, "stopped", name, f"stage {name} not started: {decision.reason}")
+            return end(3, "stopped", name, f"stage {name} not started: {decision.reason}"
+                       + _what_would_fit(watch, rows, [name, *later], known))
         stage_envs = dict(envs or {})
         if p.kind == "api" and budget is not None:
             refused = _api_batch(ledger, run_id, name, p, spent, rest, budget, executor.now())
             if refused:
                 progress.note(name, f"not started: {refused}")
-                return end(3, "stopped", name, f"stage {name} not started: {refused}")
+                return end(3, "stopped", name, f"stage {name} not started: {refused}"
+                           + _what_would_fit(watch, rows, [name, *later], known))
             # the stage program refuses a batch over what is left for it (reproduce/stages/rewrite.py)
             stage_envs["REPRODUCE_API_BUDGET_USD"] = f"{budget - spent - rest:.2f}"
         try:
-            outcome = _run_stage(name, p, recipe, executor, ledger, run_id, artifacts, stage_envs, bucket, budget,
-                                 spent, poll_s, every, teardown_s, simulated, progress)
+            outcome = _run_stage(watch, name, p, stage_envs, spent, rest)
         except KeyboardInterrupt:
             end(130, "cancelled", name, "Ctrl-C")
             raise
@@ -174,84 +178,272 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
             raise
         if outcome is not None:
             code, why = outcome
+            if code == 3:
+                why += _what_would_fit(watch, rows, [name, *later], known, stopped=name)
             return end(code, "stopped" if code == 3 else "failed", name, why)
+        if later:
+            _replan(watch, name, p, rows, later, known)
     # "finished" only when every stage of the recipe is; one stage of a run (`reproduce stage`) pauses it
     done = ledger.finished_stages(run_id) >= set(stagetable.NAMES)
     return end(0, "finished" if done else "paused")
 
 
-def _run_stage(name, p, recipe, executor, ledger, run_id, artifacts, envs, bucket, budget, spent_before,
-               poll_s, every, teardown_s, simulated, progress):
-    """Launch and watch one stage. None on success, else (exit code, why)."""
-    ctx = RunContext(run_id=run_id, recipe=recipe, stage=name, plan=p, artifacts=artifacts, envs=envs, bucket=bucket)
-    started = executor.now()
-    attempt = ledger.add_stage_row(run_id, name, "started", at=started, state="PENDING", started_at=started,
-                                   simulated=simulated, **_plan_fields(p))
+@dataclass
+class _Watch:
+    """What every stage of one run shares while it is launched and watched."""
+    run_id: str
+    recipe: dict
+    executor: object
+    ledger: object
+    budget: float | None
+    artifacts: Path
+    bucket: str | None
+    simulated: bool
+    progress: object
+    poll_s: float
+    every: float
+    teardown_s: float
+    backend: str
+    observed: dict = None    # stage -> its forecast at completion / its plan, for a stage the forecast stopped
+
+    def __post_init__(self):
+        self.observed = {}
+
+
+def known_facts(ledger, run_id: str) -> dict:
+    """What earlier stages of this run measured (a resumed run re-plans from them too)."""
+    return {e["stage"]: e["numbers"] for e in ledger.events(run_id, "measured") if e["stage"]}
+
+
+def _replan(w: _Watch, name: str, p, rows: dict, later: list[str], known: dict) -> None:
+    """After `name` finished: its measured facts, then the stages still to run priced again from every fact."""
+    from reproduce import replan
+
+    attempts = w.ledger.attempts(w.run_id, name)
+    facts = replan.facts(name, read_summary(w.artifacts, name), attempts[-1] if attempts else {}, p, w.recipe,
+                         w.artifacts)
+    if not facts:
+        return
+    known[name] = facts
+    w.ledger.add_event(w.run_id, name, "measured", ok=True, reason=f"what {name} measured", numbers=facts,
+                       at=w.executor.now())
+    try:
+        new, reasons, why = replan.replan(w.recipe, known, later, w.budget, w.backend, None)
+    except UserError as e:   # the measured workload no longer fits in memory: say so, keep the old rows
+        w.progress.note(name, f"re-plan refused: {e}")
+        return
+    before = sum(rows[s].total_usd for s in later)
+    changes = {}
+    for s in later:
+        if abs(new[s].total_usd - rows[s].total_usd) > 0.005 or abs(new[s].hours - rows[s].hours) > 1e-6:
+            changes[s] = {"was_usd": rows[s].total_usd, "total_usd": new[s].total_usd, "hours": new[s].hours,
+                          "base_hours": new[s].base_hours, "arithmetic": new[s].arithmetic,
+                          "reasons": reasons.get(s, [])}
+        rows[s] = new[s]
+    if not changes:
+        return
+    after = sum(rows[s].total_usd for s in later)
+    text = f"after {name}: the rest re-planned ${before:,.2f} -> ${after:,.2f}"
+    detail = "; ".join(why + [r for s in later for r in reasons.get(s, [])])
+    w.ledger.add_event(w.run_id, name, "replan", ok=True, reason=text + (f" ({detail})" if detail else ""),
+                       numbers={"after": name, "rest_was_usd": before, "rest_usd": after, "stages": changes,
+                                "why": why}, at=w.executor.now())
+    if abs(after - before) > 0.005:
+        w.progress.note(name, text + (f": {detail}" if detail else ""))
+
+
+def _what_would_fit(w: _Watch, rows: dict, rest: list[str], known: dict, stopped: str | None = None) -> str:
+    """The cheapest way to finish `rest` within the budget, as a command to paste, or that none exists. A stage
+    the forecast stopped counts at its observed rate (what is left of its forecast, after what it saved)."""
+    import copy
+
+    from reproduce.plan import KNOBS
+
+    if w.budget is None:
+        return ""
+    spent = w.ledger.spent(w.run_id)
+    factor, paid = w.observed.get(stopped, (1.0, 0.0))
+
+    def cost(stage_rows: dict) -> float:
+        """The rest's $; the stopped stage at its observed rate, less what it already paid for (it resumes
+        from what it saved), plus a relaunch."""
+        total = 0.0
+        for s in rest:
+            row = stage_rows[s]
+            if s == stopped:
+                relaunch = w.recipe["costs"]["startup_hours"] * row.price_per_hour
+                total += max(row.total_usd * factor - paid, 0.0) + relaunch
+            else:
+                total += row.total_usd
+        return total
+
+    need = spent + cost(rows)
+    options = [f"`reproduce all --resume {w.run_id} --budget {_ceil10(need):g}` finishes it as is "
+               f"(spent ${spent:,.2f} + the rest at the observed rate ${need - spent:,.2f})"]
+    best = None
+    try:
+        from reproduce import replan
+        from reproduce.plan import build_plan
+        from reproduce.recipe import set_key
+
+        base, _ = replan.apply(w.recipe, known)
+        for key, value, why in KNOBS:
+            section = key.split(".")[0]
+            if section not in rest or base[section].get(key.split(".")[1]) == value:
+                continue
+            variant = copy.deepcopy(base)
+            set_key(variant, key, value)
+            alt = {s.stage: s for s in build_plan(variant, w.budget, w.backend, suggest=False).stages}
+            total = spent + cost(alt)
+            if total <= w.budget and (best is None or total < best[0]):
+                shown = str(value).lower() if isinstance(value, bool) else value
+                best = (total, f"--set {key}={shown}", why)
+    except Exception:   # noqa: BLE001 - advice must never hide the stop itself
+        best = None
+    if best:
+        options.append(f"`reproduce all --resume {w.run_id} {best[1]}` fits the ${w.budget:,.2f} budget "
+                       f"(${best[0]:,.2f} in all; {best[2]})")
+    else:
+        options.append(f"no single change to the remaining stages fits the ${w.budget:,.2f} budget")
+    return "; " + "; or ".join(options)
+
+
+def _ceil10(x: float) -> float:
+    import math
+
+    return math.ceil(x / 10) * 10
+
+
+def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, rest: float):
+    """Launch and watch one stage. None on success, else (exit code, why). At every poll: the hard cap
+    (spend by the next poll would pass the budget) and the forecast (at the observed rate the run cannot
+    finish within the budget)."""
+    ex, ledger = w.executor, w.ledger
+    ctx = RunContext(run_id=w.run_id, recipe=w.recipe, stage=name, plan=p, artifacts=w.artifacts, envs=envs,
+                     bucket=w.bucket)
+    started = ex.now()
+    attempt = ledger.add_stage_row(w.run_id, name, "started", at=started, state="PENDING", started_at=started,
+                                   simulated=w.simulated, **_plan_fields(p))
     handle = None
     st = StageStatus(state="PENDING")
+    rate = _Rate()
     try:
-        handle = executor.launch(ctx)
+        handle = ex.launch(ctx)
         last_state, last_row = None, started
         while True:
-            st = executor.poll(handle)
-            now = executor.now()
-            progress.status(name, st, p.total_usd)
+            st = ex.poll(handle)
+            ledger.heartbeat(w.run_id)   # LeaseLost if another process took this run over
+            now = ex.now()
+            if p.kind == "api":
+                _record_usage(w, name, attempt, now)
+            cost = st.cost_usd + st.api_usd
+            fc = rate.forecast(st, cost, now)
+            w.progress.status(name, st, p.total_usd, forecast=fc[0] if fc else None, eta_s=rate.eta_s)
             if st.done:
                 break
-            if st.state != last_state or now - last_row >= every:
-                ledger.add_stage_row(run_id, name, "progress", at=now, attempt=attempt,
-                                     **_actual(st, p, started, now, simulated))
+            if st.state != last_state or now - last_row >= w.every:
+                ledger.add_stage_row(w.run_id, name, "progress", at=now, attempt=attempt,
+                                     **_actual(st, p, started, now, w.simulated))
                 last_state, last_row = st.state, now
-            decision = guard.should_stop(spent_before, st.cost_usd, st.price_per_hour, poll_s, budget, teardown_s)
+            decision = guard.should_stop(spent_before, cost, st.price_per_hour, w.poll_s, w.budget, w.teardown_s)
+            if not decision.ok and fc is not None:
+                decision = guard.should_stop_forecast(name, spent_before, fc[0], rest, w.budget, fc[1])
+                if decision.ok and p.total_usd > 0:
+                    w.observed[name] = (fc[0] / p.total_usd, cost)
             if decision.ok:
-                guard.record(ledger, run_id, name, decision, at=now)
-                executor.cancel(handle)
-                st = executor.poll(handle)
+                guard.record(ledger, w.run_id, name, decision, at=now)
+                ex.cancel(handle)
+                st = ex.poll(handle)
+                if p.kind == "api":
+                    _record_usage(w, name, attempt, ex.now())
                 why = f"stage {name} stopped by the budget guard: {decision.reason}"
-                ledger.add_stage_row(run_id, name, "cancelled", at=executor.now(), attempt=attempt,
-                                     **_actual(st, p, started, executor.now(), simulated, message=why))
-                progress.status(name, st, p.total_usd, force=True)
+                ledger.add_stage_row(w.run_id, name, "cancelled", at=ex.now(), attempt=attempt,
+                                     **_actual(st, p, started, ex.now(), w.simulated, message=why))
+                w.progress.status(name, st, p.total_usd, force=True)
                 return 3, why
-            executor.wait(poll_s)
+            ex.wait(w.poll_s)
     except KeyboardInterrupt:
         if handle is not None:
-            executor.cancel(handle)
+            ex.cancel(handle)
             try:
-                st = executor.poll(handle)
+                st = ex.poll(handle)
             except Exception:
                 pass
-        ledger.add_stage_row(run_id, name, "cancelled", at=executor.now(), attempt=attempt,
-                             **_actual(st, p, started, executor.now(), simulated,
+        if p.kind == "api":
+            _record_usage(w, name, attempt, ex.now())
+        ledger.add_stage_row(w.run_id, name, "cancelled", at=ex.now(), attempt=attempt,
+                             **_actual(st, p, started, ex.now(), w.simulated,
                                        message="cancelled by Ctrl-C; torn down", state="CANCELLED"))
         raise
     except Exception as e:
         if handle is not None:
-            executor.cancel(handle)
-        ledger.add_stage_row(run_id, name, "failed", at=executor.now(), attempt=attempt,
-                             **_actual(st, p, started, executor.now(), simulated, message=f"{type(e).__name__}: {e}",
+            ex.cancel(handle)
+        ledger.add_stage_row(w.run_id, name, "failed", at=ex.now(), attempt=attempt,
+                             **_actual(st, p, started, ex.now(), w.simulated, message=f"{type(e).__name__}: {e}",
                                        state="FAILED"))
         if isinstance(e, UserError):
             raise
         return 1, f"stage {name} failed to launch: {e}"
-    now = executor.now()
+    now = ex.now()
     if st.state != "SUCCEEDED":
-        ledger.add_stage_row(run_id, name, "failed" if st.state == "FAILED" else "cancelled", at=now,
-                             attempt=attempt, **_actual(st, p, started, now, simulated))
+        ledger.add_stage_row(w.run_id, name, "failed" if st.state == "FAILED" else "cancelled", at=now,
+                             attempt=attempt, **_actual(st, p, started, now, w.simulated))
         return 1, f"stage {name} {st.state.lower()}: {st.message or 'no message'}"
-    summary = read_summary(artifacts, name)
-    usage = summary.get("api_usage") or []
+    summary = read_summary(w.artifacts, name)
+    # a usage log (one line per paid result) is the record; a summary's api_usage only where there is none
+    usage = [] if _record_usage(w, name, attempt, now) is not None else (summary.get("api_usage") or [])
     calibration = []
-    if not simulated:
+    if not w.simulated:
         from costmodel.calibration import observations
 
         try:
-            calibration = observations(name, summary, recipe, p.to_dict())
+            calibration = observations(name, summary, w.recipe, p.to_dict())
         except Exception:   # a summary missing a field must not lose the stage's accounting
             calibration = []
     message = st.message or ("" if summary or p.kind != "api" else "no summary.json: API spend not reported")
-    ledger.finish_stage(run_id, name, attempt, at=now, api_usage=usage, calibration=calibration,
-                        **_actual(st, p, started, now, simulated, message=message))
+    ledger.finish_stage(w.run_id, name, attempt, at=now, api_usage=usage, calibration=calibration,
+                        **_actual(st, p, started, now, w.simulated, message=message))
     return None
+
+
+class _Rate:
+    """$ and time per unit of progress within this attempt, from its first reported progress to now: what
+    the forecast and the ETA rest on."""
+
+    def __init__(self):
+        self.first = None   # (cost, done, time) at the first poll with progress
+        self.eta_s = None
+
+    def forecast(self, st: StageStatus, cost: float, now: float):
+        """(usd at completion, arithmetic), once FORECAST_MIN_SHARE of the work is done this attempt."""
+        prog = st.progress or {}
+        done, total = float(prog.get("done") or 0), float(prog.get("total") or 0)
+        if total <= 0 or st.state not in ("RUNNING", "RECOVERING"):
+            return None
+        if self.first is None:
+            self.first = (cost, done, now)
+            return None
+        c0, d0, t0 = self.first
+        if done <= d0 or now <= t0:
+            return None
+        self.eta_s = (total - done) * (now - t0) / (done - d0)
+        if done - d0 < guard.FORECAST_MIN_SHARE * total:
+            return None
+        return guard.forecast(cost, done, total, (cost - c0) / (done - d0))
+
+
+def _record_usage(w: _Watch, stage: str, attempt: int, at: float) -> int | None:
+    """New lines of ARTIFACTS/<stage>/usage.jsonl into the ledger; None when the stage keeps no such log."""
+    path = Path(w.artifacts) / stage / "usage.jsonl"
+    if not path.is_file():
+        return None
+    lines = []
+    for raw in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:   # a line cut by a kill mid-write: the next poll reads it whole
+            break
+    return w.ledger.add_usage_lines(w.run_id, stage, lines, at=at, attempt=attempt, simulated=w.simulated)
 
 
 def read_summary(artifacts: Path, stage: str) -> dict:
@@ -322,10 +514,16 @@ class Progress:
         self.stream.write(f"[{stage}] {text}\n")
         self.stream.flush()
 
-    def status(self, stage: str, st: StageStatus, estimate_usd: float, force: bool = False) -> None:
-        h, rem = divmod(int(st.elapsed_s), 3600)
-        line = (f"[{stage}] {st.state:<10} {h:d}:{rem // 60:02d}:{rem % 60:02d} elapsed  ${st.cost_usd:,.2f} "
-                f"of est ${estimate_usd:,.2f}" + (f"  preemptions {st.preemptions}" if st.preemptions else "")
+    def status(self, stage: str, st: StageStatus, estimate_usd: float, force: bool = False,
+               forecast: float | None = None, eta_s: float | None = None) -> None:
+        prog = st.progress or {}
+        done = ""
+        if prog.get("total"):
+            done = f"  {prog['done']:,.0f}/{prog['total']:,.0f} {prog.get('unit', '')} " \
+                   f"({prog['done'] / prog['total']:.0%})" + (f" ETA {_clock(eta_s)}" if eta_s and not st.done else "")
+        line = (f"[{stage}] {st.state:<10} {_clock(st.elapsed_s)} elapsed  ${st.cost_usd + st.api_usd:,.2f} "
+                f"of est ${estimate_usd:,.2f}" + (f" (forecast ${forecast:,.2f})" if forecast is not None else "")
+                + done + (f"  preemptions {st.preemptions}" if st.preemptions else "")
                 + (f"  {st.message}" if st.message and (st.done or st.state == "STARTING") else ""))
         changed = self.last.get(stage) != st.state
         self.last[stage] = st.state
@@ -342,3 +540,8 @@ class Progress:
         if self.tty and self.open:
             self.stream.write("\n")
             self.open = False
+
+
+def _clock(seconds: float) -> str:
+    h, rem = divmod(int(seconds), 3600)
+    return f"{h:d}:{rem // 60:02d}:{rem % 60:02d}"

@@ -32,6 +32,8 @@ class Stage:
     estimate: Callable           # gpu: (recipe, offer, calibration, on_demand_offer=, spot=) -> StageEstimate
                                  # others: (recipe) -> StageEstimate
     model: str | None = None     # gpu stages: the recipe's models.<model> it loads (memory, throughput)
+    work: str | None = None      # what bounds its speed: a finished stage's measured speed re-plans the
+                                 #   remaining stages of the same work (reproduce.replan)
 
     def on_controller(self, recipe: dict) -> bool:
         """Runs beside the CLI, never on a cluster: controller stages, and a filter with `where: local`."""
@@ -76,7 +78,7 @@ def _convert(recipe: dict):
 STAGES: tuple[Stage, ...] = (
     Stage("generate", "generate", "generate", GPU, "managed", "generate", (),
           "teacher traces (vLLM on GPU, transformers on CPU)",
-          partial(estimates.estimate_generate, stage="generate"), model="teacher"),
+          partial(estimates.estimate_generate, stage="generate"), model="teacher", work="vLLM decode"),
     Stage("filter", "filter", "filter", CPU, "cluster", "filter", ("generate",),
           "rejection sampling: grade traces (math-verify, sandboxed code, multiple choice)",
           estimates.estimate_filter),
@@ -85,10 +87,10 @@ STAGES: tuple[Stage, ...] = (
     Stage("convert", "convert", None, CONTROLLER, None, "convert", ("rewrite",),
           "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory", _convert),
     Stage("sft", "sft", "sft", GPU, "managed", "sft", ("convert",),
-          "render the LLaMA-Factory config and train", estimates.estimate_sft, model="student"),
+          "render the LLaMA-Factory config and train", estimates.estimate_sft, model="student", work="training"),
     Stage("eval", "evaluate", "eval", GPU, "managed", "eval", ("sft",),
           "benchmarks vs the published table",
-          partial(estimates.estimate_generate, stage="eval"), model="student"),
+          partial(estimates.estimate_generate, stage="eval"), model="student", work="vLLM decode"),
 )
 NAMES = tuple(s.name for s in STAGES)
 GPU_STAGES = tuple(s.name for s in STAGES if s.where == GPU)

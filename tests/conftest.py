@@ -21,3 +21,9 @@ def home(tmp_path, monkeypatch):
     prices.clear_cache()
     yield root
     prices.clear_cache()
+
+
+@pytest.fixture(autouse=True)
+def no_cloud_metadata(monkeypatch):
+    """boto3 without credentials fails at once instead of probing the EC2 metadata endpoint (seconds each)."""
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

@@ -29,7 +29,7 @@ def test_table_shows_arithmetic_sources_and_budget(stopped_run, capsys):
     assert "8 x $0.85/h x " in out and "[simulated at bundled snapshot" in out
     assert "Budget: $450.00" in out and "within budget" in out
     assert "By cloud:" in out and "By model:" in out and "gpt-4o-mini" in out
-    assert "sft: stop: spent $" in out
+    assert "sft: forecast: at the observed rate sft ends at $" in out
 
 
 def test_csv_parses_and_the_total_row_adds_up(stopped_run, capsys):

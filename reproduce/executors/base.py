@@ -54,6 +54,8 @@ class StageStatus:
     gpus: int = 0
     preemptions: int = 0
     message: str = ""
+    api_usd: float = 0.0         # API $ paid so far by this attempt (API stages)
+    progress: dict | None = None  # {done, total, unit, updated_at}: ARTIFACTS/<stage>/progress.json
 
     @property
     def done(self) -> bool:

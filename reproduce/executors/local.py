@@ -56,6 +56,7 @@ class _Job:
     tail: list = field(default_factory=list)
     pump: threading.Thread | None = None
     aux: subprocess.Popen | None = None        # the local OpenAI-compatible server of a smoke rewrite
+    artifacts: Path | None = None              # where the stage writes progress.json
 
 
 class LocalExecutor:
@@ -113,7 +114,8 @@ class LocalExecutor:
             _stop(aux)
             raise
         handle = f"local:{stage}:{proc.pid}"
-        job = _Job(stage, proc, log, time.time(), phase="STARTING" if prepare else "RUNNING", aux=aux)
+        job = _Job(stage, proc, log, time.time(), phase="STARTING" if prepare else "RUNNING", aux=aux,
+                   artifacts=artifacts)
         job.pump = threading.Thread(target=self._pump, args=(job, secrets), daemon=True)
         job.pump.start()
         self.jobs[handle] = job
@@ -133,9 +135,11 @@ class LocalExecutor:
         end = job.ended if (rc is not None and job.ended) else time.time()
         message = {"FAILED": f"exit {rc}: " + " | ".join(job.tail[-3:]) + f" (log: {job.log})",
                    "STARTING": f"building the stage environment, once per setup (log: {job.log})"}.get(state, "")
+        from reproduce.stages.common import read_progress
+
         return StageStatus(state=state, elapsed_s=end - job.started, cost_usd=0.0, price_per_hour=0.0,
                            price_source="local machine", cloud="local", spot=False, gpus=_gpu_count(),
-                           message=message)
+                           message=message, progress=read_progress(job.artifacts / job.stage))
 
     def cancel(self, handle: str) -> None:
         job = self.jobs.get(handle)

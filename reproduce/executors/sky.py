@@ -143,6 +143,10 @@ class SkyExecutor:
             st.message = "; ".join(m for m in (st.message, self._teardown(r)) if m)
         elif st.done:
             r.torn_down = True
+        if r.bucket_url and st.state in ("RUNNING", "RECOVERING"):
+            from reproduce.executors import bucket
+
+            st.progress = bucket.read_json(r.bucket_url, f"{r.stage}/progress.json")
         if st.state == "SUCCEEDED" and r.bucket_url and r.artifacts is not None:
             from reproduce.executors import bucket
 

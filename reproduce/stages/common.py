@@ -62,3 +62,27 @@ def run_main(name: str, parser, body, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted; run again to resume", file=sys.stderr)
         return 130
+
+
+def write_progress(stage_dir: str | Path, done: float, total: float, unit: str) -> None:
+    """ARTIFACTS/<stage>/progress.json `{done, total, unit, updated_at}`, replaced whole: what executors read
+    to show progress and an ETA, and what the budget guard forecasts the stage's cost from."""
+    import json
+    import time
+
+    stage_dir = Path(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tmp = stage_dir / "progress.json.tmp"
+    tmp.write_text(json.dumps({"done": done, "total": total, "unit": unit, "updated_at": time.time()}) + "\n")
+    tmp.replace(stage_dir / "progress.json")
+
+
+def read_progress(stage_dir: str | Path) -> dict | None:
+    """progress.json of a stage, or None (none yet, or cut mid-write)."""
+    import json
+
+    try:
+        data = json.loads((Path(stage_dir) / "progress.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("total") else None

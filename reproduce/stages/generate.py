@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from reproduce.stages.common import BadInput, run_main
+from reproduce.stages.common import BadInput, run_main, write_progress
 from reproduce.stages.common import load_recipe as _load
 
 SHARD_SIZE = 512          # problems per shard: ~2.3M output tokens at full scale, a few minutes of 8 GPUs
@@ -354,6 +354,7 @@ def run(args) -> int:
 
     info, gen_s, new_records = {"backend": None, "gpus": 0}, 0.0, 0
     tokens = collections.Counter()
+    write_progress(out_dir, len(todo_all) - len(todo), len(todo_all), "problems")
     if todo:
         render = chat_renderer(model)
         with open_backend(model, tp, dp, args.backend) as (info, complete):
@@ -374,6 +375,7 @@ def run(args) -> int:
                         tokens["response"] += c["response_tokens"]
                 path = write_shard(out_dir, rows)
                 new_records += len(rows)
+                write_progress(out_dir, len(todo_all) - len(todo) + start + len(chunk), len(todo_all), "problems")
                 chunk_tokens = sum(c["response_tokens"] for s in outs for c in s)
                 log(f"{path.name}: {len(chunk)} problems, {chunk_tokens:,} tokens in {dt:.1f} s "
                     f"({chunk_tokens / max(dt, 1e-9):,.0f} tok/s); {start + len(chunk)}/{len(todo)}")

@@ -34,7 +34,7 @@ SAME_NAME = ("template", "cutoff_len", "per_device_train_batch_size", "gradient_
              "packing")
 
 
-from reproduce.stages.common import BadInput, load_recipe
+from reproduce.stages.common import BadInput, load_recipe, write_progress
 
 
 def lf_config(recipe: dict, artifacts: str | Path) -> dict:
@@ -117,21 +117,29 @@ def launch_env(cfg: dict) -> dict:
         env["NPROC_PER_NODE"] = env["SKYPILOT_NUM_GPUS_PER_NODE"]
     if nodes > 1 or "deepspeed" in cfg or int(env.get("NPROC_PER_NODE", "0") or 0) > 1:
         env["FORCE_TORCHRUN"] = "1"  # DeepSpeed needs a distributed launch even on one process
+        if int(env.get("NPROC_PER_NODE") or 0) < 1:
+            # LLaMA-Factory's default is this node's GPU count: 0 on a CPU node (SkyPilot says 0 or nothing),
+            # and `torchrun --nproc_per_node 0` fails; a CPU node runs one process (gloo)
+            env["NPROC_PER_NODE"] = str(max(1, local_gpus()))
         # torchrun lives beside the interpreter running us (a venv not on PATH, in local runs)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-def gpu_count(env: dict) -> int:
-    per_node = env.get("SKYPILOT_NUM_GPUS_PER_NODE")
-    if per_node:
-        return int(per_node) * int(env.get("SKYPILOT_NUM_NODES", "1") or 1)
+def local_gpus() -> int:
     try:
         import torch
 
         return torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no torch, no GPUs
         return 0
+
+
+def gpu_count(env: dict) -> int:
+    per_node = env.get("SKYPILOT_NUM_GPUS_PER_NODE")
+    if per_node:
+        return int(per_node) * int(env.get("SKYPILOT_NUM_NODES", "1") or 1)
+    return local_gpus()
 
 
 def export_model(output_dir: Path, model_dir: Path) -> None:
@@ -227,7 +235,7 @@ def run(recipe_path: Path, artifacts: Path, dry_run: bool = False) -> int:
         build_tiny_model(model_path, train_on=None)
 
     start = time.time()
-    proc = subprocess.run(command, env=env)
+    proc = _train(command, env, output_dir, sft_dir if rank0 else None)
     if proc.returncode != 0:
         print(f"sft: llamafactory-cli train exited with {proc.returncode}", file=sys.stderr)
         return 1
@@ -241,6 +249,34 @@ def run(recipe_path: Path, artifacts: Path, dry_run: bool = False) -> int:
     print(f"sft: {summary['global_step']} steps, {summary['train_tokens']} tokens, "
           f"final loss {summary['final_loss']}, model in {model_dir}")
     return 0
+
+
+def _train(command: list[str], env: dict, output_dir: Path, progress_dir: Path | None):
+    """Run the trainer; meanwhile turn LLaMA-Factory's trainer_log.jsonl (current_steps / total_steps, one line
+    per logging step) into progress.json, the optimizer steps the pipeline forecasts from."""
+    import threading
+
+    proc = subprocess.Popen(command, env=env)
+    stop = threading.Event()
+
+    def watch():
+        log = output_dir / "trainer_log.jsonl"
+        while not stop.wait(5.0):
+            try:
+                last = log.read_text().strip().splitlines()[-1]
+                entry = json.loads(last)
+                write_progress(progress_dir, int(entry["current_steps"]), int(entry["total_steps"]), "steps")
+            except (OSError, ValueError, IndexError, KeyError, TypeError):
+                continue
+
+    watcher = threading.Thread(target=watch, daemon=True) if progress_dir is not None else None
+    if watcher:
+        watcher.start()
+    try:
+        proc.wait()
+    finally:
+        stop.set()
+    return proc
 
 
 def main(argv: list[str] | None = None) -> int:
