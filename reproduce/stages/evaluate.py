@@ -2,15 +2,21 @@
 
     python -m reproduce.stages.evaluate --recipe ARTIFACTS/recipe.yaml --artifacts ARTIFACTS [--model PATH]
 
-For each `eval.benchmarks` item: its problems (problems.load_benchmark; smoke: smoke_data), prompts with the
-student's system prompt (`eval.system_prompt`, else `convert.system_prompt`, the one SFT trained with; Sky-T1
-is evaluated with it, sky-t1.md section 3) and `generate.user_templates[domain]`, `n` samples at the
-benchmark's temperature and `eval.max_tokens` (generation shared with the generate stage: vLLM on GPUs,
-transformers on a CPU), graded by `grading.grade`. Score = mean accuracy over all samples x 100 (pass@1
-averaged over n, as SkyThought reports AIME/GPQA at n=8).
+For each `eval.benchmarks` item: its problems (problems.load_benchmark; smoke: smoke_data), asked and sampled
+by the published protocol (protocol.py: SkyThought's template, system prompt, temperature, top_p, n, max
+tokens, each with its source) unless the recipe says otherwise (a benchmark's temperature/n/top_p/template,
+eval.max_tokens, eval.system_prompt; the student's system prompt is `convert.system_prompt`, the one SFT
+trained with). Generation is shared with the generate stage (vLLM on GPUs, transformers on a CPU), with
+`eval.seed` and, when `eval.batch_invariant`, vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1,
+docs.vllm.ai features/batch_invariance: the same output whatever the batch). Every sample is graded twice:
+by the published scorer (math_equal.py: SkyThought's `math_equal` for math, the last-letter pick for GPQA)
+and by ours (grading.grade: math-verify, our letter extraction, the sandbox for code). Score = pass@1
+averaged over n x 100, with its standard error (eval_report.py); the fraction of samples the two graders
+judge differently is reported.
 
-Writes ARTIFACTS/eval/<benchmark>.jsonl (every graded sample), scores.json, table.md (ours vs published)
-and summary.json. Resumable: a benchmark already scored for the same model and settings is skipped.
+Writes ARTIFACTS/eval/<benchmark>.jsonl (every graded sample), scores.json, table.md (ours vs published, the
+protocol, and what made it: model, versions, seed, date, command) and summary.json. Resumable: a benchmark
+already scored for the same model and settings is skipped.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from reproduce.stages import eval_report, protocol
 from reproduce.stages import generate as gen_stage
 from reproduce.stages.common import BadInput, run_main
 
@@ -49,22 +56,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _grade_one(args):
+    """(ours correct, ours reason, published scorer correct) for one sample."""
+    from reproduce.stages import math_equal
     from reproduce.stages.grading import grade
 
-    record, limits = args
-    return grade(record, **limits)
+    record, limits, scorer = args
+    ok, reason = grade(record, **limits)
+    if scorer == "math_equal":
+        published = math_equal.score_math(record.get("response"), record.get("answer"),
+                                          limits.get("math_timeout_s", 5))
+    elif scorer == "last_letter":
+        published = math_equal.score_mcq(record.get("response"), record.get("answer"))
+    else:                                       # unit tests: our sandbox runs the same rule
+        published = ok
+    return ok, reason, published
 
 
-def grade_all(records: list[dict], limits: dict) -> list[tuple[bool, str]]:
+def grade_all(records: list[dict], limits: dict, scorer: str = "unit_tests") -> list[tuple[bool, str, bool]]:
     """Grade in worker processes (math-verify's timeouts need a process's main thread; code runs in the
     sandbox, which wants a single-threaded parent); a handful inline."""
     if len(records) <= 8:
-        return [_grade_one((r, limits)) for r in records]
+        return [_grade_one((r, limits, scorer)) for r in records]
     import multiprocessing as mp
 
     workers = max(1, min(os.cpu_count() or 1, 32))
     with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(_grade_one, [(r, limits) for r in records], chunksize=4))
+        return list(pool.map(_grade_one, [(r, limits, scorer) for r in records], chunksize=4))
 
 
 def run(args, argv) -> int:
@@ -72,7 +89,7 @@ def run(args, argv) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise BadInput(f"--limit {args.limit}: expected 1 or more")
-    t_start = time.monotonic()
+    t_start, started = time.monotonic(), _now()
     recipe = gen_stage.load_recipe(args.recipe)
     ev = recipe.get("eval") or {}
     benches = ev.get("benchmarks") or []
@@ -87,18 +104,21 @@ def run(args, argv) -> int:
     if not args.model and not Path(model).is_dir():
         raise BadInput(f"no model at {model}: run the sft stage first, or give --model")
     system_prompt = ev.get("system_prompt") or (recipe.get("convert") or {}).get("system_prompt")
-    templates = recipe["generate"]["user_templates"]
     limits = {k: v for k, v in (recipe.get("filter") or {}).items()
               if k in ("math_timeout_s", "code_timeout_s", "code_memory_mb")}
     tp, dp = int(ev.get("tensor_parallel", 1)), int(ev.get("data_parallel", 1))
+    seed, batch_invariant = int(ev.get("seed", 0)), bool(ev.get("batch_invariant", False))
     out_dir = Path(args.artifacts) / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    command = "python -m reproduce.stages.evaluate " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     scores, tokens, gen_s = _previous_scores(out_dir, model), collections.Counter(), 0.0
     info = {"backend": None, "gpus": 0}
     pending = []
     for bench in benches:
-        settings = _settings(bench, ev, system_prompt, args.limit, recipe.get("scale"))
+        proto = protocol.resolve(bench, recipe)
+        settings = _settings(bench, proto["ours"], system_prompt, args.limit, recipe.get("scale"), seed,
+                             batch_invariant)
         if scores.get(bench["name"], {}).get("settings") == settings:
             log(f"{bench['name']}: already scored ({scores[bench['name']]['score']:.1f}); skipped")
             continue
@@ -106,15 +126,17 @@ def run(args, argv) -> int:
             records = problems.load_benchmark(bench, recipe.get("scale", "full"), args.limit)
         except problems.BadSource as e:
             raise BadInput(str(e)) from None
-        pending.append((bench, settings, records))
+        pending.append((bench, proto, settings, records))
 
     if pending:
+        if batch_invariant:
+            os.environ["VLLM_BATCH_INVARIANT"] = "1"     # read by vLLM when it starts; replicas inherit it
         render = gen_stage.chat_renderer(model)
-        with gen_stage.open_backend(model, tp, dp, args.backend) as (info, complete):
-            for bench, settings, records in pending:
-                sampling = {"n": settings["n"], "temperature": settings["temperature"], "top_p": settings["top_p"],
-                            "max_tokens": settings["max_tokens"]}
-                prompts = [render(gen_stage.messages(r, system_prompt, templates)) for r in records]
+        with gen_stage.open_backend(model, tp, dp, args.backend, seed=seed) as (info, complete):
+            for bench, proto, settings, records in pending:
+                ours = proto["ours"]
+                sampling = {k: settings[k] for k in ("n", "temperature", "top_p", "max_tokens")}
+                prompts = [render(prompt_messages(r, ours, system_prompt)) for r in records]
                 t0 = time.monotonic()
                 outs = complete(prompts, sampling)
                 dt = time.monotonic() - t0
@@ -122,37 +144,35 @@ def run(args, argv) -> int:
                 samples = [{**r, "sample": k, "response": c["text"], "prompt_tokens": c["prompt_tokens"],
                             "response_tokens": c["response_tokens"], "finish_reason": c["finish_reason"]}
                            for r, cs in zip(records, outs) for k, c in enumerate(cs)]
-                for s, (ok, reason) in zip(samples, grade_all(samples, limits)):
-                    s["correct"], s["reason"] = ok, reason
+                published_scorer = proto["published"]["scorer"]
+                for s, (ok, reason, pub_ok) in zip(samples, grade_all(samples, limits, published_scorer)):
+                    s["correct"], s["reason"], s["correct_published_scorer"] = ok, reason, pub_ok
                     tokens["prompt"] += s["prompt_tokens"]
                     tokens["response"] += s["response_tokens"]
                 _write_jsonl(out_dir / f"{bench['name']}.jsonl", samples)
-                correct = sum(s["correct"] for s in samples)
-                score = 100.0 * correct / len(samples) if samples else 0.0
-                published = bench.get("published")
-                scores[bench["name"]] = {
-                    "score": round(score, 2), "published": published,
-                    "delta": round(score - published, 2) if published is not None else None,
-                    "problems": len(records), "samples": len(samples), "correct": correct,
-                    "reasons": dict(collections.Counter(s["reason"].split(":", 1)[0] for s in samples)),
-                    "response_tokens": sum(s["response_tokens"] for s in samples), "generate_s": round(dt, 2),
-                    "settings": settings}
+                scores[bench["name"]] = bench_scores(bench, proto, settings, records, samples, dt)
+                scores[bench["name"]]["made"] = {"date": started, "backend": info.get("backend"),
+                                                 "gpu": gen_stage.gpu_name(), "command": command}
+                b = scores[bench["name"]]
                 _write_json(out_dir / "scores.json", {"model": model, "benchmarks": scores})  # resume point
-                log(f"{bench['name']}: {score:.1f} ({correct}/{len(samples)} samples correct)"
-                    + (f", published {published}" if published is not None else "") + f"; {dt:.1f} s")
+                log(f"{bench['name']}: {b['score']:.1f} ± {b['se'] or 0:.1f} ({b['scorer']}), "
+                    f"{b['by_scorer'][b['ours_scorer']]['score']:.1f} ({b['ours_scorer']})"
+                    + (f", published {b['published']}" if b["published"] is not None else "") + f"; {dt:.1f} s")
 
     order = [b["name"] for b in ev.get("benchmarks") or []]
     scores = {k: scores[k] for k in sorted(scores, key=lambda k: order.index(k) if k in order else len(order))}
-    command = "python -m reproduce.stages.evaluate " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    made = {"date": _now(), "seed": seed, "batch_invariant": batch_invariant,
+            "published_dtype": protocol.DEFAULTS["dtype"], "environment": eval_report.environment()}
     result = {"model": model, "scale": recipe.get("scale"), "recipe": recipe.get("name"), "command": command,
-              "benchmarks": scores}
+              "made": made, "benchmarks": scores}
     _write_json(out_dir / "scores.json", result)
-    (out_dir / "table.md").write_text(table_md(result))
+    (out_dir / "table.md").write_text(eval_report.table_md(result))
     summary = {"stage": "eval", "model": model, "benchmarks": len(scores), "benchmarks_this_run": len(pending),
                "samples": sum(s["samples"] for s in scores.values()),
-               "samples_this_run": sum(len(r) * st["n"] for _, st, r in pending),
+               "samples_this_run": sum(len(r) * st["n"] for _, _, st, r in pending),
                "prompt_tokens_this_run": tokens["prompt"], "response_tokens_this_run": tokens["response"],
                "scores": {k: v["score"] for k, v in scores.items()},
+               "beyond_2se": sorted(k for k, v in scores.items() if v.get("beyond_2se")),
                "generate_s": round(gen_s, 2), "wall_s": round(time.monotonic() - t_start, 2),
                **gen_stage.throughput(info, (recipe["models"]["student"].get("params_b")), tp, tokens["response"],
                                       gen_s)}
@@ -161,11 +181,50 @@ def run(args, argv) -> int:
     return 0
 
 
-def _settings(bench: dict, ev: dict, system_prompt: str | None, limit: int | None, scale) -> dict:
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def prompt_messages(record: dict, ours: dict, system_prompt: str | None) -> list[dict]:
+    """The protocol's user template (the call-based one for functional code problems) and system prompt."""
+    template = ours["template"]
+    if ours.get("template_call_based") and (record.get("tests") or {}).get("fn_name"):
+        template = ours["template_call_based"]
+    if not template:
+        raise BadInput(f"no user template for {record['source']} ({record['domain']}): set the benchmark's "
+                       "template or generate.user_templates")
+    return gen_stage.messages(record, system_prompt, {record["domain"]: template})
+
+
+def bench_scores(bench: dict, proto: dict, settings: dict, records: list, samples: list, gen_s: float) -> dict:
+    """One benchmark's scores.json entry: the published scorer's score with its SE, ours beside it, how
+    often they disagree, and the delta vs published with its SE."""
+    n, scorer, ours = settings["n"], proto["published"]["scorer"], proto["ours"]["scorer"]
+    by_scorer = {}
+    for name, key in ((scorer, "correct_published_scorer"), (ours, "correct")):
+        by_scorer[name] = {**eval_report.score_with_se(eval_report.pass_rates(samples, key), n),
+                           "correct": sum(bool(s[key]) for s in samples)}
+    disagree = sum(bool(s["correct"]) != bool(s["correct_published_scorer"]) for s in samples)
+    main = by_scorer[scorer]
+    published = bench.get("published")
+    return {"score": main["score"], "se": main["se"], "se_sampling": main["se_sampling"], "scorer": scorer,
+            "ours_scorer": ours, "by_scorer": by_scorer,
+            "disagreement": None if scorer == ours else
+            {"samples": disagree, "fraction": round(disagree / len(samples), 4) if samples else 0.0},
+            "published": published, **eval_report.compare(main["score"], main["se"], published, len(records)),
+            "problems": len(records), "samples": len(samples), "correct": main["correct"],
+            "reasons": dict(collections.Counter(s["reason"].split(":", 1)[0] for s in samples)),
+            "response_tokens": sum(s["response_tokens"] for s in samples), "generate_s": round(gen_s, 2),
+            "protocol": proto, "settings": settings}
+
+
+def _settings(bench: dict, ours: dict, system_prompt: str | None, limit: int | None, scale, seed: int,
+              batch_invariant: bool) -> dict:
     """What a score depends on besides the model: a rerun with other settings scores again."""
-    return {"temperature": float(bench.get("temperature", 0.0)), "n": int(bench.get("n", 1)),
-            "top_p": float(bench.get("top_p", ev.get("top_p", 1.0))), "max_tokens": int(ev.get("max_tokens", 32768)),
-            "dataset": bench.get("dataset"), "limit": limit, "scale": scale,
+    return {"temperature": ours["temperature"], "n": ours["n"], "top_p": ours["top_p"],
+            "max_tokens": ours["max_tokens"], "template": ours["template"],
+            "template_call_based": ours.get("template_call_based"), "dataset": bench.get("dataset"),
+            "limit": limit, "scale": scale, "seed": seed, "batch_invariant": batch_invariant,
             "system_prompt_chars": len(system_prompt or "")}
 
 
@@ -178,25 +237,6 @@ def _previous_scores(out_dir: Path, model: str) -> dict:
     except ValueError:
         return {}
     return old.get("benchmarks", {}) if old.get("model") == model else {}
-
-
-def table_md(result: dict) -> str:
-    """Ours vs published, with the command that made it (open-r1 style)."""
-    lines = [f"# Evaluation: {result['model']}", "",
-             f"Scale: {result.get('scale')}. Score = mean accuracy over all samples x 100 (pass@1 averaged over n). "
-             "Published: Sky-T1-32B-Preview, SkyThought README (ST@HEAD).", "",
-             "| benchmark | ours | published | delta | samples | settings |",
-             "|---|---:|---:|---:|---:|---|"]
-    for name, s in result["benchmarks"].items():
-        st = s["settings"]
-        pub = "" if s["published"] is None else f"{s['published']:g}"
-        delta = "" if s["delta"] is None else f"{s['delta']:+.1f}"
-        lines.append(f"| {name} | {s['score']:.1f} | {pub} | {delta} | {s['samples']} ({s['problems']} x {st['n']}) "
-                     f"| T={st['temperature']:g}, top_p={st['top_p']:g}, n={st['n']}, max_tokens={st['max_tokens']} |")
-    lines += ["", f"Command: `{result['command']}`", ""]
-    if result.get("scale") == "smoke":
-        lines[2] += " Smoke scale: a tiny model on problems this project made; it proves the wiring, never the scores."
-    return "\n".join(lines)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
