@@ -129,7 +129,7 @@ def test_convert_drops_planted_overlaps_and_reports_counts(artifacts, capsys):
 
 def test_off_keeps_everything_and_bad_config_is_one_line(artifacts, capsys):
     recipe = yaml.safe_load((artifacts / "recipe.yaml").read_text())
-    recipe["convert"]["decontaminate"] = False
+    recipe["convert"]["decontaminate"]["enabled"] = False
     (artifacts / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     train, summary = _convert(artifacts, [_record(0, "numina_math", PLANTED["latex_spacing"])])
     assert len(train) == 1 and "decontamination" not in summary
@@ -137,7 +137,7 @@ def test_off_keeps_everything_and_bad_config_is_one_line(artifacts, capsys):
     (artifacts / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     assert convert.main(["--recipe", str(artifacts / "recipe.yaml"), "--artifacts", str(artifacts)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "convert.decontaminate.ngrams: unknown; expected ngram" in err
+    assert err.count("\n") == 1 and "convert.decontaminate.ngrams: unknown; expected enabled, ngram," in err
 
 
 def test_smoke_recipe_screens_against_its_own_benchmarks(tmp_path):

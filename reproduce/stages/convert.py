@@ -122,7 +122,7 @@ def write_json(path: Path, data) -> None:
 
 
 def decontamination_screen(recipe: dict, artifacts: Path):
-    """decontam.Screen for the recipe's eval benchmarks, or None when `convert.decontaminate: false`."""
+    """decontam.Screen for the recipe's eval benchmarks, or None when `convert.decontaminate.enabled` is false."""
     from reproduce.stages import decontam, problems
 
     try:

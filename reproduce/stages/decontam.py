@@ -174,22 +174,26 @@ def strip_template(text: str, template: str | None) -> str:
 
 # ---- the convert stage's screen ------------------------------------------------------------------------------
 
-DEFAULTS = {"ngram": 8, "common_ngram_problems": 5, "near_duplicates": 0.8}
+DEFAULTS = {"enabled": True, "ngram": 8, "common_ngram_problems": 5, "near_duplicates": 0.8}
 
 
 def config(recipe: dict) -> dict | None:
-    """`convert.decontaminate` with defaults filled in; None when off (`false`) or there are no benchmarks."""
+    """`convert.decontaminate` with defaults filled in; None when off (`enabled: false`, or `false`) or the
+    recipe has no eval benchmarks."""
     cfg = (recipe.get("convert") or {}).get("decontaminate", {})
-    if cfg is False or not ((recipe.get("eval") or {}).get("benchmarks")):
-        return None
     if cfg is True or cfg is None:
         cfg = {}
+    if cfg is False:
+        cfg = {"enabled": False}
     if not isinstance(cfg, dict):
-        raise ValueError(f"convert.decontaminate={cfg!r}: expected a mapping or false")
+        raise ValueError(f"convert.decontaminate={cfg!r}: expected a mapping")
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"convert.decontaminate.{unknown[0]}: unknown; expected {', '.join(DEFAULTS)}")
-    return {**DEFAULTS, **cfg}
+    cfg = {**DEFAULTS, **cfg}
+    if not cfg["enabled"] or not (recipe.get("eval") or {}).get("benchmarks"):
+        return None
+    return cfg
 
 
 def benchmark_problems(recipe: dict, artifacts=None) -> dict[str, list[tuple[str, str]]]:
@@ -212,7 +216,7 @@ def benchmark_problems(recipe: dict, artifacts=None) -> dict[str, list[tuple[str
             except ImportError as e:
                 raise ImportError(f"benchmark {bench['name']}: loading it needs {e.name or 'datasets'}; run "
                                   "`python -m reproduce.stages.decontam export --recipe R --artifacts A` where it is "
-                                  "installed, or set convert.decontaminate: false") from None
+                                  "installed, or set convert.decontaminate.enabled: false") from None
         out[bench["name"]] = [(r["id"], r["problem"]) for r in rows]
     return out
 
