@@ -69,6 +69,7 @@ def audit(
     if run_id is None:
         raise UserError(f"no runs in {ledger.path} yet: start one with `reproduce all --budget USD`")
     data = ledger.audit(run_id)
+    data["fidelity"] = fidelity(data)
     if plot:
         plot_spend(ledger, data, plot)
         typer.echo(f"wrote {plot}", err=True)
@@ -130,7 +131,55 @@ def render_audit(a: dict) -> str:
                or (d["kind"] in ("stop", "forecast") and d["ok"])]
     if refused:
         lines += ["", "Budget guard:"] + [f"  {d['stage']}: {d['kind']}: {d['reason']}" for d in refused]
+    lines += render_fidelity(a.get("fidelity") or fidelity(a))
     return "\n".join(lines)
+
+
+def fidelity(a: dict) -> dict:
+    """Decontamination counts (convert) and what made the eval table, from the stage facts the ledger holds
+    (a stage's `summary`) or else the run's artifacts folder: convert/summary.json, eval/scores.json."""
+    import json
+    from pathlib import Path
+
+    def summary(stage: str, file: str):
+        for s in a["stages"]:
+            facts = s.get("summary") or s["actual"].get("summary")
+            if s["stage"] == stage and isinstance(facts, dict):
+                return facts
+        path = Path(a["run"].get("artifacts") or "") / stage / file
+        try:
+            return json.loads(path.read_text()) if a["run"].get("artifacts") and path.is_file() else None
+        except (OSError, ValueError):
+            return None
+    conv, scores = summary("convert", "summary.json"), summary("eval", "scores.json")
+    made = (scores or {}).get("made") or {}
+    return {"decontamination": (conv or {}).get("decontamination"),
+            "eval": None if not scores else {
+                "model": scores.get("model"), "date": made.get("date"), "seed": made.get("seed"),
+                "environment": made.get("environment"),
+                "commands": sorted({(b.get("made") or {}).get("command") or scores.get("command") or ""
+                                    for b in (scores.get("benchmarks") or {}).values()} - {""}),
+                "beyond_2se": sorted(k for k, b in (scores.get("benchmarks") or {}).items() if b.get("beyond_2se"))}}
+
+
+def render_fidelity(f: dict) -> list[str]:
+    lines = []
+    d = f.get("decontamination")
+    if d:
+        benches = ", ".join(f"{k} {v['total']}" for k, v in d["by_benchmark"].items() if v["total"])
+        lines += ["", f"Decontamination (convert, {d['ngram']}-gram or same text): {d['contaminated']} of "
+                      f"{d['checked']} training problems overlap a benchmark" + (f" ({benches})" if benches else "")
+                  + f", {d['near_duplicates']} near-duplicates; {d['kept']} kept"]
+        lines += [f"  {src}: {c['contaminated']} contaminated, {c['near_duplicates']} near-duplicates of {c['checked']}"
+                  for src, c in d["by_source"].items() if c["contaminated"] or c["near_duplicates"]]
+    e = f.get("eval")
+    if e:
+        env = e.get("environment") or {}
+        versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "transformers", "vllm") if k in env)
+        lines += ["", f"Eval table: {e['model']}, {e['date']}, seed {e['seed']}" + (f", {versions}" if versions else "")
+                  + (f"; beyond 2 SE of published: {', '.join(e['beyond_2se'])}" if e["beyond_2se"] else "")]
+        lines += [f"  made by `{c}`" for c in e["commands"]]
+    return lines
 
 
 def _where(x: dict, kind: str | None) -> str:
