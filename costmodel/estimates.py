@@ -236,6 +236,8 @@ def rescale(est: StageEstimate, factor: float, costs: dict) -> StageEstimate:
     startup = costs["startup_hours"] * est.nodes if est.price_per_hour else 0.0
     at_risk = max(est.overhead_hours - startup, 0.0)
     old_base = est.base_hours
+    est.details["estimated_base_hours"] = old_base      # the estimator's figure, before the measured factor
+    est.details["measured_factor"] = factor
     est.base_hours = old_base * factor
     est.overhead_hours = startup + at_risk * factor
     est.hours = est.base_hours + est.overhead_hours

@@ -169,7 +169,7 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
             # the stage program refuses a batch over what is left for it (reproduce/stages/rewrite.py)
             stage_envs["REPRODUCE_API_BUDGET_USD"] = f"{budget - spent - rest:.2f}"
         try:
-            outcome = _run_stage(watch, name, p, stage_envs, spent, rest)
+            outcome = _run_stage(watch, name, p, stage_envs, spent, [rows[s] for s in later])
         except KeyboardInterrupt:
             end(130, "cancelled", name, "Ctrl-C")
             raise
@@ -314,10 +314,22 @@ def _ceil10(x: float) -> float:
     return math.ceil(x / 10) * 10
 
 
-def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, rest: float):
+def _rest_at(later: list, factor: float) -> tuple[float, str]:
+    """The stages after the running one, with the running stage's observed overrun (factor > 1) assumed for
+    the GPU stages whose own kind of work has not been measured yet (reproduce.replan's rule)."""
+    plain = sum(r.total_usd for r in later)
+    if factor <= 1:
+        return plain, ""
+    scaled = sum(r.total_usd * (factor if r.kind == "gpu" and "measured_factor" not in r.details else 1.0)
+                 for r in later)
+    return scaled, f" (rest: GPU stages not measured yet x {factor:.2f}, the overrun observed here)"
+
+
+def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: list):
     """Launch and watch one stage. None on success, else (exit code, why). At every poll: the hard cap
     (spend by the next poll would pass the budget) and the forecast (at the observed rate the run cannot
     finish within the budget)."""
+    rest = sum(r.total_usd for r in later)
     ex, ledger = w.executor, w.ledger
     ctx = RunContext(run_id=w.run_id, recipe=w.recipe, stage=name, plan=p, artifacts=w.artifacts, envs=envs,
                      bucket=w.bucket)
@@ -347,7 +359,8 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, rest: f
                 last_state, last_row = st.state, now
             decision = guard.should_stop(spent_before, cost, st.price_per_hour, w.poll_s, w.budget, w.teardown_s)
             if not decision.ok and fc is not None:
-                decision = guard.should_stop_forecast(name, spent_before, fc[0], rest, w.budget, fc[1])
+                rest_now, how = _rest_at(later, fc[0] / p.total_usd if p.total_usd > 0 else 1.0)
+                decision = guard.should_stop_forecast(name, spent_before, fc[0], rest_now, w.budget, fc[1] + how)
                 if decision.ok and p.total_usd > 0:
                     w.observed[name] = (fc[0] / p.total_usd, cost)
             if decision.ok:

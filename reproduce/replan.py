@@ -8,7 +8,8 @@ again by the same `build_plan`:
     filter    records graded and kept by domain -> sources.*.keep_rate of the domains it graded
     convert   the SFT dataset, tokenized        -> sft.samples, sft.mean_sample_tokens (packed sequences shown)
     a GPU stage's work hours vs its estimate    -> the same factor on the remaining stages of the same work
-                                                   (vLLM decode: generate -> eval; training stands alone)
+                                                   (vLLM decode: generate -> eval); a slowdown (never a
+                                                   speedup) also on GPU work not measured yet (training)
 
 Each re-plan is a ledger event (kind `replan`) with the rows and the reason of every change.
 """
@@ -141,13 +142,25 @@ def replan(recipe: dict, known: dict, remaining: list[str], budget, backend: str
     plan = build_plan(variant, budget, backend, calibration, suggest=False)
     rows = {s.stage: s for s in plan.stages if s.stage in remaining}
     reasons: dict[str, list[str]] = {name: [] for name in rows}
-    for stage_name, f in known.items():
-        t = f.get("throughput")
-        if not t:
+    measured = {f["throughput"]["work"]: (stage_name, f["throughput"]) for stage_name, f in known.items()
+                if f.get("throughput")}   # the latest measurement of each kind of work
+    slowest = max(measured.values(), key=lambda m: m[1]["factor"], default=None)
+    for name, row in rows.items():
+        work = stagetable.stage(name).work
+        if row.kind != "gpu" or work is None:
             continue
-        for name, row in rows.items():
-            if stagetable.stage(name).work == t["work"] and row.kind == "gpu":
-                estimates.rescale(row, t["factor"], variant["costs"])
-                reasons[name].append(f"{stage_name} ran {t['factor']:.2f}x its estimate ({t['work_hours']:,.2f} h "
-                                     f"of work vs {t['planned_hours']:,.2f} h): {name}'s {t['work']} scaled the same")
+        if work in measured:
+            src, t = measured[work]
+            reason = f"{name}'s {work} scaled the same"
+        elif slowest is not None and slowest[1]["factor"] > 1:
+            # No measurement of this kind of work yet: a slowdown seen elsewhere on the run is assumed here
+            # too (the same images, drivers and clouds), a speedup is not. Its own forecast takes over once it
+            # runs. Our choice: a guard that waits for proof of a slowdown pays for the proof.
+            src, t = slowest
+            reason = f"no {work} measured yet: the run's slowdown assumed for {name} until it measures its own"
+        else:
+            continue
+        estimates.rescale(row, t["factor"], variant["costs"])
+        reasons[name].append(f"{src} ran {t['factor']:.2f}x its estimate ({t['work_hours']:,.2f} h of work vs "
+                             f"{t['planned_hours']:,.2f} h): {reason}")
     return rows, reasons, why

@@ -104,7 +104,9 @@ class SimExecutor:
         recovery = self.recovery_h if self.recovery_h is not None else float(costs.get("recovery_hours", 0.3))
         startup = 0.0
         if kind in ("gpu", "cpu"):
-            base = float(plan.base_hours or plan.hours or 0.0)
+            # the estimator's hours, not a re-plan's measured factor: the simulated truth is the estimate x
+            # the slowdown, whatever the guard has learned of it
+            base = float(plan.details.get("estimated_base_hours") or plan.base_hours or plan.hours or 0.0)
             if plan.cloud or plan.price_per_hour:
                 startup = min(float(costs.get("startup_hours", 0.0)) * int(plan.nodes or 1),
                               float(plan.overhead_hours or 0.0) or float("inf"))

@@ -1,0 +1,119 @@
+"""The guard forecasts: a run that cannot finish stops early, one that can finishes, API stages are watched like
+GPU stages, stopped work is kept, and a resume admits what is left against what is left. All through the CLI on
+the simulation (the ledger and audit are real)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from costmodel.ledger import Ledger
+
+
+def cli(capsys, *argv):
+    from reproduce.cli import main
+
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def audit(capsys, run=None):
+    code, out, err = cli(capsys, "audit", *([run] if run else []), "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def last_run(capsys) -> str:
+    return json.loads(cli(capsys, "runs", "--json")[1])[-1]["run"]
+
+
+def sim(capsys, budget, *extra):
+    return cli(capsys, "all", "--budget", str(budget), "--backend", "sim", *extra, "-y")
+
+
+@pytest.mark.parametrize("slowdown, preemptions", [(1.5, "0"), (2, "0"), (3, "0"), (5, "0"), (3, "0.2"), (1.5, "0.2")])
+def test_a_run_that_cannot_finish_stops_early_and_one_that_can_finishes(home, capsys, slowdown, preemptions):
+    code, out, err = sim(capsys, 450, "--sim-slowdown", str(slowdown), "--sim-preemption-rate", preemptions)
+    a = audit(capsys)
+    spent = a["totals"]["actual_usd"]
+    assert spent <= 450                                    # no run audits above its budget
+    if code == 0:
+        assert a["run"]["status"] == "finished"
+        assert slowdown <= 2                               # 2 x $203.10 fits $450; 3 x does not
+    else:
+        assert code == 3 and a["run"]["status"] == "stopped" and slowdown >= 2
+        assert spent < 0.6 * 450                           # money without a model stays far below the budget
+        assert "at the observed rate" in err or "not started" in err
+        assert "reproduce all --resume" in err             # what would finish it
+
+
+def test_an_api_stage_that_overruns_is_stopped_before_the_budget(home, capsys):
+    # a short SFT, everything 4x: the GPU stages fit $250, the rewrite (planned $32.34) would not
+    code, out, err = sim(capsys, 250, "--sim-slowdown", "4", "--set", "sft.num_train_epochs=0.1")
+    assert code == 3
+    assert "stage rewrite stopped by the budget guard: at the observed rate rewrite ends at $" in err
+    a = audit(capsys)
+    assert a["totals"]["actual_usd"] <= 250
+    rewrite = next(s for s in a["stages"] if s["stage"] == "rewrite")
+    assert rewrite["actual"]["state"] == "cancelled"
+    # what it paid before the stop is recorded (every paid result), and is a small part of a 4x rewrite
+    assert 0 < rewrite["actual"]["api_usd"] < 0.25 * 4 * rewrite["planned"]["total_usd"]
+
+
+def test_resume_continues_from_what_was_saved_and_pays_work_once(home, capsys):
+    assert sim(capsys, 450, "--sim-slowdown", "3", "--sim-seed", "7")[0] == 3
+    run = last_run(capsys)
+    first = {s["stage"]: s["actual"] for s in audit(capsys, run)["stages"]}
+    stopped = next(name for name, x in first.items() if x["state"] == "cancelled")
+    code, out, err = cli(capsys, "all", "--resume", run, "--budget", "1000", "--sim-slowdown", "3",
+                         "--sim-seed", "7", "-y")
+    assert code == 0, err
+    resumed = {s["stage"]: s["actual"] for s in audit(capsys, run)["stages"]}
+    assert resumed[stopped]["attempts"] == 2
+    # the same run uninterrupted
+    assert sim(capsys, 100000, "--sim-slowdown", "3", "--sim-seed", "7")[0] == 0
+    whole = {s["stage"]: s["actual"] for s in audit(capsys)["stages"]}
+    for stage in resumed:
+        extra = resumed[stage]["hours"] - whole[stage]["hours"]
+        if stage == stopped:   # a relaunch (startup 0.25 h) and at most one shard (1% of the work) again
+            assert 0 <= extra <= 0.25 + 0.011 * whole[stage]["hours"] + 1e-6
+        else:                  # done once, at the same speed: the same hours and dollars
+            assert resumed[stage]["attempts"] == 1
+            assert resumed[stage]["total_usd"] == pytest.approx(whole[stage]["total_usd"])
+
+
+def test_resume_admits_what_is_left_against_what_is_left(home, capsys):
+    # generate at half its estimate, as one stage of a new run
+    assert cli(capsys, "stage", "generate", "--budget", "450", "--backend", "sim", "--sim-slowdown", "0.5",
+               "-y")[0] == 0
+    run = last_run(capsys)
+    a = audit(capsys, run)
+    spent = a["totals"]["actual_usd"]
+    plan = json.loads(cli(capsys, "plan", "--backend", "sim", "--json")[1])
+    rest = plan["totals"]["total_usd"] - plan["stages"][0]["total_usd"]
+    budget = round(spent + rest + 1, 2)
+    assert budget < plan["totals"]["total_usd"]            # the whole plan would not fit, what is left does
+    # the rest a little faster than planned, so the forecast's 10% margin is not what decides
+    code, out, err = cli(capsys, "all", "--resume", run, "--budget", str(budget), "--sim-slowdown", "0.8", "-y")
+    assert code == 0, err
+    assert "Already spent by this run" in out
+    assert audit(capsys, run)["run"]["status"] == "finished"
+    assert json.loads(cli(capsys, "runs", "--json")[1])[-1]["budget"] == budget   # runs and audit agree
+
+
+def test_resume_may_change_a_stage_still_to_run_and_the_change_is_recorded(home, capsys):
+    assert sim(capsys, 450, "--sim-slowdown", "2.2")[0] == 3     # stopped in sft; generate is finished
+    run = last_run(capsys)
+    code, out, err = cli(capsys, "all", "--resume", run, "--set", "generate.temperature=0.5", "-y")
+    assert code == 2 and "generate is finished" in err and err.count("\n") == 1
+    code, out, err = cli(capsys, "all", "--resume", run, "--set", "sft.num_train_epochs=1.0", "--budget", "900",
+                         "--sim-slowdown", "3", "-y")
+    assert code == 0, err
+    with Ledger() as led:
+        changes = led.events(run, "recipe_changed")
+    assert [e["numbers"]["sets"] for e in changes] == [["sft.num_train_epochs=1.0"]]
