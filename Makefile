@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 STAGE_VENV ?= .venv-stage
 export SKYPILOT_DISABLE_USAGE_COLLECTION := 1
+# With this set, every test process would compile what has no bytecode yet (the checkout's modules, a stage
+# env uv built without it) again; unset, each module compiles once (the caches are gitignored).
+unexport PYTHONDONTWRITEBYTECODE
 
 # uv builds every environment, here and on the nodes: the same version wrote the locks and the tasks'
 # `setup:` installs them with it (sky_tasks/*.yaml and pyproject.toml pin it too). pip only fetches it.
@@ -17,19 +20,21 @@ $(UV):
 
 $(VENV)/.installed: pyproject.toml | $(UV)
 	$(UV) venv -q --allow-existing --seed --python $(PYTHON) $(VENV)
-	$(UV) pip install -q --python $(VENV)/bin/python -e .
+	$(UV) pip install -q --compile-bytecode --python $(VENV)/bin/python -e .
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed tests/requirements.txt
-	$(UV) pip install -q --python $(VENV)/bin/python -r tests/requirements.txt
+	$(UV) pip install -q --compile-bytecode --python $(VENV)/bin/python -r tests/requirements.txt
 	touch $@
 
 # The CPU stage environment: exactly the smoke lock, what every task's `setup:` installs at smoke scale
 # (sync: nothing else stays in it), then this package alone. vLLM / LLaMA-Factory pins never reach .venv.
+# Long-lived venvs get their bytecode at install, as pip would (~1 min here for this one): fast imports in
+# every later process, whatever PYTHONDONTWRITEBYTECODE says.
 LOCK_INSTALL = --require-hashes --build-constraints sky_tasks/locks/build.txt
 $(STAGE_VENV)/.installed: sky_tasks/locks/smoke.txt sky_tasks/locks/build.txt pyproject.toml | $(UV)
 	$(UV) venv -q --allow-existing --python 3.11 $(STAGE_VENV)
-	$(UV) pip sync -q --python $(STAGE_VENV)/bin/python $(LOCK_INSTALL) sky_tasks/locks/smoke.txt
+	$(UV) pip sync -q --compile-bytecode --python $(STAGE_VENV)/bin/python $(LOCK_INSTALL) sky_tasks/locks/smoke.txt
 	$(UV) pip install -q --python $(STAGE_VENV)/bin/python --no-deps -e .
 	touch $@
 

@@ -11,6 +11,8 @@ hash) and then this package with --no-deps:
                         machine has them; --pip-runs 2 runs it again with whatever pip cached the first time
   uv (cold cache)       the task's own `setup:` text, with an empty uv cache: a fresh cloud node
   uv (warm cache)       the same setup again into a second venv: uv hard-links from its cache (a local rerun)
+  uv (warm, bytecode)   the same with UV_COMPILE_BYTECODE=1: compiles every .pyc at install, as pip does;
+                        without it each module compiles at its first import (the local executor lets it)
 "disk of its own" counts only files not hard-linked elsewhere: what a second environment really costs.
 --record writes the uv figures with date and machine to costmodel/data/env_setup.json, the measured setup
 time the plan's startup estimate uses (costmodel/setup_time.py).
@@ -82,11 +84,14 @@ def build_pip(lock: Path, venv: Path) -> float:
             + run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "-e", "."]))
 
 
-def build_uv(uv: str, env_name: str, venv: Path, cache: Path) -> float:
+def build_uv(uv: str, env_name: str, venv: Path, cache: Path, bytecode: bool = False) -> float:
     """The task's `setup:` exactly as the local executor runs it, into `venv`, with uv's cache at `cache`."""
     env = {**os.environ, "UV_CACHE_DIR": str(cache), "REPRODUCE_UV": uv, "STAGE_EXTRAS": env_name,
            "VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONHOME", None)
+    env.pop("UV_COMPILE_BYTECODE", None)
+    if bytecode:
+        env["UV_COMPILE_BYTECODE"] = "1"
     return (run([uv, "venv", "-q", "--seed", "--python", sys.executable, str(venv)], env=env)
             + run(["bash", "-c", "set -e\n" + task_setup()], env=env))
 
@@ -104,12 +109,14 @@ def measure(env_name: str, uv: str, pip_runs: int, scratch: Path) -> list[dict]:
                      "seconds": seconds, "disk": disk(venv)})
         shutil.rmtree(venv)
     cache = scratch / "uv-cache"
-    for label, name in (("uv cold cache", "uv-cold"), ("uv warm cache", "uv-warm")):
+    for label, name, bytecode in (("cold cache", "uv-cold", False), ("warm cache", "uv-warm", False),
+                                  ("warm cache, bytecode", "uv-bytecode", True)):
         venv = scratch / name
-        seconds = build_uv(uv, env_name, venv, cache)
-        rows.append({"env": env_name, "tool": "uv", "cache": label.split(" ", 1)[1], "seconds": seconds,
+        seconds = build_uv(uv, env_name, venv, cache, bytecode)
+        rows.append({"env": env_name, "tool": "uv", "cache": label, "seconds": seconds,
                      "disk": disk(venv), "uv_cache_gb": disk(cache)[0] / 1e9})
-    shutil.rmtree(scratch / "uv-cold")        # the cache keeps its links: the warm venv's files stay counted
+        if name != "uv-cold":
+            shutil.rmtree(venv)
     return rows
 
 
