@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from costmodel.billing_tags import TAG_RUN, TAG_STAGE
+from costmodel.billing_tags import TAG_RUN, TAG_STAGE, tag_value
 from costmodel.errors import BadInput
 
 __all__ = ["TAG_RUN", "TAG_STAGE", "aws_costs", "openai_costs", "ce_client", "openai_client", "tag_value"]
@@ -35,11 +35,6 @@ OPENAI_PAGE_DAYS = 180    # the costs endpoint takes limit 1..180 daily buckets 
 
 class BillingError(BadInput):
     """A billing source refused or failed; the message names the source and never holds a credential."""
-
-
-def tag_value(value: str) -> str:
-    """A label value as the launch wrote it (reproduce.tasks: GCP rules, lowercase [a-z0-9_-], <= 63 chars)."""
-    return re.sub(r"[^a-z0-9_-]", "-", str(value).lower())[:63]
 
 
 _SECRET = re.compile(r"(sk-[A-Za-z0-9_*.-]{4,}|AKIA[0-9A-Z]{8,}|ASIA[0-9A-Z]{8,}|[A-Za-z0-9/+]{40})")

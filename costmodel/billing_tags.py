@@ -3,3 +3,11 @@ labels), so provider billing can be grouped by run and stage. One definition, re
 by billing reconciliation."""
 TAG_RUN = "reproduce-run"
 TAG_STAGE = "reproduce-stage"
+
+
+def tag_value(value: str) -> str:
+    """A label value as launches write it: GCP's rules (lowercase letters, digits, '-' and '_', <= 63
+    characters), which AWS tags also accept."""
+    import re
+
+    return re.sub(r"[^a-z0-9_-]", "-", str(value).lower())[:63]

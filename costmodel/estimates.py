@@ -218,7 +218,9 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
             est.details["on_demand_placement"] = f"{market_offer.cloud} {market_offer.region} ${node_price:,.2f}/h"
     est.spot = bool(spot) and offer.spot is not None
     est.price_per_hour = offer.price(est.spot) * est.nodes
-    est.max_hourly_cost = price_cap(offer.price(est.spot))
+    # the cap is on what the catalog lists (what SkyPilot filters by), not a billing-calibrated price
+    listed = offer.list_price(est.spot) if hasattr(offer, "list_price") else offer.price(est.spot)
+    est.max_hourly_cost = price_cap(listed)
     est.hours, preemptions = total_hours(est.spot)
     est.overhead_hours = est.hours - base_hours
     est.details["expected_preemptions"] = preemptions

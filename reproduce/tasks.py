@@ -80,16 +80,9 @@ def config(stage: str, envs: dict | None = None, row=None, scale: str = "full") 
 
 def labels(run_id: str, stage: str) -> dict:
     """SkyPilot `labels:` (AWS instance tags, GCP labels): what provider billing is grouped by."""
-    from costmodel.billing_tags import TAG_RUN, TAG_STAGE
+    from costmodel.billing_tags import TAG_RUN, TAG_STAGE, tag_value
 
-    return {TAG_RUN: _label(run_id) or "none", TAG_STAGE: _label(stage)}
-
-
-def _label(value: str) -> str:
-    """GCP label values: lowercase letters, digits, '-' and '_', at most 63 characters."""
-    import re
-
-    return re.sub(r"[^a-z0-9_-]", "-", str(value).lower())[:63]
+    return {TAG_RUN: tag_value(run_id) or "none", TAG_STAGE: tag_value(stage)}
 
 
 # Resource keys the plan row decides; whatever the YAML says for them is replaced.
