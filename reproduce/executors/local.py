@@ -30,6 +30,7 @@ from pathlib import Path
 from reproduce import tasks
 from reproduce.errors import UserError
 from reproduce import stagetable
+from reproduce.executors import stage_env
 from reproduce.executors.base import RunContext, StageStatus
 
 PHASE_SETUP, PHASE_RUN = "::reproduce setup", "::reproduce run"   # lines the wrapper prints between phases
@@ -89,6 +90,7 @@ class LocalExecutor:
         envs = {k: "" if v is None else str(v) for k, v in (cfg.get("envs") or {}).items()}
         envs.update({k: str(v) for k, v in run.envs.items()})
         envs.update(extra)
+        env = stage_env.scrub(env, stage_env.declared(stage, cfg))   # only the secrets the stage declares
         env.update(envs)
         # what SkyPilot sets on a node, for programs that read it (sft's torchrun); one node, this one
         gpus = _gpu_count()
