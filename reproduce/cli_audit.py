@@ -64,6 +64,8 @@ def audit(
         return audit_billed(ledger, run_id, as_json, drift_threshold, billing_endpoint, openai_project)
     if plot is not None and not plot.lower().endswith(".png"):
         raise UserError(f"--plot {plot!r}: expected a file name ending in .png")
+    if plot is not None:
+        _check_writable(plot, "--plot")
     ledger = open_ledger()
     run_id = run or ledger.latest_run_id()
     if run_id is None:
@@ -258,8 +260,25 @@ def plot_spend(ledger, data: dict, path: str) -> None:
     ax.set_ylim(0, max(spend + [budget or 0, data["totals"]["planned_usd"], 1.0]) * 1.12)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except OSError as e:
+        raise UserError(f"--plot {path!r}: cannot write it ({e.strerror})") from None
+    finally:
+        plt.close(fig)
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """A file we may write: its folder exists and is writable, and it is not itself a folder."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path!r} is a folder: expected a file name")
+    if not os.path.isdir(folder):
+        raise UserError(f"{flag} {path!r}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{flag} {path!r}: the folder {folder} is not writable")
 
 
 def run_rows(ledger) -> list[dict]:

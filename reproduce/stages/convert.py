@@ -106,13 +106,23 @@ def convert(records, system_prompt: str, dedupe: bool = True, screen=None) -> tu
 
 
 def read_jsonl(path: Path):
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    raise BadInput(f"{path}:{n}: not a JSON line") from None
+    """Records, one JSON object a line; a JSON list, binary or unreadable file is BadInput naming file:line."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        raise BadInput(f"{path}:{n}: not a JSON line") from None
+                    if not isinstance(record, dict):
+                        raise BadInput(f"{path}:{n}: a JSON {type(record).__name__}, expected one JSON object a "
+                                       "line (JSONL)")
+                    yield record
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text (expected JSONL)") from None
+    except OSError as e:
+        raise BadInput(f"{path}: cannot read it ({e.strerror})") from None
 
 
 def write_json(path: Path, data) -> None:
