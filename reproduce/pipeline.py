@@ -235,7 +235,8 @@ def _replan(w: _Watch, name: str, p, rows: dict, later: list[str], known: dict) 
     before = sum(rows[s].total_usd for s in later)
     changes = {}
     for s in later:
-        if abs(new[s].total_usd - rows[s].total_usd) > 0.005 or abs(new[s].hours - rows[s].hours) > 1e-6:
+        if abs(new[s].total_usd - rows[s].total_usd) > 0.005 or \
+                abs(new[s].hours - rows[s].hours) > 1e-3 * max(rows[s].hours, 1e-12):
             changes[s] = {"was_usd": rows[s].total_usd, "total_usd": new[s].total_usd, "hours": new[s].hours,
                           "base_hours": new[s].base_hours, "arithmetic": new[s].arithmetic,
                           "reasons": reasons.get(s, [])}

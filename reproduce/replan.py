@@ -85,20 +85,51 @@ def sft_workload(artifacts: Path, recipe: dict) -> dict | None:
 
 
 def _tokenizer(artifacts: Path, recipe: dict):
-    student = (recipe.get("models") or {}).get("student") or {}
-    candidates = [Path(artifacts) / "models" / "tiny-student"] if recipe.get("scale") == "smoke" else []
-    candidates.append(Path(str(student.get("id", ""))))
-    for folder in candidates:
-        file = folder / "tokenizer.json"
-        if file.is_file():
-            try:
-                from tokenizers import Tokenizer
+    """(count tokens, how) with the student's tokenizer: at smoke scale the tiny student's BPE (built the
+    same way the sft stage builds it), else a local student folder's tokenizer.json, else the hub's
+    (downloaded once into the per-user cache). Without one: 4 bytes per token, and the fact says so."""
+    student = str(((recipe.get("models") or {}).get("student") or {}).get("id", ""))
+    try:
+        from tokenizers import Tokenizer
 
-                tok = Tokenizer.from_file(str(file))
-                return (lambda t: len(tok.encode(t).ids)), f"tokenized with {file}"
-            except Exception:   # noqa: BLE001 - no tokenizers library, or a file it cannot read: estimate
-                pass
+        if recipe.get("scale") == "smoke":
+            from reproduce.stages.tinymodel import build_bpe
+
+            tok, how = build_bpe(), "tokenized with the tiny student's BPE"
+        else:
+            file = _student_tokenizer_file(student)
+            tok, how = (Tokenizer.from_file(str(file)), f"tokenized with {student}'s tokenizer") if file else (None, "")
+        if tok is not None:
+            return (lambda t: len(tok.encode(t).ids)), how
+    except Exception:   # noqa: BLE001 - no tokenizers library, or a file it cannot read: estimate
+        pass
     return (lambda t: max(1, len(t.encode()) // 4)), "estimated at 4 bytes per token (no student tokenizer here)"
+
+
+def _student_tokenizer_file(student: str) -> Path | None:
+    import os
+
+    local = Path(student) / "tokenizer.json"
+    if local.is_file():
+        return local
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reproduce" / "tokenizers" / \
+        student.replace("/", "--") / "tokenizer.json"
+    if cache.is_file():
+        return cache
+    if os.environ.get("REPRODUCE_OFFLINE") or "/" not in student:
+        return None
+    try:
+        import requests
+
+        token = os.environ.get("HF_TOKEN")
+        r = requests.get(f"https://huggingface.co/{student}/resolve/main/tokenizer.json", timeout=10,
+                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        r.raise_for_status()
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(r.content)
+        return cache
+    except Exception:   # noqa: BLE001 - offline or gated: the estimate, said so
+        return None
 
 
 def apply(recipe: dict, known: dict) -> tuple[dict, list[str]]:

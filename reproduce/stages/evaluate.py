@@ -32,7 +32,7 @@ from pathlib import Path
 
 from reproduce.stages import eval_report, protocol
 from reproduce.stages import generate as gen_stage
-from reproduce.stages.common import BadInput, run_main
+from reproduce.stages.common import BadInput, run_main, write_progress
 
 
 def log(msg: str) -> None:
@@ -128,7 +128,10 @@ def run(args, argv) -> int:
             raise BadInput(str(e)) from None
         pending.append((bench, proto, settings, records))
 
+    total = sum(len(recs) * settings["n"] for _, _, settings, recs in pending)   # samples still to do
+    done_samples = 0
     if pending:
+        write_progress(out_dir, 0, total, "samples")
         if batch_invariant:
             os.environ["VLLM_BATCH_INVARIANT"] = "1"     # read by vLLM when it starts; replicas inherit it
         render = gen_stage.chat_renderer(model)
@@ -155,6 +158,8 @@ def run(args, argv) -> int:
                                                  "gpu": gen_stage.gpu_name(), "command": command}
                 b = scores[bench["name"]]
                 _write_json(out_dir / "scores.json", {"model": model, "benchmarks": scores})  # resume point
+                done_samples += len(samples)
+                write_progress(out_dir, done_samples, total, "samples")
                 log(f"{bench['name']}: {b['score']:.1f} ± {b['se'] or 0:.1f} ({b['scorer']}), "
                     f"{b['by_scorer'][b['ours_scorer']]['score']:.1f} ({b['ours_scorer']})"
                     + (f", published {b['published']}" if b["published"] is not None else "") + f"; {dt:.1f} s")

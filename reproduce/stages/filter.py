@@ -27,7 +27,7 @@ import sys
 import time
 
 from reproduce.stages import grading, sandbox
-from reproduce.stages.common import BadInput, load_recipe, read_jsonl, run_main
+from reproduce.stages.common import BadInput, load_recipe, read_jsonl, run_main, write_progress
 
 DEFAULT_LIMITS = {"math_timeout_s": 5, "code_timeout_s": 10, "code_memory_mb": 1024}   # recipe defaults
 MAX_TIMEOUT_S = 3600          # a longer "limit" on one test is no limit
@@ -135,6 +135,8 @@ def _run(args) -> int:
             f.flush()                                   # a killed run resumes from what is on disk
             tally.add(record, correct, reason, cpu_s)
             bar(1)
+            if pipeline and tally.records % 50 == 0:    # what the pipeline shows and forecasts from
+                write_progress(out_dir, tally.records, previous + pending, "records")
     finally:
         bar(0, close=True)
         for f in files.values():
@@ -144,6 +146,7 @@ def _run(args) -> int:
     summary = tally.summary(graded=tally.records - previous, skipped=len(done), wall_s=wall, workers=workers,
                             limits=limits)
     if pipeline:
+        write_progress(out_dir, tally.records, previous + pending, "records")
         summary["sandbox_isolation"] = list(_isolation())
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

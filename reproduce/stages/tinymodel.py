@@ -103,16 +103,24 @@ def build_tiny_model(out_dir, train_on: list[tuple[list[dict], str]] | None = No
     return out
 
 
-def build_tokenizer(texts: list[str]):
+def build_bpe(texts: list[str] | None = None):
+    """The BPE itself (the `tokenizers` library alone, no transformers): what the controller tokenizes the
+    smoke SFT dataset with. The untrained student's is `build_bpe()` (BASE_CORPUS), as build_tiny_model makes it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(texts, trainer=trainer)
+    bpe.train_from_iterator(BASE_CORPUS if texts is None else texts, trainer=trainer)
+    return bpe
+
+
+def build_tokenizer(texts: list[str]):
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = build_bpe(texts)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    additional_special_tokens=["<|im_start|>"], chat_template=CHAT_TEMPLATE,
                                    model_max_length=CONFIG["max_position_embeddings"])
