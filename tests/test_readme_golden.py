@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reproduce.cli import main
+from test_plan_is_launch import cli as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -19,10 +19,8 @@ SNAPSHOT = ROOT / "costmodel" / "data" / "snapshot_8gpu.csv"
 
 
 def cli(capsys, *argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    assert exit_info.value.code == 0, err
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
     return out
 
 
