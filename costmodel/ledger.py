@@ -254,6 +254,12 @@ class Ledger:
                             json.dumps({"lines": len(new), "usd": sum(float(x.get("usd") or 0) for x in new)})))
             return len(new)
 
+    def attempt_api_usd(self, run_id: str, stage: str, attempt: int) -> tuple[float, int]:
+        """($, records) of API usage recorded for one attempt of a stage so far."""
+        usd, n = self.db.execute("SELECT COALESCE(SUM(usd), 0), COUNT(*) FROM api_usage WHERE run_id = ? AND stage = ? "
+                                 "AND attempt = ?", (run_id, stage, attempt)).fetchone()
+        return float(usd), int(n)
+
     def add_event(self, run_id: str | None, stage: str | None, kind: str, *, ok: bool | None, reason: str,
                   numbers: dict | None = None, at: float | None = None) -> int:
         with self.write() as db:

@@ -347,8 +347,12 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
             st = ex.poll(handle)
             ledger.heartbeat(w.run_id)   # LeaseLost if another process took this run over
             now = ex.now()
-            if p.kind == "api":
-                _record_usage(w, name, attempt, now)
+            if p.kind == "api":   # what it paid is what the ledger has of its usage log, as it goes
+                if _record_usage(w, name, attempt, now) is not None:
+                    paid, lines = ledger.attempt_api_usd(w.run_id, name, attempt)
+                    st.api_usd = max(st.api_usd, paid)
+                    if st.progress is None and (p.api_tokens or {}).get("requests"):
+                        st.progress = {"done": lines, "total": p.api_tokens["requests"], "unit": "requests"}
             cost = st.cost_usd + st.api_usd
             fc = rate.forecast(st, cost, now)
             w.progress.status(name, st, p.total_usd, forecast=fc[0] if fc else None, eta_s=rate.eta_s)
