@@ -112,3 +112,30 @@ def test_audit_plot_into_a_missing_folder_or_onto_a_folder(home, capsys, tmp_pat
         assert code == 2 and err.startswith("error: ") and message in one_line(err), err
     assert hashlib.sha256(ledger.read_bytes()).hexdigest() == before
     assert not (tmp_path / "missing").exists()
+
+
+def test_filter_without_a_sandbox_refuses_code_unless_opted_in(home, capsys, tmp_path, monkeypatch):
+    from reproduce.stages import sandbox
+
+    code_record = {"id": "c", "domain": "code", "tests": {"inputs": ["\n"], "outputs": ["ok\n"]},
+                   "response": "```python\nprint('ok')\n```"}
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps(code_record) + "\n" + json.dumps(GOOD) + "\n")
+    monkeypatch.setenv("PATH", str(tmp_path))              # no bwrap here
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    monkeypatch.setattr(sandbox, "_state", {})
+    code, err = cli(capsys, "filter", str(src), "-o", str(out), "--workers", "1")
+    assert code == 2 and "install bubblewrap" in one_line(err) and sandbox.UNSAFE_ENV in err
+    assert not out.exists() or out.read_text() == ""          # nothing graded unsafely
+    monkeypatch.setattr(sandbox, "_state", {})
+    code, err = cli(capsys, "filter", str(src), "-o", str(out), "--workers", "1", "--unsafe-sandbox")
+    assert code == 0, err
+    graded = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["correct"] for r in graded] == [True, True]
+    # a math/mcq-only file needs no sandbox at all
+    monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
+    monkeypatch.setattr(sandbox, "_state", {})
+    only_mcq = tmp_path / "mcq.jsonl"
+    only_mcq.write_text(json.dumps(GOOD) + "\n")
+    code, err = cli(capsys, "filter", str(only_mcq), "-o", str(tmp_path / "mcq-out.jsonl"), "--workers", "1")
+    assert code == 0, err
