@@ -315,6 +315,17 @@ def _ceil10(x: float) -> float:
     return math.ceil(x / 10) * 10
 
 
+def _orphan(ledger, run_id: str, name: str) -> str | None:
+    """The cloud handle of this stage's last attempt when that attempt never recorded its end (the controller
+    died while it ran): a job that may still be running, and billing."""
+    handles = [e["numbers"] for e in ledger.events(run_id, "handle") if e["stage"] == name]
+    if not handles:
+        return None
+    last = handles[-1]
+    attempts = [a for a in ledger.attempts(run_id, name) if a["attempt"] == last.get("attempt")]
+    return last["handle"] if attempts and attempts[-1]["event"] == "interrupted" else None
+
+
 def _rest_at(later: list, factor: float) -> tuple[float, str]:
     """The stages after the running one, with the running stage's observed overrun (factor > 1) assumed for
     the GPU stages whose own kind of work has not been measured yet (reproduce.replan's rule)."""
@@ -332,16 +343,27 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
     finish within the budget)."""
     rest = sum(r.total_usd for r in later)
     ex, ledger = w.executor, w.ledger
-    ctx = RunContext(run_id=w.run_id, recipe=w.recipe, stage=name, plan=p, artifacts=w.artifacts, envs=envs,
-                     bucket=w.bucket)
+    orphan = _orphan(ledger, w.run_id, name)
     started = ex.now()
     attempt = ledger.add_stage_row(w.run_id, name, "started", at=started, state="PENDING", started_at=started,
                                    simulated=w.simulated, **_plan_fields(p))
+
+    def on_handle(h: str) -> None:
+        ledger.add_event(w.run_id, name, "handle", ok=True, reason=h, numbers={"handle": h, "attempt": attempt},
+                         at=ex.now())
+
+    ctx = RunContext(run_id=w.run_id, recipe=w.recipe, stage=name, plan=p, artifacts=w.artifacts, envs=envs,
+                     bucket=w.bucket, on_handle=on_handle)
     handle = None
     st = StageStatus(state="PENDING")
     rate = _Rate()
     try:
-        handle = ex.launch(ctx)
+        if orphan and hasattr(ex, "reattach"):
+            handle = ex.reattach(orphan, ctx)
+            if handle:
+                on_handle(handle)
+                w.progress.note(name, f"re-attached to {handle}, launched before the controller stopped")
+        handle = handle or ex.launch(ctx)
         last_state, last_row = None, started
         while True:
             st = ex.poll(handle)

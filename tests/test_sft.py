@@ -62,7 +62,12 @@ def test_recipe_knobs_map_to_llamafactory_keys(tmp_path, monkeypatch):
 
 
 def test_unsupported_zero_stage_is_exit_2(tmp_path, capsys):
-    r = recipes.load("sky-t1-32b-preview", sets=["sft.zero_stage=2"])
+    from reproduce.errors import UserError
+
+    with pytest.raises(UserError, match="sft.zero_stage=2 .*expected one of 0, 3"):   # refused at load
+        recipes.load("sky-t1-32b-preview", sets=["sft.zero_stage=2"])
+    r = recipes.load("sky-t1-32b-preview")
+    r["sft"]["zero_stage"] = 2          # a recipe.yaml written by hand: the stage program refuses it too
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(r))
     assert sft.main(["--recipe", str(tmp_path / "recipe.yaml"), "--artifacts", str(tmp_path), "--dry-run"]) == 2
     err = capsys.readouterr().err

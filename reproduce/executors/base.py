@@ -31,6 +31,8 @@ class RunContext:
     artifacts: Path              # local folder, or the bucket mount on clouds
     envs: dict = field(default_factory=dict)   # task env overrides (never secrets)
     bucket: str | None = None    # s3://... or gs://... for cloud runs
+    on_handle: object = None     # called with the stage's cloud handle before and after its launch returns,
+                                 #   so a controller that dies mid-stage leaves a handle to re-attach to
 
     def __post_init__(self):
         if self.plan is None:

@@ -109,6 +109,8 @@ class SkyExecutor:
         mode = self.modes.get(run.stage, "managed")
         name = cluster_name(run.run_id, run.stage)
         spot = all(bool(r.use_spot) for r in task.resources)
+        if run.on_handle:   # recorded before the launch returns: a controller killed here leaves the name
+            run.on_handle(f"{mode}:{name}:")
         try:
             if mode == "managed":
                 job_id = self.adapter.launch_managed(task, name)
@@ -122,6 +124,27 @@ class SkyExecutor:
         handle = f"{mode}:{name}:{job_id}"
         self.runs[handle] = _Launched(run.stage, mode, name, job_id, run.plan, spot, self.clock(),
                                       bucket_url=url, artifacts=run.artifacts)
+        if run.on_handle:
+            run.on_handle(handle)
+        return handle
+
+    def reattach(self, handle: str, run: RunContext) -> str | None:
+        """A stage launched by a controller that died: the handle to keep watching when its job is still
+        alive (or finished well), else None after tearing down whatever is left of it (an orphan we will not
+        use must not bill)."""
+        if not handle.startswith(("managed:", "cluster:")):
+            return None
+        r = self._run(handle)
+        r.plan, r.spot = run.plan, bool(run.plan.spot)
+        r.bucket_url = bucket_url(run)
+        r.artifacts = run.artifacts
+        if r.job_id is None:    # killed mid-launch: no job id to watch
+            self._teardown(r)
+            return None
+        st = self.poll(handle)
+        if st.state in ("FAILED", "CANCELLED"):
+            self._teardown(r)
+            return None
         return handle
 
     def poll(self, handle: str) -> StageStatus:
@@ -249,6 +272,12 @@ class SkyExecutor:
 
     def _runs_here(self, run: RunContext) -> bool:
         return stagetable.stage(run.stage).on_controller(run.recipe or {})
+
+
+def bucket_url(run: RunContext) -> str | None:
+    from reproduce.executors import bucket
+
+    return bucket.run_url(run.bucket, run.run_id) if run.bucket else None
 
 
 def cluster_name(run_id: str, stage: str) -> str:
