@@ -129,9 +129,11 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     bucket = resolved.get("bucket")
     executor, chosen, why = pipeline.make_executor(backend, resolved, sim)
     plan = build_plan(resolved, budget_usd, chosen)
+    if resume and only:
+        _check_inputs(ledger, resume, only[0], found)
     if resume:   # the plan from here: the stages not finished yet, after what was spent
         finished = ledger.finished_stages(resume)
-        for name in [s.stage for s in plan.stages if s.stage in finished]:
+        for name in [s.stage for s in plan.stages if s.stage in finished and (not only or s.stage in only)]:
             typer.echo(f"[{name}] already finished in this run: skipped", err=True)
         plan = plan.only([s.stage for s in plan.stages if s.stage not in finished])
         plan.spent_usd = spent
@@ -143,8 +145,6 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
             plan.stages = [rows[s.stage] for s in plan.stages]
     if only:
         plan = plan.only(only)
-        if resume:
-            _check_inputs(ledger, resume, only[0], found)
     _show_plan(plan)
     typer.echo(f"backend: {chosen} ({why})", err=True)
     if not plan.fits:
