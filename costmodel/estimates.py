@@ -114,20 +114,26 @@ def gpu_spec(name: str) -> GpuSpec:
     return GPUS[name]
 
 
-def decode_tok_s_per_gpu(params_b: float, gpu: str, tp: int, calibration: dict | None = None) -> tuple[float, str]:
+def decode_tok_s_per_gpu(params_b: float, gpu: str, tp: int, calibration: dict | None = None,
+                         active_b: float | None = None) -> tuple[float, str]:
+    """`active_b`: a mixture of experts' parameters per token, what the speed scales with (our assumption: at
+    large batches every expert is read each step, so this is optimistic for MoE); the calibration key keeps the
+    total, the figure a measured run writes."""
     key = f"decode_tok_s_per_gpu/{params_b:g}B/{gpu}/tp{tp}"
     if calibration and key in calibration:
         return calibration[key], f"calibrated from finished runs ({key})"
     spec = gpu_spec(gpu)
-    tok_s = (DECODE_TOK_S_PER_GPU_32B_H100 * (32.8 / max(params_b, 0.1)) * (spec.hbm_tbps / GPUS["H100"].hbm_tbps)
+    size = active_b or params_b
+    tok_s = (DECODE_TOK_S_PER_GPU_32B_H100 * (32.8 / max(size, 0.1)) * (spec.hbm_tbps / GPUS["H100"].hbm_tbps)
              * TP_EFFICIENCY.get(tp, 0.6))
+    moe = f" ({size:g}B active of {params_b:g}B)" if active_b and active_b != params_b else ""
     return tok_s, (f"{DECODE_TOK_S_PER_GPU_32B_H100:,.0f} tok/s/GPU for 32.8B on H100 (derived), scaled by model "
-                   f"size, HBM bandwidth and TP={tp} efficiency {TP_EFFICIENCY.get(tp, 0.6)}")
+                   f"size{moe}, HBM bandwidth and TP={tp} efficiency {TP_EFFICIENCY.get(tp, 0.6)}")
 
 
 def generation_hours(prompt_tokens: float, output_tokens: float, params_b: float, gpu: str, gpus: int,
-                     tp: int, calibration: dict | None = None) -> tuple[float, dict]:
-    tok_s, why = decode_tok_s_per_gpu(params_b, gpu, tp, calibration)
+                     tp: int, calibration: dict | None = None, active_b: float | None = None) -> tuple[float, dict]:
+    tok_s, why = decode_tok_s_per_gpu(params_b, gpu, tp, calibration, active_b)
     seconds = (output_tokens + prompt_tokens / PREFILL_SPEEDUP) / (tok_s * gpus)
     return seconds / 3600, {"tok_s_per_gpu": tok_s, "throughput_source": why,
                             "output_tokens": output_tokens, "prompt_tokens": prompt_tokens}
@@ -147,19 +153,30 @@ def sft_mfu(zero_stage: int, cpu_offload: bool, packing: bool, liger: bool,
     return mfu, why
 
 
+# Preference training (LLaMA-Factory's pairwise trainer): a sample is a pair, chosen and rejected each a full
+# sequence of prompt + response, so SEQUENCES x the tokens; forward + backward is 3 forwards. DPO also runs the
+# frozen reference model forward over both (1 more forward: x 4/3); SimPO has no reference model.
+SEQUENCES = {"sft": 1, "dpo": 2, "simpo": 2}
+FORWARDS = {"sft": 3, "dpo": 4, "simpo": 3}
+
+
 def sft_flops(params_b: float, layers: int, hidden: int, samples: int, mean_tokens: float, cutoff: int,
-              epochs: float) -> tuple[float, float]:
-    """Model FLOPs: 6 N per token for the matmuls + 6 L d S for causal attention at mean length S."""
+              epochs: float, method: str = "sft") -> tuple[float, float]:
+    """Model FLOPs: 6 N per token for the matmuls + 6 L d S for causal attention at mean length S (2 N and 2 L d S
+    per forward; backward is two more), over every sequence of every sample (pairs: 2). `params_b`: the
+    parameters a token passes through (a mixture of experts' active ones)."""
     seq = min(mean_tokens, cutoff)
-    tokens = samples * seq * epochs
-    per_token = 6 * params_b * 1e9 + 6 * layers * hidden * seq
+    tokens = samples * SEQUENCES[method] * seq * epochs
+    per_token = FORWARDS[method] * (2 * params_b * 1e9 + 2 * layers * hidden * seq)
     return per_token * tokens, tokens
 
 
 def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int,
               calibration: dict | None = None) -> tuple[float, dict]:
-    flops, tokens = sft_flops(student["params_b"], student.get("layers", 64), student.get("hidden", 5120),
-                              sft["samples"], sft["mean_sample_tokens"], sft["cutoff_len"], sft["num_train_epochs"])
+    method = sft.get("method", "sft")
+    flops, tokens = sft_flops(student.get("active_params_b", student["params_b"]), student.get("layers", 64),
+                              student.get("hidden", 5120), sft["samples"], sft["mean_sample_tokens"],
+                              sft["cutoff_len"], sft["num_train_epochs"], method)
     mfu, why = sft_mfu(sft["zero_stage"], sft["cpu_offload"], sft["packing"], sft.get("liger_kernel", False),
                        calibration)
     gpus = gpus_per_node * nodes
@@ -171,7 +188,8 @@ def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int
                  if sft["packing"] else sft["samples"])
     steps = math.ceil(sequences * sft["num_train_epochs"]
                       / (sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus))
-    return seconds / 3600, {"flops": flops, "train_tokens": tokens, "mfu": mfu, "mfu_source": why,
+    return seconds / 3600, {"flops": flops, "train_tokens": tokens, "method": method,
+                            "sequences_per_sample": SEQUENCES[method], "mfu": mfu, "mfu_source": why,
                             "node_scaling": scaling, "peak_tflops_per_gpu": peak / 1e12, "steps": steps,
                             "hours_per_step": seconds / 3600 / max(steps, 1)}
 
@@ -296,22 +314,47 @@ def wants_spot(cfg: dict) -> bool:
 
 def estimate_generate(recipe: dict, offer, calibration=None, stage="generate", on_demand_offer=None,
                       spot: bool | None = None) -> StageEstimate:
+    """vLLM on `num_nodes` nodes of the section's accelerator, each node decoding its share of the problems:
+    the same GPU-hours, the wall time divided by the nodes, one startup per node."""
     cfg = recipe[stage]
     gpu, per_node = _accel(cfg["accelerator"])
+    nodes = int(cfg.get("num_nodes", 1))
     w = workload(recipe)
-    params = recipe["models"]["teacher"]["params_b"]
+    model = recipe["models"]["teacher" if stage == "generate" else "student"]
     prompt, output = ((w["prompt_tokens"], w["output_tokens"]) if stage == "generate"
                       else (w["eval_prompt_tokens"], w["eval_output_tokens"]))
-    if stage == "eval":
-        params = recipe["models"]["student"]["params_b"]
-    est = StageEstimate(stage, "gpu", cfg["accelerator"], 1, per_node)
-    hours, det = generation_hours(prompt, output, params, gpu, per_node, cfg["tensor_parallel"], calibration)
+    est = StageEstimate(stage, "gpu", cfg["accelerator"], nodes, per_node * nodes)
+    hours, det = generation_hours(prompt, output, model["params_b"], gpu, per_node * nodes, cfg["tensor_parallel"],
+                                  calibration, model.get("active_params_b"))
     est.details.update(det)
-    est.assumptions += [f"{output:,.0f} output tokens at {det['tok_s_per_gpu']:,.0f} tok/s/GPU x {per_node} GPUs "
-                        f"({det['throughput_source']})"]
+    est.assumptions += [f"{output:,.0f} output tokens at {det['tok_s_per_gpu']:,.0f} tok/s/GPU x {per_node} GPUs"
+                        + (f" x {nodes} nodes, each its own share of the problems" if nodes > 1 else "")
+                        + f" ({det['throughput_source']})"]
     # Shards are written as they finish: a preemption loses minutes, not hours.
     return price_gpu_stage(est, hours, offer, wants_spot(cfg) if spot is None else spot, recipe["costs"],
                            checkpoint_hours=0.1, on_demand_offer=on_demand_offer)
+
+
+def estimate_generate_api(recipe: dict, token_price) -> StageEstimate:
+    """The teacher through an OpenAI-compatible API (`generate.backend: api`): every sample's prompt in and its
+    whole response out (a reasoning model's thinking is billed as output), at the model's token prices."""
+    from costmodel.api_prices import BATCH_DISCOUNT, api_cost
+
+    gen = recipe["generate"]
+    w = workload(recipe)
+    prompt, completion = w["prompt_tokens"], w["output_tokens"]
+    batch = bool(gen.get("batch", False))
+    est = StageEstimate("generate", "api")
+    est.api_usd = api_cost(gen["model"], int(prompt), int(completion), batch=batch)
+    est.api_tokens = {"model": gen["model"], "requests": round(w["samples"]), "prompt_tokens": round(prompt),
+                      "completion_tokens": round(completion), "batch": batch}
+    disc = f" x {BATCH_DISCOUNT} batch" if batch else ""
+    est.arithmetic = (f"({prompt / 1e6:,.1f}M in x ${token_price.input}/M + {completion / 1e6:,.1f}M out x "
+                      f"${token_price.output}/M){disc} = ${est.api_usd:,.2f}")
+    est.price_source, est.price_date = token_price.source, token_price.date
+    est.assumptions.append(f"{w['samples']:,.0f} samples x {gen['mean_response_tokens']:,.0f} response tokens "
+                           f"(generate.mean_response_tokens) from {gen['model']}; no GPU placement")
+    return _total(est)
 
 
 def estimate_filter(recipe: dict) -> StageEstimate:
@@ -369,6 +412,12 @@ def estimate_sft(recipe: dict, offer, calibration=None, on_demand_offer=None, sp
     est.assumptions.append(
         f"{det['flops']:.3g} FLOPs ({det['train_tokens'] / 1e6:,.0f}M tokens) / ({est.gpus} x "
         f"{det['peak_tflops_per_gpu']:g} TFLOPS x MFU {det['mfu']:.3f}) ({det['mfu_source']})")
+    method = det["method"]
+    if method != "sft":
+        est.assumptions.append(
+            f"{method}: {sft['samples']:,} pairs x 2 sequences (chosen + rejected) of {sft['mean_sample_tokens']:,} "
+            "tokens" + (", plus the reference model's forward over both" if method == "dpo" else
+                        ", no reference model"))
     checkpoint_hours = det["hours_per_step"] * sft["save_steps"]
     return price_gpu_stage(est, hours, offer, wants_spot(sft) if spot is None else spot, recipe["costs"],
                            checkpoint_hours, on_demand_offer)

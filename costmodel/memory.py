@@ -26,14 +26,7 @@ GPU_MEMORY = {
     "A100-80GB": (81920 * MIB, "A100 SXM4 80GB: nvidia-smi total 81,920 MiB"),
 }
 
-# Architecture of the models the recipes name (HF config.json of each; QwQ-32B-Preview is a Qwen2.5-32B).
-QWEN25_32B = {"layers": 64, "hidden": 5120, "intermediate": 27648, "heads": 40, "kv_heads": 8, "vocab": 152064}
-SHAPES = {
-    "Qwen/Qwen2.5-32B-Instruct": QWEN25_32B,
-    "Qwen/QwQ-32B-Preview": QWEN25_32B,
-    "Qwen/Qwen2.5-7B-Instruct": {"layers": 28, "hidden": 3584, "intermediate": 18944, "heads": 28, "kv_heads": 4,
-                                 "vocab": 152064},
-}
+# Architecture of the models the recipes name: costmodel/data/models.yaml, resolved by costmodel.models.
 
 # ZeRO (Rajbhandari et al. 2020, arXiv 1910.02054, sec. 3.1): mixed-precision Adam keeps 2 Psi bf16 params,
 # 2 Psi bf16 grads and K = 12 Psi of fp32 master params, momentum and variance.
@@ -70,19 +63,14 @@ def gpu_memory(gpu: str) -> tuple[int, str]:
     return GPU_MEMORY[gpu]
 
 
-def shape(model: dict) -> dict:
-    """Architecture of a recipe's model entry: the known table, else derived from params_b/layers/hidden."""
-    known = SHAPES.get(model.get("id"), {})
-    s = {**known, **{k: model[k] for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab")
-                     if k in model}}
-    hidden = s.setdefault("hidden", 5120)
-    s.setdefault("layers", 64)
-    s.setdefault("intermediate", round(hidden * 5.4))  # Qwen2.5's ratio (27648 / 5120)
-    s.setdefault("heads", max(1, hidden // 128))
-    s.setdefault("kv_heads", max(1, s["heads"] // 5))
-    s.setdefault("vocab", 152064)
-    s["params"] = model["params_b"] * 1e9
-    s["head_dim"] = hidden // s["heads"]
+def shape(model) -> dict:
+    """Architecture of a recipe's model entry (costmodel.models.resolve), plus params and head_dim. A mixture of
+    experts holds every expert: params is the total, not the active count."""
+    from costmodel import models
+
+    s = models.resolve(model)
+    s["params"] = s["params_b"] * 1e9
+    s["head_dim"] = s["hidden"] // s["heads"]
     return s
 
 
@@ -105,7 +93,8 @@ def sft_config(recipe: dict, **changes) -> dict:
             "zero_stage": int(sft["zero_stage"]), "cpu_offload": bool(sft["cpu_offload"]),
             "cutoff_len": int(sft["cutoff_len"]), "batch": int(sft["per_device_train_batch_size"]),
             "gradient_checkpointing": bool(sft.get("gradient_checkpointing", True)),
-            "liger_kernel": bool(sft.get("liger_kernel", False)), "shape": shape(recipe["models"]["student"])}
+            "liger_kernel": bool(sft.get("liger_kernel", False)), "shape": shape(recipe["models"]["student"]),
+            "method": sft.get("method", "sft")}
 
 
 def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
@@ -116,7 +105,10 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
     if offload and zero not in (1, 2, 3):
         raise BadInput(f"cpu_offload needs ZeRO stage 1, 2 or 3, got stage {zero}")
     psi, d = s["params"], config["gpus_per_node"] * config["nodes"]
-    tokens = config["batch"] * config["cutoff_len"]
+    method = config.get("method", "sft")
+    # LLaMA-Factory's pairwise collator puts chosen and rejected in one batch: twice the sequences per step
+    pairwise = 2 if method in ("dpo", "simpo") else 1
+    tokens = config["batch"] * config["cutoff_len"] * pairwise
     layer_params = psi / s["layers"]
 
     params = 0.0 if (zero == 3 and offload) else PARAM_BYTES * psi / (d if zero == 3 else 1)
@@ -137,12 +129,17 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
         logits, logit_why = tokens * s["hidden"] * 4, "Liger fused linear cross-entropy (chunked, no logits)"
     else:
         logits, logit_why = tokens * s["vocab"] * LOGIT_BYTES, f"{tokens:,} tok x {s['vocab']:,} vocab x 4 B fp32"
+    # DPO's frozen reference model: bf16 weights, sharded (ZeRO-3) or offloaded with the policy's, no grads/optimizer
+    ref = 0.0
+    if method == "dpo" and not (zero == 3 and offload):
+        ref = PARAM_BYTES * psi / (d if zero == 3 else 1)
     parts = {"params": params, "gathered_params": gathered, "grads": grads, "optimizer": optim,
-             "activations": activations, "logits": logits, "overhead": SFT_OVERHEAD}
+             "reference_model": ref, "activations": activations, "logits": logits, "overhead": SFT_OVERHEAD}
     total = sum(parts.values())
     cpu = 0.0
+    ref_cpu = PARAM_BYTES if (method == "dpo" and zero == 3 and offload) else 0
     if offload:
-        cpu = (CPU_OFFLOAD_BYTES + (PARAM_BYTES if zero == 3 else 0)) * psi / config["nodes"]
+        cpu = (CPU_OFFLOAD_BYTES + (PARAM_BYTES if zero == 3 else 0) + ref_cpu) * psi / config["nodes"]
     usable = capacity * (1 - HEADROOM)
     ok_gpu, ok_cpu = total <= usable, cpu <= NODE_RAM
     breakdown = {**{k: v / GIB for k, v in parts.items()}, "total_gib": total / GIB, "capacity_gib": capacity / GIB,
@@ -152,11 +149,15 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
     lines = [
         f"ZeRO-{zero}{' + CPU offload' if offload else ''}, {d} x {gpu}, {psi / 1e9:.1f}B params, "
         f"{tokens:,} tokens/GPU, checkpointing {'on' if config['gradient_checkpointing'] else 'off'}, "
-        f"Liger {'on' if config['liger_kernel'] else 'off'}",
+        f"Liger {'on' if config['liger_kernel'] else 'off'}"
+        + (f", {method}: chosen + rejected = {pairwise} sequences per sample" if pairwise > 1 else ""),
         f"  params    {PARAM_BYTES} B x Psi {_where(params, d if zero == 3 else 1)} = {params / GIB:6.1f} GiB",
         f"  grads     {GRAD_BYTES} B x Psi {_where(grads, d if zero >= 2 else 1)} = {grads / GIB:6.1f} GiB",
         f"  optimizer {OPTIM_BYTES} B x Psi {_where(optim, d if zero >= 1 else 1)} = {optim / GIB:6.1f} GiB",
         f"  gathered  ZeRO-3 live layers = {gathered / GIB:6.1f} GiB",
+        *([f"  reference DPO's frozen model, {PARAM_BYTES} B x Psi "
+           f"{'on CPU (offload)' if ref == 0 else _where(ref, d if zero == 3 else 1)} = {ref / GIB:6.1f} GiB"]
+          if method == "dpo" else []),
         f"  activations {act_why} = {activations / GIB:6.1f} GiB",
         f"  logits    {logit_why} = {logits / GIB:6.1f} GiB",
         f"  overhead  CUDA/NCCL/buckets/fragmentation = {SFT_OVERHEAD / GIB:6.1f} GiB",
@@ -165,7 +166,7 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
         f" -> {'fits' if ok_gpu else 'does NOT fit'}",
     ]
     if offload:
-        lines.append(f"  node CPU RAM {CPU_OFFLOAD_BYTES + (PARAM_BYTES if zero == 3 else 0)} B x Psi / "
+        lines.append(f"  node CPU RAM {CPU_OFFLOAD_BYTES + (PARAM_BYTES if zero == 3 else 0) + ref_cpu} B x Psi / "
                      f"{config['nodes']} node(s) = {cpu / GIB:,.0f} GiB {'<=' if ok_cpu else '>'} "
                      f"{NODE_RAM / GIB:,.0f} GiB assumed per node")
     return ok_gpu and ok_cpu, breakdown, "\n".join(lines)
@@ -184,10 +185,14 @@ def vllm_fits(model: dict, gpu: str, tp: int, max_model_len: int, mean_context: 
     if tp < 1 or s["heads"] % tp:
         return False, {"tp": tp, "need_gib": float("inf"), "usable_gib": VLLM_UTILIZATION * capacity / GIB}, \
             f"TP={tp} does not divide {s['heads']} attention heads"
-    weights = PARAM_BYTES * s["params"] / tp
+    weights = s["weight_bytes"] * s["params"] / tp      # bf16: 2 B; checkpoints shipped in FP8 (DeepSeek-R1): 1 B
     kv_budget = VLLM_UTILIZATION * capacity - weights - VLLM_RUNTIME
-    # K and V, every layer, bf16; KV heads split across TP ranks (replicated when TP > KV heads).
-    kv_per_token = 2 * s["layers"] * s["kv_heads"] * s["head_dim"] * 2 / min(tp, s["kv_heads"])
+    if s.get("kv_cache_dim"):
+        # multi-head latent attention: one compressed latent per token per layer, bf16, on every TP rank
+        kv_per_token = s["layers"] * s["kv_cache_dim"] * 2
+    else:
+        # K and V, every layer, bf16; KV heads split across TP ranks (replicated when TP > KV heads).
+        kv_per_token = 2 * s["layers"] * s["kv_heads"] * s["head_dim"] * 2 / min(tp, s["kv_heads"])
     kv_tokens = max(kv_budget, 0) / kv_per_token
     seqs_per_gpu = kv_tokens / mean_context / tp
     ok_len, ok_batch = kv_tokens >= max_model_len, seqs_per_gpu >= VLLM_MIN_SEQS_PER_GPU
@@ -200,7 +205,7 @@ def vllm_fits(model: dict, gpu: str, tp: int, max_model_len: int, mean_context: 
                  "kv_cache_gib": max(kv_budget, 0) / GIB, "kv_tokens_per_replica": kv_tokens,
                  "seqs_in_flight_per_gpu": seqs_per_gpu, "capacity_gib": capacity / GIB,
                  "fits_max_len": ok_len, "enough_batch": ok_batch}
-    arithmetic = (f"TP={tp} on {gpu}: {VLLM_UTILIZATION} x {capacity / GIB:.1f} GiB - weights {weights / GIB:.1f} GiB"
+    arithmetic = (f"{s['id']} ({s['params_b']:g}B x {s['weight_bytes']} B) TP={tp} on {gpu}: {VLLM_UTILIZATION} x {capacity / GIB:.1f} GiB - weights {weights / GIB:.1f} GiB"
                   f" - runtime {VLLM_RUNTIME / GIB:.0f} GiB = KV {max(kv_budget, 0) / GIB:.1f} GiB/GPU"
                   f" / {kv_per_token / 1024:.0f} KiB per token = {kv_tokens:,.0f} tokens per replica"
                   f" ({'>=' if ok_len else '<'} max_model_len {max_model_len:,}),"

@@ -54,9 +54,13 @@ def one_of(*values) -> Check:
                  "one of " + ", ".join(str(x).lower() if isinstance(x, bool) else str(x) for x in values))
 
 
+GPUS_PER_NODE = 8   # the largest node any catalog row offers (costmodel/data/snapshot_8gpu.csv)
+
+
 def _accel(v) -> bool:
     name, sep, count = str(v).partition(":")
-    return isinstance(v, str) and name in GPU_NAMES and sep == ":" and count.isdigit() and int(count) >= 1
+    return (isinstance(v, str) and name in GPU_NAMES and sep == ":" and count.isdigit()
+            and 1 <= int(count) <= GPUS_PER_NODE)
 
 
 TEXT = Check(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
@@ -65,7 +69,8 @@ BOOL = Check(lambda v: isinstance(v, bool), "true or false")
 POSITIVE = number(0, lo_open=True)
 NON_NEGATIVE = number(0)
 SHARE = number(0, 1, lo_open=True)                       # (0, 1]
-ACCEL = Check(_accel, f"NAME:COUNT with NAME one of {', '.join(GPU_NAMES)}, e.g. H100:8")
+ACCEL = Check(_accel, f"NAME:COUNT with NAME one of {', '.join(GPU_NAMES)}, e.g. H100:8, and COUNT the GPUs of "
+                      f"one node (at most {GPUS_PER_NODE}): for more, set the section's num_nodes")
 ACCELS = Check(lambda v: isinstance(v, list) and all(_accel(x) for x in v),
                f"a list of NAME:COUNT with NAME one of {', '.join(GPU_NAMES)}, e.g. [H200:8]")
 MARKET = Check(lambda v: v in (True, False, "auto"), "true (spot), false (on-demand) or auto (the cheaper)")
@@ -73,8 +78,16 @@ DOMAIN_LIST = Check(lambda v: isinstance(v, list) and all(x in DOMAINS for x in 
                     f"a list of domains from {', '.join(DOMAINS)}")
 MAPPING = Check(lambda v: isinstance(v, dict), "a mapping")
 
-_MODEL = {"id": TEXT, "params_b": POSITIVE, "layers": whole(), "hidden": whole(), "intermediate": whole(),
-          "heads": whole(), "kv_heads": whole(), "vocab": whole()}
+# A model entry: an id (costmodel/data/models.yaml), a local config.json, figures overriding either.
+_MODEL = {"id": TEXT, "config": TEXT, "params_b": POSITIVE, "active_params_b": POSITIVE, "layers": whole(),
+          "hidden": whole(), "intermediate": whole(), "heads": whole(), "kv_heads": whole(), "vocab": whole(),
+          "experts": whole(0), "experts_per_token": whole(0), "kv_cache_dim": whole(), "weight_bytes": one_of(1, 2),
+          "source": ANY_TEXT}
+MODEL_ROLES = ("teacher", "student")
+SFT_METHODS = ("sft", "dpo", "simpo")
+PREF_LOSSES = {"dpo": ("sigmoid", "hinge", "ipo"), "simpo": ("simpo",)}   # LLaMA-Factory's pref_loss per method
+# A `sources` item must say these; the rest have defaults (an empty filter, the dataset's default subset).
+SOURCE_REQUIRED = ("name", "dataset", "split", "domain", "problems", "keep_rate")
 _GPU_SECTION = {"accelerator": ACCEL, "fallbacks": ACCELS, "use_spot": MARKET}
 
 RULES: dict[str, Check] = {
@@ -83,6 +96,8 @@ RULES: dict[str, Check] = {
     **{f"models.{m}.{k}": c for m in ("teacher", "student") for k, c in _MODEL.items()},
     "sources.*.name": TEXT, "sources.*.dataset": TEXT, "sources.*.split": TEXT, "sources.*.filter": MAPPING,
     "sources.*.domain": one_of(*DOMAINS), "sources.*.problems": whole(), "sources.*.keep_rate": SHARE,
+    "sources.*.subset": TEXT, "sources.*.fields": MAPPING, "sources.*.answer_from": one_of("column", "boxed"),
+    **{f"sources.*.fields.{k}": TEXT for k in ("id", "problem", "answer", "tests", "starter_code")},
     "extra_data.*.name": TEXT, "extra_data.*.dataset": TEXT, "extra_data.*.filter": MAPPING,
     "extra_data.*.records": whole(),
     **{f"generate.{k}": c for k, c in _GPU_SECTION.items()},
@@ -91,6 +106,8 @@ RULES: dict[str, Check] = {
     "generate.system_prompt": ANY_TEXT, "generate.user_templates": MAPPING,
     "generate.user_templates.math": TEXT, "generate.user_templates.code": TEXT, "generate.user_templates.mcq": TEXT,
     "generate.mean_prompt_tokens": POSITIVE, "generate.mean_response_tokens": POSITIVE,
+    "generate.backend": one_of("vllm", "api"), "generate.model": TEXT, "generate.batch": BOOL,
+    "generate.num_nodes": whole(1, 64),
     "filter.where": one_of("local", "cpu-node"), "filter.grade_after_rewrite": DOMAIN_LIST, "filter.cpus": whole(),
     "filter.math_timeout_s": number(0, 3600, lo_open=True), "filter.code_timeout_s": number(0, 3600, lo_open=True),
     "filter.code_memory_mb": whole(64, 65536), "filter.mean_cpu_s_per_math": NON_NEGATIVE,
@@ -98,6 +115,8 @@ RULES: dict[str, Check] = {
     "rewrite.model": TEXT, "rewrite.batch": BOOL, "rewrite.temperature": number(0, 2), "rewrite.max_tokens": whole(),
     "rewrite.system_prompt": ANY_TEXT, "rewrite.prompt_overhead_tokens": NON_NEGATIVE,
     "rewrite.output_ratio": POSITIVE, "rewrite.recheck": BOOL,
+    "convert.pairs": MAPPING, "convert.pairs.chosen": one_of("shortest", "longest"),
+    "convert.pairs.rejected": one_of("shortest", "longest"), "convert.pairs.min_correct": whole(2),
     "convert.dataset_name": TEXT, "convert.system_prompt": ANY_TEXT, "convert.dedupe": BOOL,
     "convert.decontaminate": MAPPING, "convert.decontaminate.enabled": BOOL, "convert.decontaminate.ngram": whole(),
     "convert.decontaminate.common_ngram_problems": whole(0), "convert.decontaminate.near_duplicates": number(0, 1),
@@ -110,6 +129,8 @@ RULES: dict[str, Check] = {
     "sft.warmup_ratio": number(0, 1, hi_open=True), "sft.bf16": BOOL, "sft.zero_stage": one_of(0, 3),
     "sft.cpu_offload": BOOL, "sft.packing": BOOL, "sft.liger_kernel": BOOL, "sft.gradient_checkpointing": BOOL,
     "sft.save_steps": whole(), "sft.published_hours": POSITIVE, "sft.published_usd": POSITIVE,
+    "sft.method": one_of(*SFT_METHODS), "sft.pref_loss": one_of(*sorted({x for v in PREF_LOSSES.values() for x in v})),
+    "sft.pref_beta": POSITIVE, "sft.simpo_gamma": NON_NEGATIVE,
     **{f"eval.{k}": c for k, c in _GPU_SECTION.items()},
     "eval.tensor_parallel": whole(), "eval.data_parallel": whole(), "eval.max_tokens": whole(),
     "eval.mean_response_tokens": POSITIVE, "eval.seed": whole(0), "eval.batch_invariant": BOOL,
@@ -135,8 +156,40 @@ def check(recipe: dict, origin=lambda key: "the recipe") -> None:
     if missing:
         raise UserError(f"recipe {origin(missing[0])}: section {missing[0]!r} is missing; a recipe needs "
                         f"{', '.join(SECTIONS)}")
+    models = recipe.get("models")
+    for role in MODEL_ROLES:   # an id alone is the short form of {id: ...}
+        if isinstance(models, dict) and isinstance(models.get(role), str):
+            models[role] = {"id": models[role]}
     _walk(recipe, "", "", origin)
+    _resolve_models(recipe, origin)
+    _required(recipe, origin)
     _cross(recipe, origin)
+
+
+def _resolve_models(recipe: dict, origin) -> None:
+    """Every model entry gets its whole shape (costmodel.models), so FLOPs, memory and throughput read one dict;
+    resolving a resolved entry changes nothing (a run's recipe.yaml loads as it was written)."""
+    from costmodel import models
+    from costmodel.errors import BadInput
+
+    for role in MODEL_ROLES:
+        key = f"models.{role}"
+        if role not in recipe["models"]:
+            raise UserError(f"recipe {origin(key)}: {key} is missing: name a model id, e.g. Qwen/Qwen2.5-32B-Instruct")
+        try:
+            recipe["models"][role] = models.resolve(recipe["models"][role])
+        except BadInput as e:
+            raise UserError(f"{key} ({origin(key)}): {e}") from None
+
+
+def _required(recipe: dict, origin) -> None:
+    for i, src in enumerate(recipe["sources"]):
+        missing = [k for k in SOURCE_REQUIRED if k not in src]
+        if missing:
+            key = f"sources.{src.get('name', i)}"
+            raise UserError(f"{key} ({origin(key)}): {missing[0]} is missing; a source states "
+                            f"{', '.join(SOURCE_REQUIRED)} (keep_rate: the share of its traces the filter keeps, "
+                            f"e.g. 0.8)")
 
 
 def _walk(node, key: str, pattern: str, origin) -> None:
@@ -197,9 +250,47 @@ def _cross(recipe: dict, origin) -> None:
         dupes = sorted({n for n in names if names.count(n) > 1 and n is not None})
         if dupes:
             raise UserError(f"{name} ({origin(name)}): item name {dupes[0]!r} appears twice; names must be unique")
+    _cross_new(recipe, origin)
     if recipe["sft"]["cpu_offload"] and recipe["sft"]["zero_stage"] == 0:
         raise UserError(f"sft.cpu_offload=true ({origin('sft.cpu_offload')}): needs sft.zero_stage 3 (DeepSpeed); "
                         "set sft.cpu_offload=false or sft.zero_stage=3")
+
+
+def _cross_new(recipe: dict, origin) -> None:
+    """Preference training's loss agrees with its method; an API teacher names a priced model and no GPUs."""
+    sft, gen = recipe["sft"], recipe["generate"]
+    method = sft.get("method", "sft")
+    if "pref_loss" in sft and sft["pref_loss"] not in PREF_LOSSES.get(method, ()):
+        raise UserError(f"sft.pref_loss={sft['pref_loss']} ({origin('sft.pref_loss')}): expected "
+                        + (f"one of {', '.join(PREF_LOSSES[method])} for sft.method={method}" if method in PREF_LOSSES
+                           else "no pref_loss with sft.method=sft (set sft.method=dpo or simpo)"))
+    backend = api_backend(recipe)
+    if gen.get("backend") == "api" and not gen.get("model"):
+        raise UserError(f"generate.backend=api ({origin('generate.backend')}): needs generate.model, the API's "
+                        "model name (e.g. deepseek-reasoner)")
+    if gen.get("backend") == "vllm" and gen.get("model"):
+        raise UserError(f"generate.model={gen['model']} ({origin('generate.model')}): names an API model; set "
+                        "generate.backend=api, or models.teacher for a self-hosted teacher")
+    if backend:
+        from costmodel import api_prices
+        from costmodel.errors import BadInput
+
+        try:
+            price = api_prices.token_price(gen["model"])
+        except BadInput as e:
+            raise UserError(f"generate.model={gen['model']} ({origin('generate.model')}): {e}") from None
+        if gen.get("batch") and not price.batch:
+            raise UserError(f"generate.batch=true ({origin('generate.batch')}): {gen['model']} has no Batch API "
+                            f"({price.source}); set generate.batch=false")
+        if int(gen.get("num_nodes", 1)) > 1:
+            raise UserError(f"generate.num_nodes={gen['num_nodes']} ({origin('generate.num_nodes')}): an API "
+                            "teacher uses no nodes; remove it or set generate.backend=vllm")
+
+
+def api_backend(recipe: dict) -> bool:
+    """The teacher is served by an API: `generate.backend: api`, or a `generate.model` with no backend said."""
+    gen = recipe.get("generate") or {}
+    return gen.get("backend", "api" if gen.get("model") else "vllm") == "api"
 
 
 def _show(v) -> str:

@@ -170,7 +170,8 @@ BAD_SETS = {
     "generate TP x DP != GPUs": (["generate.tensor_parallel=1"], "generate.data_parallel=4 (in sky-t1-32b-preview"),
     "generate TP not a divisor": (["generate.tensor_parallel=3"], "expected a divisor of the 8 GPUs"),
     # out of range, one per section
-    "models": (["models.student.params_b=0"], "models.student.params_b=0 (from --set): expected a finite number > 0"),
+    "models": (["models.student={id: Qwen/Qwen2.5-32B-Instruct, params_b: 0}"],
+               "models.student.params_b=0 (from --set): expected a finite number > 0"),
     "sources": (["sources.apps.keep_rate=2"], "sources.apps.keep_rate=2 (from --set): expected a finite number > 0"),
     "extra_data": (["extra_data.still2.records=0"], "extra_data.still2.records=0 (from --set): expected a whole"),
     "generate": (["generate.temperature=3"], "generate.temperature=3 (from --set): expected a finite number >= 0"),
