@@ -117,6 +117,14 @@ LEASE_STALE_S = 600.0       # a heartbeat older than this frees the lease (the p
 HEARTBEAT_EVERY_S = 5.0     # at most one heartbeat write per run in this long
 
 
+# Ledger files this process has open, with how many connections. While one is open, the file is never
+# opened outside SQLite: closing any descriptor of a file drops all of this process's POSIX locks on it
+# (fcntl semantics), and another process would then think it the last user, checkpoint the WAL and delete
+# it under our feet; every later commit of ours would be lost (seen: a resumed run's rows after the first
+# minutes vanished when a refused resumer exited while the winner re-opened the ledger to re-plan).
+_OPEN: dict = {}
+
+
 class LedgerError(BadInput):
     """The ledger file cannot be used as it is (corrupt, foreign, or from a newer version)."""
 
@@ -142,10 +150,13 @@ class Ledger:
         self.path = Path(path) if path else default_path()
         self._beats: dict = {}
         _check_folder(self.path.parent)
-        _check_header(self.path)
+        self._key, self.db = os.path.realpath(self.path), None
+        if not _OPEN.get(self._key):
+            _check_header(self.path)
         try:
             self.db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None,
                                       check_same_thread=False)
+            _OPEN[self._key] = _OPEN.get(self._key, 0) + 1
             self.db.row_factory = sqlite3.Row
             self.db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             version = self._version()          # reads only: a bad or newer file is never written
@@ -160,11 +171,18 @@ class Ledger:
             if version < SCHEMA_VERSION:
                 self._migrate()
         except sqlite3.DatabaseError as e:
+            self.close()
             raise LedgerError(f"ledger {self.path} is not readable as a reproduce ledger ({e}); move it aside "
                               "or point REPRODUCE_HOME elsewhere; the file was left untouched") from None
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+            _OPEN[self._key] -= 1
 
     def __enter__(self):
         return self

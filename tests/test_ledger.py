@@ -2,6 +2,8 @@
 import multiprocessing
 import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -368,3 +370,28 @@ def test_two_claimants_at_once_exactly_one_wins(home):
         for p in procs:
             p.join(30)
         assert sorted(results.get(timeout=5) for _ in procs) == ["held", "won"], trial
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_a_second_ledger_in_one_process_keeps_the_first_ones_locks(home, monkeypatch, guarded):
+    """A process with the ledger open opens it again (calibration while re-planning); another process then
+    opens and closes it. Unguarded (the header read outside SQLite each time), the plain close() drops our
+    POSIX lock on the file, the other process takes itself for the last user and deletes the WAL we are
+    writing to: under load a resumed run lost every commit after that (seen in test_fault_injection)."""
+    class Forgetful(dict):
+        def get(self, *a):
+            return 0
+
+    if not guarded:
+        monkeypatch.setattr(ledger_mod, "_OPEN", Forgetful())
+    led = Ledger()
+    _run(led)
+    Ledger(led.path).close()                               # a second connection, in this process
+    subprocess.run([sys.executable, "-c", "import sys; from costmodel.ledger import Ledger; "
+                    "Ledger(sys.argv[1]).close()", str(led.path)], check=True, timeout=60)   # another process
+    wal_kept = os.path.exists(str(led.path) + "-wal")
+    led.add_event("r1", None, "run", ok=True, reason="after")
+    led.close()
+    assert wal_kept is guarded                            # unguarded: deleted while we still had it open
+    with Ledger(led.path) as again:
+        assert [e["reason"] for e in again.events("r1", "run")] == ["after"]
