@@ -52,12 +52,14 @@ def observations(stage: str, summary: dict, recipe: dict, plan_row: dict) -> lis
             return []
         sft, student = recipe["sft"], recipe["models"]["student"]
         seq = min(sft["mean_sample_tokens"], sft["cutoff_len"])
-        per_token = 6 * student["params_b"] * 1e9 + 6 * student.get("layers", 64) * student.get("hidden", 5120) * seq
+        method = sft.get("method", "sft")   # LLaMA-Factory counts chosen and rejected tokens both; DPO adds a forward
+        per_token = estimates.FORWARDS[method] / 3 * (6 * student.get("active_params_b", student["params_b"]) * 1e9
+                                                       + 6 * student.get("layers", 64) * student.get("hidden", 5120) * seq)
         nodes = int(summary.get("nodes") or plan_row.get("nodes") or 1)
         scaling = estimates.NODE_SCALING ** math.log2(nodes) if nodes > 1 else 1.0
         peak = estimates.gpu_spec(gpu).bf16_tflops * 1e12
         mfu = per_token * tokens / (gpus * peak * runtime * scaling)
-        key = (f"mfu/zero{sft['zero_stage']}/offload={sft['cpu_offload']}/packing={sft['packing']}"
+        key = (f"mfu/zero{sft['zero_stage']}/offload={sft['cpu_offload']}/packing={sft['packing'] and method == 'sft'}"
                f"/liger={sft.get('liger_kernel', False)}")
         return [(key, mfu, f"{per_token * tokens:.3g} FLOPs / ({gpus} x {peak / 1e12:g} TFLOPS x {runtime:,.0f} s)")]
     return []

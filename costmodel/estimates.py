@@ -177,7 +177,8 @@ def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int
     flops, tokens = sft_flops(student.get("active_params_b", student["params_b"]), student.get("layers", 64),
                               student.get("hidden", 5120), sft["samples"], sft["mean_sample_tokens"],
                               sft["cutoff_len"], sft["num_train_epochs"], method)
-    mfu, why = sft_mfu(sft["zero_stage"], sft["cpu_offload"], sft["packing"], sft.get("liger_kernel", False),
+    packing = bool(sft["packing"]) and method == "sft"   # LLaMA-Factory packs SFT only (neat_packing: "except SFT")
+    mfu, why = sft_mfu(sft["zero_stage"], sft["cpu_offload"], packing, sft.get("liger_kernel", False),
                        calibration)
     gpus = gpus_per_node * nodes
     scaling = NODE_SCALING ** math.log2(nodes) if nodes > 1 else 1.0
@@ -185,7 +186,7 @@ def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int
     seconds = flops / (gpus * peak * mfu * scaling)
     # Packing concatenates samples into sequences of cutoff_len: steps count sequences, not samples.
     sequences = (math.ceil(sft["samples"] * min(sft["mean_sample_tokens"], sft["cutoff_len"]) / sft["cutoff_len"])
-                 if sft["packing"] else sft["samples"])
+                 if packing else sft["samples"])
     steps = math.ceil(sequences * sft["num_train_epochs"]
                       / (sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus))
     return seconds / 3600, {"flops": flops, "train_tokens": tokens, "method": method,

@@ -103,8 +103,8 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
     rows = []
     try:
         for s in stagetable.STAGES:
-            rows.append(place_gpu_stage(s, recipe, calibration, remote) if s.where == stagetable.GPU
-                        else s.estimate(recipe))
+            rows.append(place_gpu_stage(s, recipe, calibration, remote) if s.runs_on(recipe) == stagetable.GPU
+                        else s.estimator(recipe)(recipe))
     except BadInput as e:
         raise UserError(str(e)) from None
     if not remote and recipe["scale"] == "smoke":  # smoke runs every stage on this machine's CPU
@@ -214,42 +214,58 @@ def _nodes(n: int) -> str:
     return f" x {n} nodes" if n > 1 else ""
 
 
-# Single changes that lower memory per GPU, tried in this order to name the knob that would make a stage fit.
+# Changes that lower memory per GPU, tried in this order to name the knob that would make a stage fit; a list is
+# one change of several keys (a teacher too big for TP=8 on 80 GB needs the bigger GPU and TP=8 together).
 FIT_KNOBS = {
     "sft": [("sft.liger_kernel", True), ("sft.gradient_checkpointing", True), ("sft.accelerator", "H200:8"),
             ("sft.num_nodes", 2), ("sft.num_nodes", 4), ("sft.cpu_offload", True)],
-    "generate": [("generate.tensor_parallel", 4), ("generate.tensor_parallel", 8), ("generate.accelerator", "H200:8")],
-    "eval": [("eval.tensor_parallel", 4), ("eval.tensor_parallel", 8), ("eval.accelerator", "H200:8")],
+    "generate": [("generate.tensor_parallel", 4), ("generate.tensor_parallel", 8), ("generate.accelerator", "H200:8"),
+                 [("generate.accelerator", "H200:8"), ("generate.tensor_parallel", 4)],
+                 [("generate.accelerator", "H200:8"), ("generate.tensor_parallel", 8)]],
+    "eval": [("eval.tensor_parallel", 4), ("eval.tensor_parallel", 8), ("eval.accelerator", "H200:8"),
+             [("eval.accelerator", "H200:8"), ("eval.tensor_parallel", 8)]],
+}
+# When nothing fits: what is left. vLLM runs whole replicas inside one node here (generate.num_nodes shards the
+# problems across nodes, it does not split a model over them).
+API_HINT = "--set generate.backend=api --set generate.model=deepseek-reasoner"
+NO_FIT_ADVICE = {
+    "generate": "no node of up to 8 GPUs holds this teacher at any tensor parallel here (num_nodes shards the "
+                f"problems, it does not split the model): serve it by an API, e.g. {API_HINT}",
 }
 
 
 def no_fit(s, recipe: dict, mem: dict) -> str:
-    """One line: the stage, GiB needed vs usable, and the first single knob that would make it fit."""
+    """One line: the stage, GiB needed vs usable, and the first knob (or pair of knobs) that would make it fit."""
     import copy
 
     line = (f"stage {s.name} does not fit in memory: needs {mem['per_gpu_gib']:.1f} GiB per GPU, "
             f"{mem['accelerator']} has {mem['usable_gib']:.1f} GiB usable")
-    for key, value in FIT_KNOBS.get(s.name, []):
+    for knob in FIT_KNOBS.get(s.name, []):
+        changes = knob if isinstance(knob, list) else [knob]
         variant = copy.deepcopy(recipe)
-        section, _, leaf = key.partition(".")
-        if variant[section].get(leaf) == value:
+        if all(variant[k.partition(".")[0]].get(k.partition(".")[2]) == v for k, v in changes):
             continue
-        variant[section][leaf] = value
-        if leaf == "tensor_parallel":   # keep every GPU busy: TP x DP = GPUs per node
-            gpus = int(str(variant[section]["accelerator"]).partition(":")[2])
-            if gpus % value:
+        sets = []
+        for key, value in changes:
+            section, _, leaf = key.partition(".")
+            variant[section][leaf] = value
+            sets.append(f"--set {key}={str(value).lower() if isinstance(value, bool) else value}")
+        cfg = variant[s.section]
+        if any(k.endswith(".tensor_parallel") for k, _ in changes):   # keep every GPU busy: TP x DP = GPUs
+            gpus = int(str(cfg["accelerator"]).partition(":")[2])
+            if gpus % cfg["tensor_parallel"]:
                 continue
-            variant[section]["data_parallel"] = gpus // value
+            cfg["data_parallel"] = gpus // cfg["tensor_parallel"]
+            sets.append(f"--set {s.section}.data_parallel={cfg['data_parallel']}")
         try:
             alt = s.memory(variant)
         except Exception:   # noqa: BLE001 - a knob this model has no figures for is no advice
             continue
         if alt["fits"]:
-            extra = (f" --set {section}.data_parallel={variant[section]['data_parallel']}"
-                     if leaf == "tensor_parallel" else "")
-            shown = str(value).lower() if isinstance(value, bool) else value
-            return line + f"; --set {key}={shown}{extra} would fit ({alt['per_gpu_gib']:.1f} GiB)"
-    return line + "; no single knob fits (see `reproduce plan --optimize`)"
+            api = (f", or serve the teacher by an API ({API_HINT})"
+                   if s.name == "generate" and cfg.get("tensor_parallel") == 8 else "")
+            return line + f"; {' '.join(sets)} would fit ({alt['per_gpu_gib']:.1f} GiB){api}"
+    return line + "; " + NO_FIT_ADVICE.get(s.name, "no single knob fits (see `reproduce plan --optimize`)")
 
 
 def _calibration() -> dict:

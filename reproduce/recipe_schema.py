@@ -69,6 +69,7 @@ BOOL = Check(lambda v: isinstance(v, bool), "true or false")
 POSITIVE = number(0, lo_open=True)
 NON_NEGATIVE = number(0)
 SHARE = number(0, 1, lo_open=True)                       # (0, 1]
+OPTIONAL_POSITIVE = Check(lambda v: v is None or POSITIVE(v), "a finite number > 0, or null (nothing published)")
 ACCEL = Check(_accel, f"NAME:COUNT with NAME one of {', '.join(GPU_NAMES)}, e.g. H100:8, and COUNT the GPUs of "
                       f"one node (at most {GPUS_PER_NODE}): for more, set the section's num_nodes")
 ACCELS = Check(lambda v: isinstance(v, list) and all(_accel(x) for x in v),
@@ -106,7 +107,7 @@ RULES: dict[str, Check] = {
     "generate.system_prompt": ANY_TEXT, "generate.user_templates": MAPPING,
     "generate.user_templates.math": TEXT, "generate.user_templates.code": TEXT, "generate.user_templates.mcq": TEXT,
     "generate.mean_prompt_tokens": POSITIVE, "generate.mean_response_tokens": POSITIVE,
-    "generate.backend": one_of("vllm", "api"), "generate.model": TEXT, "generate.batch": BOOL,
+    "generate.backend": one_of("vllm", "api"), "generate.model": Check(lambda v: v is None or TEXT(v), "an API model name, or null (no API)"), "generate.batch": BOOL,
     "generate.num_nodes": whole(1, 64),
     "filter.where": one_of("local", "cpu-node"), "filter.grade_after_rewrite": DOMAIN_LIST, "filter.cpus": whole(),
     "filter.math_timeout_s": number(0, 3600, lo_open=True), "filter.code_timeout_s": number(0, 3600, lo_open=True),
@@ -128,7 +129,7 @@ RULES: dict[str, Check] = {
                                     "polynomial", "inverse_sqrt"),
     "sft.warmup_ratio": number(0, 1, hi_open=True), "sft.bf16": BOOL, "sft.zero_stage": one_of(0, 3),
     "sft.cpu_offload": BOOL, "sft.packing": BOOL, "sft.liger_kernel": BOOL, "sft.gradient_checkpointing": BOOL,
-    "sft.save_steps": whole(), "sft.published_hours": POSITIVE, "sft.published_usd": POSITIVE,
+    "sft.save_steps": whole(), "sft.published_hours": OPTIONAL_POSITIVE, "sft.published_usd": OPTIONAL_POSITIVE,
     "sft.method": one_of(*SFT_METHODS), "sft.pref_loss": one_of(*sorted({x for v in PREF_LOSSES.values() for x in v})),
     "sft.pref_beta": POSITIVE, "sft.simpo_gamma": NON_NEGATIVE,
     **{f"eval.{k}": c for k, c in _GPU_SECTION.items()},
@@ -264,6 +265,10 @@ def _cross_new(recipe: dict, origin) -> None:
         raise UserError(f"sft.pref_loss={sft['pref_loss']} ({origin('sft.pref_loss')}): expected "
                         + (f"one of {', '.join(PREF_LOSSES[method])} for sft.method={method}" if method in PREF_LOSSES
                            else "no pref_loss with sft.method=sft (set sft.method=dpo or simpo)"))
+    pairs = recipe["convert"].get("pairs") or {}
+    if method in PREF_LOSSES and pairs.get("chosen", "shortest") == pairs.get("rejected", "longest"):
+        raise UserError(f"convert.pairs.rejected={pairs.get('rejected')} ({origin('convert.pairs.rejected')}): "
+                        "expected the other end from convert.pairs.chosen (shortest vs longest)")
     backend = api_backend(recipe)
     if gen.get("backend") == "api" and not gen.get("model"):
         raise UserError(f"generate.backend=api ({origin('generate.backend')}): needs generate.model, the API's "

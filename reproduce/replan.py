@@ -67,11 +67,16 @@ def sft_workload(artifacts: Path, recipe: dict) -> dict | None:
         return None
     if not isinstance(records, list) or not records:
         return None
-    texts = ["".join(str(m.get("value", "")) for m in r.get("conversations", [])) + str(r.get("system", ""))
-             for r in records if isinstance(r, dict)]
+    def sequences(r: dict) -> list[str]:   # a preference pair trains two: prompt + chosen, prompt + rejected
+        text = "".join(str(m.get("value", "")) for m in r.get("conversations", [])) + str(r.get("system", ""))
+        ends = [str((r.get(k) or {}).get("value", "")) for k in ("chosen", "rejected") if isinstance(r.get(k), dict)]
+        return [text + e for e in ends] or [text]
+
     count, how = _tokenizer(artifacts, recipe)
     cutoff = int(recipe["sft"]["cutoff_len"])
-    lengths = [min(count(t), cutoff) for t in texts]
+    # tokens per sequence; a pair's two averaged, as sft.mean_sample_tokens is for preference methods
+    lengths = [sum(min(count(t), cutoff) for t in seqs) / len(seqs)
+               for seqs in (sequences(r) for r in records if isinstance(r, dict))]
     tokens = sum(lengths)
     out = {"samples": len(lengths), "tokens": tokens, "mean_tokens": tokens / len(lengths), "how": how}
     if recipe["sft"].get("packing"):   # first-fit in order, as LLaMA-Factory packs: sequences of <= cutoff

@@ -34,17 +34,32 @@ class Stage:
     model: str | None = None     # gpu stages: the recipe's models.<model> it loads (memory, throughput)
     work: str | None = None      # what bounds its speed: a finished stage's measured speed re-plans the
                                  #   remaining stages of the same work (reproduce.replan)
+    api_estimate: Callable | None = None  # (recipe) -> StageEstimate when the recipe serves it by an API
+
+    def runs_on(self, recipe: dict) -> str:
+        """Where this stage runs for this recipe: its row's `where`, except a stage with an API form (generate)
+        whose recipe serves it by an API (`generate.backend: api`): then the controller, priced at token prices."""
+        from reproduce.recipe_schema import api_backend
+
+        if self.api_estimate is not None and api_backend(recipe):
+            return CONTROLLER
+        return self.where
+
+    def estimator(self, recipe: dict) -> Callable:
+        """The estimator this recipe's form of the stage takes (see `estimate` and `api_estimate`)."""
+        return self.api_estimate if self.runs_on(recipe) != self.where else self.estimate
 
     def on_controller(self, recipe: dict) -> bool:
-        """Runs beside the CLI, never on a cluster: controller stages, and a filter with `where: local`."""
-        if self.where == CONTROLLER:
+        """Runs beside the CLI, never on a cluster: controller stages, an API teacher, and a filter with
+        `where: local`."""
+        if self.runs_on(recipe) == CONTROLLER:
             return True
         return self.name == "filter" and (recipe.get("filter") or {}).get("where", "local") == "local"
 
     def memory(self, recipe: dict, accelerator: str | None = None) -> dict:
         """{per_gpu_gib, usable_gib, fits, arithmetic} of this GPU stage's configuration on `accelerator`
         (default: the recipe's); {} for stages that use no GPU."""
-        if self.where != GPU:
+        if self.runs_on(recipe) != GPU:
             return {}
         cfg = recipe[self.section]
         accel = accelerator or cfg["accelerator"]
@@ -70,6 +85,12 @@ def _rewrite(recipe: dict):
     return estimates.estimate_rewrite(recipe, api_prices.token_price(recipe["rewrite"]["model"]))
 
 
+def _generate_api(recipe: dict):
+    from costmodel import api_prices
+
+    return estimates.estimate_generate_api(recipe, api_prices.token_price(recipe["generate"]["model"]))
+
+
 def _convert(recipe: dict):
     return estimates.StageEstimate("convert", "none", arithmetic="on the controller: $0.00",
                                    price_source="controller ($0)")
@@ -78,7 +99,8 @@ def _convert(recipe: dict):
 STAGES: tuple[Stage, ...] = (
     Stage("generate", "generate", "generate", GPU, "managed", "generate", (),
           "teacher traces (vLLM on GPU, transformers on CPU)",
-          partial(estimates.estimate_generate, stage="generate"), model="teacher", work="vLLM decode"),
+          partial(estimates.estimate_generate, stage="generate"), model="teacher", work="vLLM decode",
+          api_estimate=_generate_api),
     Stage("filter", "filter", "filter", CPU, "cluster", "filter", ("generate",),
           "rejection sampling: grade traces (math-verify, sandboxed code, multiple choice)",
           estimates.estimate_filter),

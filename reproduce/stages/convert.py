@@ -29,16 +29,69 @@ from pathlib import Path
 from reproduce.stages.common import BadInput, load_recipe
 
 
-def dataset_info_entry(file_name: str = "train.json") -> dict:
+def dataset_info_entry(file_name: str = "train.json", ranking: bool = False) -> dict:
     """NovaSky's "Sky-T1" entry (skythought/train/LLaMA-Factory/data/dataset_info.json), with the file name.
     Tags must name the roles the records use: LLaMA-Factory 0.9.5 defaults to human/gpt and silently skips
-    records whose roles do not match ("Skipping this abnormal example"), so user/assistant are spelled out."""
-    return {
+    records whose roles do not match ("Skipping this abnormal example"), so user/assistant are spelled out.
+    `ranking`: preference pairs in LLaMA-Factory's sharegpt ranking layout (its data/README.md), a `chosen` and a
+    `rejected` assistant message after the conversation."""
+    entry = {
         "file_name": file_name,
         "formatting": "sharegpt",
         "columns": {"messages": "conversations", "system": "system"},
         "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "user", "assistant_tag": "assistant"},
     }
+    if ranking:
+        entry["ranking"] = True
+        entry["columns"].update(chosen="chosen", rejected="rejected")
+    return entry
+
+
+PREFERENCE_METHODS = ("dpo", "simpo")
+
+
+def preference_pairs(records, system_prompt: str, pairs: dict, screen=None) -> tuple[list[dict], dict]:
+    """Kept traces -> one chosen/rejected pair per problem (recipe `convert.pairs`): of a problem's distinct
+    trainable answers (as `to_sharegpt` picks them) the shortest or longest by characters is chosen, the other
+    end rejected; a problem with fewer than `min_correct` answers makes no pair. Sky-T1-32B-Flash: shortest
+    correct chosen, longest correct rejected, at least two correct (SkyThought recipes/sky-t1-flash/README.md)."""
+    groups: dict[str, list] = {}
+    counts = Counter()
+    for rec in records:
+        counts["records_in"] += 1
+        item = to_sharegpt(rec, system_prompt)
+        if item is None:
+            counts["dropped_recheck" if rec.get("recheck_correct") is False else "dropped_empty"] += 1
+            continue
+        user = item["conversations"][0]["value"]
+        groups.setdefault(" ".join(user.split()), []).append((user, item["conversations"][1]["value"], rec))
+    out, per_source, per_domain = [], Counter(), Counter()
+    for items in groups.values():
+        user, _, rec = items[0]
+        why = screen(rec, user) if screen is not None else None
+        if why:
+            counts[why] += 1
+            continue
+        answers = sorted({a for _, a, _ in items}, key=lambda a: (len(a), a))
+        if len(answers) < int(pairs.get("min_correct", 2)):
+            counts["too_few_answers"] += 1
+            continue
+        end = {"shortest": answers[0], "longest": answers[-1]}
+        out.append({"system": system_prompt, "conversations": [{"from": "user", "value": user}],
+                    "chosen": {"from": "assistant", "value": end[pairs.get("chosen", "shortest")]},
+                    "rejected": {"from": "assistant", "value": end[pairs.get("rejected", "longest")]}})
+        counts["traces_paired"] += len(items)
+        per_source[rec.get("source") or "unknown"] += 1
+        per_domain[rec.get("domain") or "unknown"] += 1
+    summary = {"records_in": counts["records_in"], "records_out": len(out), "pairs": len(out),
+               "problems": len(groups), "too_few_answers": counts["too_few_answers"],
+               "traces_paired": counts["traces_paired"], "from_rewritten": 0, "from_original": 0,
+               "dropped_recheck": counts["dropped_recheck"], "dropped_empty": counts["dropped_empty"],
+               "duplicates": 0, "contaminated": counts["contaminated"], "near_duplicates": counts["near_duplicate"],
+               "per_source": dict(sorted(per_source.items())), "per_domain": dict(sorted(per_domain.items())),
+               "chars": sum(len(r["system"]) + len(r["conversations"][0]["value"]) + len(r["chosen"]["value"])
+                            + len(r["rejected"]["value"]) for r in out)}
+    return out, summary
 
 
 _CHATML_USER = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S)
@@ -152,17 +205,28 @@ def run(recipe_path: Path, artifacts: Path, input_path: Path | None = None) -> d
 
     start = time.time()
     screen = decontamination_screen(recipe, artifacts)
-    records, summary = convert(read_jsonl(source), conv["system_prompt"], conv.get("dedupe", True), screen)
+    method = (recipe.get("sft") or {}).get("method", "sft")
+    ranking = method in PREFERENCE_METHODS
+    if ranking:
+        records, summary = preference_pairs(read_jsonl(source), conv["system_prompt"], conv.get("pairs") or {},
+                                            screen)
+    else:
+        records, summary = convert(read_jsonl(source), conv["system_prompt"], conv.get("dedupe", True), screen)
+    if not records and ranking:
+        raise BadInput(f"{source}: no preference pair ({summary['records_in']} traces over {summary['problems']} "
+                       f"problems; a pair needs {(conv.get('pairs') or {}).get('min_correct', 2)} distinct kept "
+                       "answers to one problem: raise generate.samples_per_problem)")
     if not records:
         raise BadInput(f"{source}: no record left to train on ({summary['records_in']} read)")
     out = artifacts / "convert"
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "train.json", records)
-    write_json(out / "dataset_info.json", {conv["dataset_name"]: dataset_info_entry("train.json")})
+    write_json(out / "dataset_info.json", {conv["dataset_name"]: dataset_info_entry("train.json", ranking)})
     if screen is not None:
         summary["decontamination"] = screen.report()
         (out / "dropped.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in screen.dropped))
-    summary = {"stage": "convert", "dataset_name": conv["dataset_name"], "input": str(source), **summary,
+    summary = {"stage": "convert", "dataset_name": conv["dataset_name"], "method": method, "input": str(source),
+               **summary,
                "wall_s": round(time.time() - start, 3)}
     write_json(out / "summary.json", summary)
     return summary
@@ -180,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convert: {e}", file=sys.stderr)
         return 2
     sources = ", ".join(f"{k} {v}" for k, v in s["per_source"].items())
+    if s["method"] in PREFERENCE_METHODS:
+        print(f"convert: {s['pairs']} {s['method']} pairs from {s['records_in']} traces of {s['problems']} problems "
+              f"({s['too_few_answers']} with too few answers, {s['contaminated']} overlap a benchmark) -> "
+              f"{args.artifacts / 'convert' / 'train.json'}; {sources}")
+        return 0
     print(f"convert: {s['records_out']} of {s['records_in']} records ({s['duplicates']} duplicates, "
           f"{s['contaminated']} overlap a benchmark, {s['near_duplicates']} near-duplicates, "
           f"{s['dropped_recheck']} failed the re-check) -> {args.artifacts / 'convert' / 'train.json'}; {sources}")

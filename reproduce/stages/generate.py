@@ -102,8 +102,62 @@ def open_backend(model: str, tensor_parallel: int = 1, data_parallel: int = 1, b
     elif backend == "transformers":
         complete, gpus = _transformers(model, seed)
         yield {"backend": "transformers", "gpus": gpus}, complete
+    elif backend == "api":
+        with _api(model) as complete:
+            yield {"backend": "api", "gpus": 0}, complete
     else:
-        raise BadInput(f"--backend {backend!r}: expected auto, vllm or transformers")
+        raise BadInput(f"--backend {backend!r}: expected auto, vllm, transformers or api")
+
+
+API_WORKERS = 8   # requests in flight to the teacher's API
+
+
+@contextlib.contextmanager
+def _api(model: str):
+    """The teacher through an OpenAI-compatible API (recipe `generate.backend: api`; OPENAI_BASE_URL and
+    OPENAI_API_KEY as for the rewrite). Prompts are message lists. One request per sample (DeepSeek's reasoner
+    takes no `n`); a reasoning model's `reasoning_content` is kept as the trace's <think> block. Every response's
+    usage is appended to generate/usage.jsonl by the caller (`usage` in each completion)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reproduce.stages import rewrite
+
+    client, server = rewrite.make_client(model)
+
+    def one(messages, sampling):
+        resp, _ = rewrite.with_retries(lambda: client.chat.completions.create(
+            model=model, messages=messages, temperature=sampling["temperature"], top_p=sampling["top_p"],
+            max_tokens=sampling["max_tokens"]))
+        choice, usage = resp.choices[0], resp.usage
+        thinking = getattr(choice.message, "reasoning_content", None)
+        text = (f"<think>\n{thinking}\n</think>\n\n" if thinking else "") + (choice.message.content or "")
+        return {"text": text, "prompt_tokens": usage.prompt_tokens, "response_tokens": usage.completion_tokens,
+                "finish_reason": "length" if choice.finish_reason == "length" else "stop",
+                "usage": {"model": model, "prompt_tokens": usage.prompt_tokens,
+                          "completion_tokens": usage.completion_tokens}}
+
+    def complete(prompts, sampling):
+        jobs = [(i, m) for i, m in enumerate(prompts) for _ in range(sampling["n"])]
+        out = [[] for _ in prompts]
+        with ThreadPoolExecutor(API_WORKERS) as pool:
+            for (i, _), c in zip(jobs, pool.map(lambda job: one(job[1], sampling), jobs)):
+                out[i].append(c)
+        return out
+
+    try:
+        yield complete
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def node_share(records: list, environ=None) -> tuple[list, int, int]:
+    """This node's share of the problems when generate runs on several nodes (recipe `generate.num_nodes`,
+    SkyPilot's SKYPILOT_NODE_RANK / SKYPILOT_NUM_NODES): every N-th problem from its rank. -> (share, rank, N)"""
+    env = os.environ if environ is None else environ
+    nodes = int(env.get("SKYPILOT_NUM_NODES", "1") or 1)
+    rank = int(env.get("SKYPILOT_NODE_RANK", "0") or 0)
+    return (records[rank::nodes] if nodes > 1 else records), rank, nodes
 
 
 def _vllm_local(model: str, tp: int, seed: int):
@@ -291,7 +345,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", required=True, help="the artifacts folder (writes generate/)")
     p.add_argument("--limit", type=int, help="at most N problems per source (a quick trial)")
     p.add_argument("--model", help="teacher model path or id (default: recipe models.teacher; smoke: tiny-teacher)")
-    p.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers"))
+    p.add_argument("--backend", default="auto", choices=("auto", "vllm", "transformers", "api"),
+                   help="auto: the recipe's generate.backend api, else vLLM on CUDA, else transformers")
     p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help=f"problems per shard (default {SHARD_SIZE})")
     return p
 
@@ -308,10 +363,12 @@ def read_shards(out_dir: Path) -> list[dict]:
     return records
 
 
-def write_shard(out_dir: Path, records: list[dict]) -> Path:
-    """The next shard-NNNNN.jsonl, whole or not at all (tmp file, fsync, rename)."""
-    taken = [int(m.group(1)) for p in out_dir.glob("shard-*.jsonl") if (m := re.match(r"shard-(\d+)", p.name))]
-    path = out_dir / f"shard-{max(taken, default=-1) + 1:05d}.jsonl"
+def write_shard(out_dir: Path, records: list[dict], prefix: str = "shard-") -> Path:
+    """The next PREFIXNNNNN.jsonl, whole or not at all (tmp file, fsync, rename). Several nodes writing the same
+    bucket take a prefix each (shard-n1-...), so their names never collide; readers glob shard-*.jsonl."""
+    taken = [int(m.group(1)) for p in out_dir.glob(f"{prefix}*.jsonl")
+             if (m := re.fullmatch(re.escape(prefix) + r"(\d+)\.jsonl", p.name))]
+    path = out_dir / f"{prefix}{max(taken, default=-1) + 1:05d}.jsonl"
     tmp = path.with_suffix(".jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
@@ -342,9 +399,18 @@ def run(args) -> int:
         todo_all = problems.load_sources(recipe, args.limit)
     except problems.BadSource as e:
         raise BadInput(str(e)) from None
+    todo_all, rank, nodes = node_share(todo_all)
+    prefix = f"shard-n{rank}-" if nodes > 1 else "shard-"
     done = {r.get("problem_id", r["id"]) for r in read_shards(out_dir)}
     todo = [r for r in todo_all if r["id"] not in done]
-    model = args.model or (str(smoke_teacher(recipe, args.artifacts)) if smoke else recipe["models"]["teacher"]["id"])
+    from reproduce.recipe_schema import api_backend
+
+    backend = "api" if args.backend == "auto" and api_backend(recipe) else args.backend
+    if backend == "api":
+        model = args.model or gen["model"]
+    else:
+        model = args.model or (str(smoke_teacher(recipe, args.artifacts)) if smoke
+                               else recipe["models"]["teacher"]["id"])
     n = int(gen.get("samples_per_problem", 1))
     sampling = {"n": n, "temperature": float(gen["temperature"]), "top_p": float(gen.get("top_p", 1.0)),
                 "max_tokens": int(gen["max_tokens"])}
@@ -356,8 +422,9 @@ def run(args) -> int:
     tokens = collections.Counter()
     write_progress(out_dir, len(todo_all) - len(todo), len(todo_all), "problems")
     if todo:
-        render = chat_renderer(model)
-        with open_backend(model, tp, dp, args.backend) as (info, complete):
+        # an API takes messages; a local model gets them through its own chat template
+        render = (lambda msgs: msgs) if backend == "api" else chat_renderer(model)
+        with open_backend(model, tp, dp, backend) as (info, complete):
             for start in range(0, len(todo), args.shard_size):
                 chunk = todo[start:start + args.shard_size]
                 prompts = [render(messages(r, gen.get("system_prompt"), gen["user_templates"])) for r in chunk]
@@ -366,14 +433,20 @@ def run(args) -> int:
                 dt = time.monotonic() - t0
                 gen_s += dt
                 rows = []
+                usage = [c["usage"] for s in outs for c in s if "usage" in c]
+                if usage:   # what the API billed, appended as paid (the guard reads it like the rewrite's)
+                    with open(out_dir / "usage.jsonl", "a", encoding="utf-8") as f:
+                        f.write("".join(json.dumps(u) + "\n" for u in usage))
                 for record, prompt, samples in zip(chunk, prompts, outs):
+                    if isinstance(prompt, list):    # API messages: the user turn is what convert trains on
+                        prompt = prompt[-1]["content"]
                     for k, c in enumerate(samples):
                         rows.append({**_trace_fields(record, k, n), "prompt": prompt, "response": c["text"],
                                      "prompt_tokens": c["prompt_tokens"], "response_tokens": c["response_tokens"],
                                      "finish_reason": c["finish_reason"]})
                         tokens["prompt"] += c["prompt_tokens"]
                         tokens["response"] += c["response_tokens"]
-                path = write_shard(out_dir, rows)
+                path = write_shard(out_dir, rows, prefix)
                 new_records += len(rows)
                 write_progress(out_dir, len(todo_all) - len(todo) + start + len(chunk), len(todo_all), "problems")
                 chunk_tokens = sum(c["response_tokens"] for s in outs for c in s)
@@ -394,7 +467,8 @@ def run(args) -> int:
         "generate_s": round(gen_s, 2), "wall_s": round(time.monotonic() - t_start, 2),
         **throughput(info, (recipe["models"]["teacher"].get("params_b")), tp, tokens["response"], gen_s),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    # several nodes: rank 0 writes the summary the pipeline reads, the others theirs beside it
+    (out_dir / ("summary.json" if rank == 0 else f"summary-n{rank}.json")).write_text(json.dumps(summary, indent=2))
     log(f"{summary['records']} traces ({summary['response_tokens']:,} response tokens) in {len(list(out_dir.glob('shard-*.jsonl')))} "
         f"shards; this run {new_records} traces" + (f" at {summary['tokens_per_s']:,} tok/s" if summary["tokens_per_s"] else ""))
     return 0

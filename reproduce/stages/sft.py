@@ -49,6 +49,7 @@ def lf_config(recipe: dict, artifacts: str | Path) -> dict:
     for key in SAME_NAME:
         if key in sft:
             cfg[key] = sft[key]
+    cfg.update(preference_keys(sft))
     if cfg.get("packing"):
         # Packed samples must not attend to each other: NovaSky trained unpacked, one sample per sequence.
         cfg["neat_packing"] = True
@@ -73,6 +74,28 @@ def lf_config(recipe: dict, artifacts: str | Path) -> dict:
     if os.environ.get("RUN_ID"):
         cfg["run_name"] = f"{cfg['run_name']}-{os.environ['RUN_ID']}"
     return cfg
+
+
+# sft.method -> LLaMA-Factory's stage and default pref_loss (LLaMA-Factory hparams/finetuning_args.py: SimPO is
+# the dpo stage with pref_loss simpo, which drops the reference model)
+METHODS = {"sft": ("sft", None), "dpo": ("dpo", "sigmoid"), "simpo": ("dpo", "simpo")}
+
+
+def preference_keys(sft: dict) -> dict:
+    """LLaMA-Factory's own keys for `sft.method`: stage, pref_loss, pref_beta (dpo/simpo), simpo_gamma (simpo).
+    Preference data is pairs, not packed sequences: packing is off."""
+    method = sft.get("method", "sft")
+    if method not in METHODS:
+        raise BadInput(f"sft.method={method!r}: expected one of {', '.join(METHODS)}")
+    stage, loss = METHODS[method]
+    if stage == "sft":
+        return {"stage": "sft"}
+    out = {"stage": stage, "pref_loss": sft.get("pref_loss", loss), "packing": False}
+    if "pref_beta" in sft:
+        out["pref_beta"] = sft["pref_beta"]
+    if out["pref_loss"] == "simpo" and "simpo_gamma" in sft:
+        out["simpo_gamma"] = sft["simpo_gamma"]
+    return out
 
 
 def student_path(recipe: dict, artifacts: Path) -> Path | str:
