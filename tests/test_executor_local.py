@@ -2,6 +2,7 @@
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -272,7 +273,12 @@ def test_smoke_rewrite_runs_on_the_controller_with_a_local_openai_server(env, mo
     (pkg / "server.py").write_text(FAKE_SERVER)
     monkeypatch.setenv("PYTHONPATH", str(env / "pkg"))
     monkeypatch.setenv("SERVER_PID_FILE", str(env / "server.pid"))
-    monkeypatch.setattr(local, "CONTROLLER_MODULE", "fakestages.{stage}")
+    # the controller's python, as the executor calls it, runs fakestages.<stage> for reproduce.stages.<stage>
+    python = env / "python"
+    python.write_text(f'#!/bin/bash\nif [ "$1" = -m ]; then m="${{2/reproduce.stages./fakestages.}}"; shift 2; '
+                      f'exec {sys.executable} -m "$m" "$@"; fi\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setattr(local, "sys", SimpleNamespace(executable=str(python)))
     monkeypatch.setattr(local, "LOCAL_OPENAI", ["-m", "fakestages.server"])
     ex = LocalExecutor("smoke", state_dir=env / "home")
     st, _ = finish(ex, ex.launch(ctx(env, "rewrite")))
@@ -282,7 +288,7 @@ def test_smoke_rewrite_runs_on_the_controller_with_a_local_openai_server(env, mo
     assert "base http://127.0.0.1:" in log and "pong" in log
     assert f"args --recipe {artifacts}/recipe.yaml --artifacts {artifacts}" in log
     assert not alive(int((env / "server.pid").read_text()))   # it lived as long as the stage, no longer
-    assert not (env / "home" / "envs").exists()   # controller stages make no venv
+    assert not (env / "envs").exists()   # controller stages make no venv
 
 
 def test_a_full_scale_run_without_gpus_is_refused_before_it_is_recorded(home, capsys, monkeypatch):
