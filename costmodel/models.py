@@ -51,20 +51,22 @@ def resolve(entry) -> dict:
         base = from_config(Path(config))
     else:
         base = {"source": "recipe"}
-    given = {k: v for k, v in entry.items() if k not in ("id", "config")}
+    given = {k: v for k, v in entry.items() if k not in ("id", "config", "source")}
+    tied = base.pop("tied", False)
     s = {**base, **given, "id": mid}
-    tied = s.pop("tied", False)
     if "params_b" not in s and not s.get("experts") and all(k in s for k in SHAPE[1:]):
         s["params_b"] = round(dense_params(s, tied) / 1e9, 4)
     missing = [k for k in SHAPE if k not in s]
     if missing:
         raise BadInput(f"model {mid!r} has no known shape (missing {', '.join(missing)}): name one of "
                        f"{', '.join(table)}, give `config: PATH/config.json`, or state {', '.join(SHAPE)}")
-    if given and mid in table:
-        s["source"] = f"{base['source']}; recipe overrides {', '.join(sorted(given))}"
     s.setdefault("active_params_b", s["params_b"])
     s.setdefault("experts", 0)
     s.setdefault("weight_bytes", 2)
+    # figures that differ from the table's (a resolved entry read again changes nothing)
+    changed = sorted(k for k in given if k in base and base[k] != given[k])
+    if changed:
+        s["source"] = f"{base['source']}; recipe overrides {', '.join(changed)}"
     if s["active_params_b"] > s["params_b"]:
         raise BadInput(f"model {mid!r}: active_params_b {s['active_params_b']} exceeds params_b {s['params_b']}")
     return s

@@ -191,6 +191,14 @@ def _required(recipe: dict, origin) -> None:
             raise UserError(f"{key} ({origin(key)}): {missing[0]} is missing; a source states "
                             f"{', '.join(SOURCE_REQUIRED)} (keep_rate: the share of its traces the filter keeps, "
                             f"e.g. 0.8)")
+    from reproduce.stages import problems
+
+    for src in recipe["sources"]:
+        try:
+            problems.check_source(src)
+        except problems.BadSource as e:
+            key = f"sources.{src['name']}"
+            raise UserError(f"{key} ({origin(key)}): {e}") from None
 
 
 def _walk(node, key: str, pattern: str, origin) -> None:

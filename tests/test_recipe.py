@@ -46,7 +46,7 @@ def test_bad_overrides_name_the_key_and_what_is_accepted(item, message):
 
 def test_unknown_recipe_lists_the_known_ones():
     with pytest.raises(UserError, match="sky-t1-32b-preview"):
-        recipes.load("sky-t1-7b")
+        recipes.load("sky-t1-3b")
 
 
 def test_a_recipe_file_by_path(tmp_path):

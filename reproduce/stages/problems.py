@@ -70,17 +70,83 @@ def numina_labels() -> dict[str, float]:
             for row in _hub("NovaSky-AI/labeled_numina_difficulty_859K", "train")}
 
 
+def _numina(src: dict, rows) -> list[dict]:
+    flt = src.get("filter") or {}
+    labels = numina_labels() if flt.get("difficulty") else None
+    return numina_records(rows, src["name"], flt, labels)
+
+
+# Datasets of a known shape: dataset id -> (load kwargs, transform(src, rows)). Any other dataset is described by
+# the source itself (`fields`, `answer_from`, `filter`) and read by `table_records`: no code for a new dataset.
+LOADERS = {
+    "AI-MO/NuminaMath-CoT": ({}, _numina),
+    "codeparrot/apps": ({"trust_remote_code": True}, lambda src, rows: apps_records(rows, src["name"])),
+    "BAAI/TACO": ({"trust_remote_code": True},
+                  lambda src, rows: taco_records(rows, src["name"], src.get("filter") or {})),
+}
+FIELDS = {"math": ("problem", "answer"), "mcq": ("problem", "answer"), "code": ("problem", "tests")}
+FILTER_KEYS = ("equals", "contains", "end")
+
+
+def check_source(src: dict) -> None:
+    """A source the generic reader can load: its fields name the columns its domain needs, its filter uses
+    known keys. Known datasets (LOADERS) need neither. Raises BadSource (one line)."""
+    if src["dataset"] in LOADERS:
+        return
+    need = FIELDS.get(src.get("domain"), ("problem", "answer"))
+    fields = src.get("fields") or {}
+    missing = [f for f in need if f not in fields]
+    if missing:
+        raise BadSource(f"source {src.get('name')!r}: dataset {src['dataset']!r} has no loader built in, so it needs "
+                        f"`fields` naming the columns of {', '.join(need)} (missing {', '.join(missing)}); "
+                        f"built-in: {', '.join(LOADERS)}")
+    bad = sorted(set(src.get("filter") or {}) - set(FILTER_KEYS))
+    if bad:
+        raise BadSource(f"source {src.get('name')!r}: filter key {bad[0]!r} is unknown for a generic dataset; "
+                        f"expected {', '.join(FILTER_KEYS)} (equals/contains: {{column: value}}, end: first N rows)")
+
+
+def table_records(rows: Iterable[Mapping], src: dict) -> list[dict]:
+    """Rows of any dataset -> records, as the source describes them: `fields` maps our record keys (problem,
+    answer | tests, starter_code, id) to its columns; `answer_from: boxed` takes the answer column's last
+    \\boxed{}; `filter: {equals: {col: v}, contains: {col: text}, end: N}`. Code tests are APPS-layout JSON."""
+    check_source(src)
+    fields, flt, name, domain = src["fields"], src.get("filter") or {}, src["name"], src["domain"]
+    out = []
+    for i, row in enumerate(rows):
+        if flt.get("end") and i >= int(flt["end"]):
+            break
+        if any(row.get(c) != v for c, v in (flt.get("equals") or {}).items()):
+            continue
+        if any(str(v) not in str(row.get(c) or "") for c, v in (flt.get("contains") or {}).items()):
+            continue
+        rid = f"{name}-{row[fields['id']] if 'id' in fields else i}"
+        problem = row.get(fields["problem"])
+        if not problem:
+            continue
+        if domain == "code":
+            tests = apps_tests(row.get(fields["tests"]))
+            if tests is None:
+                continue
+            starter = row.get(fields["starter_code"]) if "starter_code" in fields else None
+            out.append({"id": rid, "source": name, "domain": "code",
+                        "problem": _code_problem(str(problem), starter, "fn_name" in tests), "tests": tests})
+            continue
+        answer = row.get(fields["answer"])
+        answer = last_boxed(str(answer)) if src.get("answer_from") == "boxed" else answer
+        if answer is None or str(answer).strip() == "":
+            continue
+        out.append({"id": rid, "source": name, "domain": domain, "problem": str(problem), "answer": str(answer)})
+    return out
+
+
 def load_hub_source(src: dict) -> list[dict]:
-    dataset, flt = src["dataset"], src.get("filter") or {}
-    if dataset == "AI-MO/NuminaMath-CoT":
-        labels = numina_labels() if flt.get("difficulty") else None
-        return numina_records(_hub(dataset, src["split"]), src["name"], flt, labels)
-    if dataset == "codeparrot/apps":
-        return apps_records(_hub(dataset, src["split"], trust_remote_code=True), src["name"])
-    if dataset == "BAAI/TACO":
-        return taco_records(_hub(dataset, src["split"], trust_remote_code=True), src["name"], flt)
-    raise BadSource(f"source {src.get('name')!r}: dataset {dataset!r} has no loader; expected one of "
-                    "AI-MO/NuminaMath-CoT, codeparrot/apps, BAAI/TACO")
+    dataset = src["dataset"]
+    if dataset in LOADERS:
+        kwargs, transform = LOADERS[dataset]
+        return transform(src, _hub(dataset, src["split"], src.get("subset"), **kwargs))
+    check_source(src)
+    return table_records(_hub(dataset, src["split"], src.get("subset")), src)
 
 
 def load_hub_benchmark(bench: dict) -> list[dict]:

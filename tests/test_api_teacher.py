@@ -1,0 +1,92 @@
+"""A teacher served by an API: priced at token prices with no GPU placement, run on the controller, and
+(against the local OpenAI-compatible server) traces and their usage written like vLLM's."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import yaml
+
+from costmodel import api_prices
+from reproduce import plan, recipe as recipes, stagetable
+from reproduce.errors import UserError
+
+API = ["generate.backend=api", "generate.model=deepseek-reasoner"]
+
+
+def test_api_generate_is_one_row_priced_at_token_prices_on_the_controller():
+    r = recipes.load(sets=API)
+    row = stagetable.stage("generate")
+    assert row.runs_on(r) == stagetable.CONTROLLER and row.on_controller(r) and row.memory(r) == {}
+    assert row.runs_on(recipes.load()) == stagetable.GPU
+    p = plan.build_plan(r)
+    gen = p.stage("generate")
+    assert [s.stage for s in p.stages] == list(stagetable.NAMES)
+    assert gen.kind == "api" and gen.gpus == 0 and gen.compute_usd == 0 and gen.cloud is None
+    price = api_prices.token_price("deepseek-reasoner")
+    tokens = gen.api_tokens
+    assert gen.api_usd == pytest.approx((tokens["prompt_tokens"] * price.input
+                                         + tokens["completion_tokens"] * price.output) / 1e6, rel=1e-6)
+    assert price.source == "api-docs.deepseek.com/quick_start/pricing" and not price.batch
+    assert "deepseek-reasoner" in gen.arithmetic or "$2.19/M" in gen.arithmetic
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["generate.backend=api"], "needs generate.model"),
+    (["generate.model=deepseek-reasoner", "generate.backend=vllm"], "set generate.backend=api"),
+    ([*API, "generate.batch=true"], "has no Batch API"),
+    (["generate.backend=api", "generate.model=nobody-llm"], "no token price for model 'nobody-llm'"),
+    ([*API, "generate.num_nodes=2"], "an API teacher uses no nodes"),
+    (["generate.accelerator=H100:16"], "at most 8): for more, set the section's num_nodes"),
+])
+def test_bad_api_or_node_settings_are_one_line(sets, needle):
+    with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        recipes.load(sets=sets)
+
+
+def test_generation_on_two_nodes_is_the_same_gpu_hours_in_half_the_time():
+    one, two = plan.build_plan(recipes.load()), plan.build_plan(recipes.load(sets=["generate.num_nodes=2"]))
+    a, b = one.stage("generate"), two.stage("generate")
+    assert b.nodes == 2 and b.gpus == 16
+    assert b.base_hours == pytest.approx(a.base_hours / 2)
+    assert b.base_hours * b.gpus == pytest.approx(a.base_hours * a.gpus)
+    assert b.overhead_hours > a.overhead_hours                      # one startup per node
+
+
+def test_node_share_splits_problems_by_rank():
+    from reproduce.stages import generate
+
+    problems = list(range(10))
+    shares = [generate.node_share(problems, {"SKYPILOT_NUM_NODES": "3", "SKYPILOT_NODE_RANK": str(k)})[0]
+              for k in range(3)]
+    assert sorted(x for s in shares for x in s) == problems and shares[1] == [1, 4, 7]
+    assert generate.node_share(problems, {})[0] == problems
+
+
+def test_api_teacher_against_the_local_openai_server(tmp_path, monkeypatch):
+    """generate's API backend through the real openai client to the project's local server: one request per
+    sample, traces in shards, usage appended as paid."""
+    pytest.importorskip("openai")
+    from reproduce.stages import generate
+    from reproduce.stages.local_openai import LocalOpenAI
+
+    r = recipes.load(scale="smoke", sets=["generate.backend=api", "generate.model=local-formatter",
+                                          "generate.samples_per_problem=2"])
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(r))
+    with LocalOpenAI() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        code = generate.main(["--recipe", str(tmp_path / "recipe.yaml"), "--artifacts", str(tmp_path),
+                              "--limit", "2"])
+        calls = server.requests["chat"]
+    assert code == 0
+    out = tmp_path / "generate"
+    traces = generate.read_shards(out)
+    sources = len(r["sources"])
+    assert len(traces) == sources * 2 * 2 and calls == len(traces)   # 2 problems x 2 samples per source
+    assert all(t["response"] and t["response_tokens"] > 0 and "<|im_start|>" not in t["prompt"] for t in traces)
+    usage = [json.loads(x) for x in (out / "usage.jsonl").read_text().splitlines()]
+    assert len(usage) == len(traces) and all(u["model"] == "local-formatter" for u in usage)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "api" and summary["records"] == len(traces)
