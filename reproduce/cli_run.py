@@ -101,14 +101,16 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         raise UserError(f"--sim-pace {sim['pace_s']!r}: expected real seconds per poll from 0 to 60")
     ledger, found, spent = None, None, 0.0
     if resume:
-        changed = [flag for flag, given in (("--recipe", recipe_name), ("--scale", scale)) if given]
-        if changed:   # the run's recipe is what its plan, ledger rows and artifacts were made from
-            raise UserError(f"--resume {resume} continues the run's own recipe; {', '.join(changed)} would change "
-                            f"it mid-run: start a new run instead (reproduce all {' '.join(changed)} ...)")
         ledger = open_ledger()
         found = ledger.run(resume)
         if found is None:
             raise UserError(f"--resume {resume!r}: no such run in {ledger.path}; see `reproduce runs`")
+        changed = [flag for flag, given, was in (("--recipe", recipe_name, found["recipe"]),
+                                                  ("--scale", scale, found["scale"]))
+                   if given and given != was and not (flag == "--recipe" and _same_recipe(given, was))]
+        if changed:   # the run's recipe is what its plan, ledger rows and artifacts were made from
+            raise UserError(f"--resume {resume} continues the run's own recipe; {', '.join(changed)} would change "
+                            f"it mid-run: start a new run instead (reproduce all {' '.join(changed)} ...)")
         resolved = resumed_recipe(ledger, resume, found)
         recipe_change = change_on_resume(ledger, resume, resolved, sets) if sets else None
         if budget_usd is None:
@@ -188,6 +190,13 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if result.exit_code:
         typer.echo(f"error: {result.reason} (resume with `reproduce all --resume {result.run_id}`)", err=True)
         raise typer.Exit(result.exit_code)
+
+
+def _same_recipe(given: str, name: str) -> bool:
+    """`--recipe` naming the run's own recipe (by name or by its file) changes nothing."""
+    from pathlib import Path
+
+    return Path(given).stem == name
 
 
 def resumed_recipe(ledger, run_id: str, found: dict) -> dict:

@@ -34,6 +34,7 @@ from reproduce.executors import stage_env
 from reproduce.executors.base import RunContext, StageStatus
 
 PHASE_SETUP, PHASE_RUN = "::reproduce setup", "::reproduce run"   # lines the wrapper prints between phases
+CONTROLLER_MODULE = "reproduce.stages.{stage}"   # a controller stage's program (the stage table's `program`)
 LOCAL_OPENAI = ["-m", "reproduce.stages.local_openai", "--port", "0"]   # prints its base URL first
 
 
@@ -79,7 +80,7 @@ class LocalExecutor:
         row = stagetable.stage(stage)
         if row.task is None:   # a controller stage: this python, no task, no stage environment
             cfg = {"envs": {}}
-            script = (f"{shlex.quote(sys.executable)} -m reproduce.stages.{row.program} "
+            script = (f"{shlex.quote(sys.executable)} -m {CONTROLLER_MODULE.format(stage=row.program)} "
                       f'--recipe "$ARTIFACTS/recipe.yaml" --artifacts "$ARTIFACTS"')
             prepare = ""
         else:
