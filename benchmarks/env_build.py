@@ -37,14 +37,12 @@ RECORD = REPO / "costmodel" / "data" / "env_setup.json"
 
 
 def find_uv() -> str:
-    """The pinned uv: the Makefile's bootstrap copy, else the one installed with the controller."""
-    for path in sorted((REPO / ".uv").glob("*/bin/uv")):
-        return str(path)
-    try:
-        from uv import find_uv_bin
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        raise SystemExit("no uv: run `make install` (or pip install uv==0.13.9)") from None
+    from reproduce.locks import uv_bin
+
+    uv = uv_bin()
+    if uv is None:
+        raise SystemExit("no uv: run `make install` (or pip install uv==0.13.9)")
+    return uv
 
 
 def task_setup() -> str:

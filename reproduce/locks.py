@@ -2,6 +2,7 @@
 
     locked_versions("sft")      # {'llamafactory': '0.9.5', 'transformers': '5.6.0', 'torch': '2.14.1', ...}
     lock_digest("sft")          # sha256 of the lock file: the environment's identity
+    uv_bin()                    # the pinned uv that installs them, or None
 
 The plan and the dry run name the versions that decide a stage's behaviour and scores (SkyThought notes that
 the vLLM version moves them): vLLM, LLaMA-Factory, transformers, torch, DeepSpeed. Plain text parsing, no
@@ -50,3 +51,15 @@ def locked_versions(env_name: str, names=KEY_PACKAGES) -> dict:
 
 def lock_digest(env_name: str) -> str:
     return hashlib.sha256(_read(env_name).encode()).hexdigest()
+
+
+def uv_bin() -> str | None:
+    """The pinned uv (Makefile UV_VERSION = pyproject's uv==): the Makefile's copy in the checkout, else the
+    one installed with the controller; None when neither is here."""
+    for path in sorted((LOCKS_DIR.parents[1] / ".uv").glob("*/bin/uv")):
+        return str(path)
+    try:
+        from uv import find_uv_bin
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return None

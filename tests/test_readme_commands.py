@@ -47,13 +47,9 @@ def readme_verbs() -> set[str]:
 
 
 def find_uv() -> str:
-    for path in sorted((REPO / ".uv").glob("*/bin/uv")):
-        return str(path)
-    try:
-        from uv import find_uv_bin
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        pytest.skip("no uv (make installs it): cannot build the fresh venv")
+    from reproduce.locks import uv_bin
+
+    return uv_bin() or pytest.skip("no uv (make installs it): cannot build the fresh venv")
 
 
 @pytest.fixture(scope="module")

@@ -256,12 +256,10 @@ def env_cache() -> Path:
 
 
 def _uv() -> str | None:
-    """The uv installed with the controller (pyproject pins the version the tasks' setup wants), if any."""
-    try:
-        from uv import find_uv_bin
-        return find_uv_bin()
-    except (ImportError, FileNotFoundError):
-        return None
+    """The pinned uv the tasks' setup wants (pyproject and the Makefile pin it), if it is here."""
+    from reproduce.locks import uv_bin
+
+    return uv_bin()
 
 
 def _gpu_count() -> int:
