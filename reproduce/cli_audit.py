@@ -22,9 +22,12 @@ CSV_COLUMNS = ["stage", "state", "attempts", "cloud", "region", "instance_type",
 
 
 def register(app: typer.Typer) -> None:
-    app.command("audit")(audit)
-    app.command("runs")(runs)
-    app.command("calibration")(calibration)
+    from reproduce.cli_plan import examples
+
+    app.command("audit", epilog=examples("reproduce audit", "reproduce audit RUN --json",
+                                         "reproduce audit RUN --plot spend.png", "reproduce audit RUN --billed"))(audit)
+    app.command("runs", epilog=examples("reproduce runs --json"))(runs)
+    app.command("calibration", epilog=examples("reproduce calibration --json"))(calibration)
 
 
 def open_ledger():
@@ -36,9 +39,10 @@ def open_ledger():
 def audit(
     run: Optional[str] = typer.Argument(None, help="Run id (default: the latest run)."),
     as_json: bool = JSON_OPTION,
-    as_csv: bool = typer.Option(False, "--csv", help="Print CSV, one row per stage and a total row."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Write spend over time vs the budget to FILE.png."),
-    billed: bool = typer.Option(False, "--billed", help="Compare with what AWS and OpenAI billed; store the bill "
+    as_csv: bool = typer.Option(False, "--csv", metavar="", help="Print CSV, one row per stage and a total row."),
+    plot: Optional[str] = typer.Option(None, "--plot", metavar="FILE.png",
+                                       help="Write spend over time vs the budget to FILE.png."),
+    billed: bool = typer.Option(False, "--billed", metavar="", help="Compare with what AWS and OpenAI billed; store the bill "
                                                         "as corrections (only what changed)."),
     drift_threshold: Optional[str] = typer.Option(None, "--drift-threshold", metavar="PCT",
                                                   help="With --billed: flag drift above PCT% (default 10)."),
@@ -313,7 +317,7 @@ def runs(as_json: bool = JSON_OPTION) -> None:
 
 
 def calibration(as_json: bool = JSON_OPTION,
-                simulated: bool = typer.Option(False, "--include-simulated", help="Also show figures from sim runs.")) -> None:
+                simulated: bool = typer.Option(False, "--include-simulated", metavar="", help="Also show figures from sim runs.")) -> None:
     """Throughputs measured by finished runs, which the next plan uses, and how many runs each rests on."""
     from costmodel.calibration import figures
 

@@ -7,16 +7,25 @@ import typer
 
 from reproduce.output import JSON_OPTION, money, print_json, table
 
-RECIPE_OPTION = typer.Option(None, "--recipe", "-r", show_default="sky-t1-32b-preview",
+RECIPE_OPTION = typer.Option(None, "--recipe", "-r", show_default="sky-t1-32b-preview", metavar="NAME|FILE",
                              help="Recipe name or path to a recipe YAML.")
-SET_OPTION = typer.Option(None, "--set", help="Override a recipe field: dotted.key=value (repeatable).")
-SCALE_OPTION = typer.Option(None, "--scale", show_default="full",
+SET_OPTION = typer.Option(None, "--set", metavar="KEY=VALUE",
+                          help="Override a recipe field: dotted.key=value (repeatable).")
+SCALE_OPTION = typer.Option(None, "--scale", show_default="full", metavar="full|smoke",
                             help="full: the real recipe; smoke: every stage on a CPU in minutes.")
-BUDGET_OPTION = typer.Option(None, "--budget", help="Budget in US dollars.")
+BUDGET_OPTION = typer.Option(None, "--budget", metavar="USD", help="Budget in US dollars.")
+
+
+def examples(*lines: str) -> str:
+    """An --help epilog of commands to copy (one per line)."""
+    return "Examples:\n\n" + "\n\n".join(f"  {x}" for x in lines)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("plan")(plan)
+    app.command("plan", epilog=examples(
+        "reproduce plan --budget 450",
+        "reproduce plan --optimize --budget 100",
+        "reproduce plan --recipe sky-t1-32b-flash --set sft.num_nodes=2 --json"))(plan)
 
 
 def plan(
@@ -24,8 +33,9 @@ def plan(
     budget: Optional[str] = BUDGET_OPTION,
     scale: Optional[str] = SCALE_OPTION,
     sets: Optional[List[str]] = SET_OPTION,
-    backend: str = typer.Option("auto", "--backend", help="auto|sky|local|sim: local prices GPUs at $0."),
-    optimize: bool = typer.Option(False, "--optimize", help="Also search for the cheapest feasible configuration."),
+    backend: str = typer.Option("auto", "--backend", metavar="auto|sky|local|sim",
+                                help="Where it would run: local prices GPUs at $0."),
+    optimize: bool = typer.Option(False, "--optimize", metavar="", help="Also search for the cheapest feasible configuration."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Price every stage of a recipe at the cheapest placement; exit 3 if it does not fit the budget."""

@@ -11,15 +11,18 @@ COLUMNS = ["cloud", "region", "zone", "instance", "GPUs", "on-demand $/h", "spot
 
 
 def register(app: typer.Typer) -> None:
-    app.command("prices")(prices)
+    from reproduce.cli_plan import examples
+
+    app.command("prices", epilog=examples("reproduce prices H100:8 --spot", "reproduce prices H200:8 --cloud aws --json",
+                                          "reproduce prices A100-80GB:8 --on-demand --top 5"))(prices)
 
 
 def prices(
     accelerator: str = typer.Argument("H100:8", help="GPU type and count per node, e.g. H100:8, H200:8, A100-80GB:8."),
-    spot: bool = typer.Option(False, "--spot", help="Spot prices only, cheapest spot first."),
-    on_demand: bool = typer.Option(False, "--on-demand", help="On-demand prices only, cheapest on-demand first."),
-    clouds: Optional[List[str]] = typer.Option(None, "--cloud", help="Only this cloud (repeatable)."),
-    top: int = typer.Option(20, "--top", help="Show the N cheapest rows."),
+    spot: bool = typer.Option(False, "--spot", metavar="", help="Spot prices only, cheapest spot first."),
+    on_demand: bool = typer.Option(False, "--on-demand", metavar="", help="On-demand prices only, cheapest on-demand first."),
+    clouds: Optional[List[str]] = typer.Option(None, "--cloud", metavar="CLOUD", help="Only this cloud (repeatable)."),
+    top: int = typer.Option(20, "--top", metavar="N", help="Show the N cheapest rows."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """GPU node prices across clouds, cheapest first: one row per cloud/region/zone."""

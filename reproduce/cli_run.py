@@ -16,21 +16,31 @@ from reproduce.cli_plan import BUDGET_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_O
 from reproduce.errors import OverBudget, UserError
 from reproduce.output import JSON_OPTION, money, print_json, table
 
-BACKEND_OPTION = typer.Option("auto", "--backend", help="auto (SkyPilot if an infra is enabled, else local) | sky | local | sim")
-DRY_RUN_OPTION = typer.Option(False, "--dry-run", help="Render every task with its placement and print the plan; spend nothing.")
-YES_OPTION = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
-SLOWDOWN_OPTION = typer.Option(1.0, "--sim-slowdown", help="sim: every stage takes this many times its estimate.")
-PREEMPT_OPTION = typer.Option(0.0, "--sim-preemption-rate", help="sim: spot preemptions per hour of running.")
-SEED_OPTION = typer.Option(0, "--sim-seed", help="sim: random seed (noise, preemptions).")
-BUCKET_OPTION = typer.Option(None, "--bucket", envvar="REPRODUCE_BUCKET",
+BACKEND_OPTION = typer.Option("auto", "--backend", metavar="auto|sky|local|sim",
+                              help="auto: SkyPilot if an infra is enabled, else this machine; sim: a simulation.")
+DRY_RUN_OPTION = typer.Option(False, "--dry-run", metavar="", help="Render every task with its placement and print the plan; spend nothing.")
+YES_OPTION = typer.Option(False, "--yes", "-y", metavar="", help="Do not ask for confirmation.")
+SLOWDOWN_OPTION = typer.Option(1.0, "--sim-slowdown", metavar="X", help="sim: every stage takes this many times its estimate.")
+PREEMPT_OPTION = typer.Option(0.0, "--sim-preemption-rate", metavar="PER_HOUR", help="sim: spot preemptions per hour of running.")
+SEED_OPTION = typer.Option(0, "--sim-seed", metavar="N", help="sim: random seed (noise, preemptions).")
+BUCKET_OPTION = typer.Option(None, "--bucket", envvar="REPRODUCE_BUCKET", metavar="s3://NAME|gs://NAME",
                              help="s3://NAME or gs://NAME for artifacts on clouds (each run under runs/RUN).")
-PACE_OPTION = typer.Option(0.0, "--sim-pace", hidden=True, help="sim: real seconds to sleep per poll (tests).")
+PACE_OPTION = typer.Option(0.0, "--sim-pace", metavar="SECONDS",
+                           help="sim: real seconds to sleep per poll, to watch (or interrupt) a simulated run.")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("all")(all_stages)
-    app.command("stage")(stage)
-    app.command("status")(status)
+    from reproduce.cli_plan import examples
+
+    app.command("all", epilog=examples(
+        "reproduce all --budget 450 --bucket s3://my-runs",
+        "reproduce all --budget 100000 --dry-run --backend sky --bucket s3://my-runs -y",
+        "reproduce all --budget 450 --backend sim --sim-slowdown 3 -y",
+        "reproduce all --resume RUN --budget 600"))(all_stages)
+    app.command("stage", epilog=examples(
+        "reproduce stage generate --budget 450 --backend sim -y",
+        "reproduce stage eval --run RUN"))(stage)
+    app.command("status", epilog=examples("reproduce status --json"))(status)
 
 
 def all_stages(
@@ -40,7 +50,8 @@ def all_stages(
     scale: Optional[str] = SCALE_OPTION,
     sets: Optional[List[str]] = SET_OPTION,
     dry_run: bool = DRY_RUN_OPTION,
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue run RUN from its last finished stage."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN",
+                                         help="Continue run RUN from what it finished and saved."),
     yes: bool = YES_OPTION,
     sim_slowdown: float = SLOWDOWN_OPTION,
     sim_preemption_rate: float = PREEMPT_OPTION,
@@ -56,7 +67,8 @@ def all_stages(
 
 def stage(
     name: str = typer.Argument(..., help="generate | filter | rewrite | convert | sft | eval"),
-    run_id: Optional[str] = typer.Option(None, "--run", help="Run the stage as part of run RUN (default: a new run)."),
+    run_id: Optional[str] = typer.Option(None, "--run", metavar="RUN",
+                                         help="Run the stage as part of run RUN (default: a new run)."),
     recipe: Optional[str] = RECIPE_OPTION,
     budget: Optional[str] = BUDGET_OPTION,
     backend: str = BACKEND_OPTION,
@@ -73,7 +85,7 @@ def stage(
     """Run one stage (of a new run, or of run --run RUN), admitted by the budget guard."""
     from reproduce import stagetable
 
-    stagetable.stage(name)   # exit 2 on an unknown name
+    name = stagetable.by_program(name)   # `stage evaluate` is the eval stage; exit 2 on an unknown name
     execute(recipe, budget, backend, scale, sets or [], dry_run, run_id, yes,
             dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
             only=[name], bucket=bucket)

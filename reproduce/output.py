@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-JSON_OPTION = typer.Option(False, "--json", help="Print JSON instead of a table.")
+JSON_OPTION = typer.Option(False, "--json", metavar="", help="Print JSON instead of a table.")
 
 
 def print_json(obj) -> None:

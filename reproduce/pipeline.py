@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodel import budget as guard
-from costmodel.ledger import home
+from costmodel.ledger import LeaseLost, home
 from reproduce.errors import UserError
 from reproduce import stagetable
 from reproduce.executors.base import RunContext, StageStatus
@@ -414,6 +414,12 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
         ledger.add_stage_row(w.run_id, name, "cancelled", at=ex.now(), attempt=attempt,
                              **_actual(st, p, started, ex.now(), w.simulated,
                                        message="cancelled by Ctrl-C; torn down", state="CANCELLED"))
+        raise
+    except LeaseLost:
+        # another process owns the run now: a cloud job it can re-attach to is left to it; a job of this
+        # process (local, sim) goes, so that two never run the same stage
+        if handle is not None and not hasattr(ex, "reattach"):
+            ex.cancel(handle)
         raise
     except Exception as e:
         if handle is not None:

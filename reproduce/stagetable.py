@@ -130,3 +130,11 @@ def stage(name: str) -> Stage:
 def later(name: str) -> tuple[str, ...]:
     """The stages after `name`, in pipeline order."""
     return NAMES[NAMES.index(name) + 1:]
+
+
+def by_program(name: str) -> str:
+    """A stage's name given it or its program's (`evaluate` -> `eval`); UserError on neither."""
+    for s in STAGES:
+        if name in (s.name, s.program):
+            return s.name
+    return stage(name).name

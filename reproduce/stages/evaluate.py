@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reproduce.stages.evaluate",
+    p = argparse.ArgumentParser(prog="reproduce evaluate",
                                 description="Score a model on the recipe's benchmarks (ours vs published).")
     p.add_argument("--recipe", required=True, help="the resolved recipe YAML")
     p.add_argument("--artifacts", required=True, help="the artifacts folder (writes eval/)")

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m reproduce.stages.filter",
+        prog="reproduce filter",
         description="Rejection sampling: grade traces (math-verify, sandboxed code tests, multiple choice) "
                     "and keep the correct ones. Resumable: ids already graded are skipped.")
     p.add_argument("input", nargs="?", help="standalone: a traces JSONL file (id, domain, answer|tests, response)")

@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reproduce.stages.generate",
+    p = argparse.ArgumentParser(prog="reproduce generate",
                                 description="Teacher traces for every problem of the recipe's sources. "
                                             "Resumable: problems already in a shard are skipped.")
     p.add_argument("--recipe", required=True, help="the resolved recipe YAML")

@@ -638,7 +638,7 @@ def _log(message: str) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m reproduce.stages.rewrite",
+        prog="reproduce rewrite",
         description="Reformat kept traces into thought + solution sections with the recipe's rewrite model "
                     "(OpenAI Batch API by default), re-check them, and account the tokens and dollars. "
                     "Reads OPENAI_API_KEY / OPENAI_BASE_URL; refuses (exit 3) when the estimate exceeds "
