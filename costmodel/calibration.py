@@ -149,10 +149,6 @@ def load(ledger=None) -> dict:
     return {f["key"]: f["value"] for f in figures(ledger)}
 
 
-def calibrated(key: str, ledger=None):
-    return load(ledger).get(key)
-
-
 def _rows(ledger, include_simulated: bool) -> list[dict]:
     from costmodel.ledger import Ledger, default_path
 

@@ -28,13 +28,7 @@ def _register() -> None:
     import importlib
 
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"reproduce.{name}")
-        except ModuleNotFoundError as e:  # a noun still being built must not break the others
-            if e.name != f"reproduce.{name}":
-                raise
-            continue
-        module.register(app)
+        importlib.import_module(f"reproduce.{name}").register(app)
 
 
 _register()

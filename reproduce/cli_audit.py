@@ -286,14 +286,14 @@ def _check_writable(path: str, flag: str) -> None:
 
 
 def run_rows(ledger) -> list[dict]:
-    from reproduce.pipeline import _alive
+    from reproduce.pipeline import alive
 
     out = []
     for r in ledger.runs():
         state = ledger.run_state(r["run_id"])
         status = state["reason"]
         if status in ("started", "resumed"):
-            status = "running" if _alive(state["numbers"]) else "interrupted"
+            status = "running" if alive(state["numbers"]) else "interrupted"
         attempts = ledger.attempts(r["run_id"])
         out.append({"run": r["run_id"], "status": status, "recipe": r["recipe"], "scale": r["scale"],
                     "backend": r["backend"] + (" (sim)" if r["simulated"] and r["backend"] != "sim" else ""),

@@ -20,7 +20,7 @@ IDENTITY_KEYS = ("name", "description", "source_file", "scale")
 def optimize(recipe: dict, anchor_plan, as_json: bool = False):
     """Search, print both plans side by side (or JSON), return the optimized Plan."""
     from costmodel import search
-    from reproduce.plan import _calibration, build_plan, priced_remotely
+    from reproduce.plan import build_plan, calibration_figures, priced_remotely
 
     if recipe["scale"] == "smoke":  # every stage runs on this machine's CPU: no placement to choose
         if as_json:
@@ -33,7 +33,7 @@ def optimize(recipe: dict, anchor_plan, as_json: bool = False):
     from reproduce.plan import place_gpu_stage
 
     price_fn, place_fn = None, None
-    calibration = _calibration()
+    calibration = calibration_figures()
     if priced_remotely(recipe, anchor_plan.backend):
         from costmodel import prices
 

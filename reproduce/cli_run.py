@@ -99,11 +99,10 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     from reproduce import pipeline
     from reproduce import recipe as recipes
     from reproduce.cli_audit import open_ledger, render_audit
-    from reproduce.plan import BACKENDS, build_plan, check_budget
+    from reproduce.plan import build_plan, check_backend, check_budget
 
     budget_usd = check_budget(budget)
-    if backend not in BACKENDS:
-        raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     if not (math.isfinite(sim["slowdown"]) and 0 < sim["slowdown"] <= 1000):
         raise UserError(f"--sim-slowdown {sim['slowdown']!r}: expected a finite factor > 0 and <= 1000, e.g. 3")
     if not (math.isfinite(sim["preemption_rate"]) and 0 <= sim["preemption_rate"] <= 10):
@@ -168,7 +167,7 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if chosen == "sky" and not bucket and not dry_run:
         raise UserError("--bucket is required with SkyPilot: s3://NAME or gs://NAME holds the run's artifacts "
                         "(or set REPRODUCE_BUCKET)")
-    if hasattr(executor, "preflight") and not dry_run:
+    if not dry_run:
         executor.preflight([s.stage for s in plan.stages])
     if dry_run:
         typer.echo(render_tasks(plan, resolved, executor, chosen))
@@ -266,11 +265,8 @@ def _check_inputs(ledger, run_id: str, name: str, found: dict) -> None:
 
 
 def _show_plan(plan) -> None:
-    try:
-        from reproduce.cli_plan import render_plan
-    except ImportError:
-        print_json(plan.to_dict())
-        return
+    from reproduce.cli_plan import render_plan
+
     typer.echo(render_plan(plan))
 
 
@@ -287,11 +283,10 @@ def render_tasks(plan, recipe: dict, executor, backend: str) -> str:
         ctx = RunContext(run_id="dry-run", recipe=recipe, stage=s.stage, plan=s, artifacts=artifacts_dir("dry-run"),
                          envs={})
         try:
-            if hasattr(executor, "render"):
-                text = executor.render(ctx)
-            elif row.on_controller(recipe):
+            text = executor.render(ctx)
+            if text is None and row.on_controller(recipe):
                 text = f"# stage {s.stage}: runs on this machine (python -m reproduce.stages.{row.program})"
-            else:
+            elif text is None:
                 from reproduce import tasks
 
                 envs = {"RUN_ID": "dry-run"}

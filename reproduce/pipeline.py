@@ -27,11 +27,6 @@ from reproduce.errors import UserError
 from reproduce import stagetable
 from reproduce.executors.base import RunContext, StageStatus
 
-POLL_S = {"sim": 300.0, "sky": 30.0, "local": 2.0}         # sim: virtual seconds
-PROGRESS_EVERY_S = {"sim": 1800.0, "sky": 300.0, "local": 30.0}
-# Billed time between deciding to stop and the last node going away: a cancel + `sky down` takes a few
-# minutes on clouds (our observation of SkyPilot teardowns; assumption), nothing elsewhere.
-TEARDOWN_S = {"sky": 300.0}
 
 
 @dataclass
@@ -80,7 +75,10 @@ def make_executor(backend: str, recipe: dict, sim: dict | None = None):
         from reproduce.executors.sky import SkyExecutor
 
         return SkyExecutor(scale=scale), "sky", why
-    raise UserError(f"--backend {backend!r}: expected one of auto, sky, local, sim")
+    from reproduce.plan import check_backend
+
+    check_backend(backend)
+    raise AssertionError(f"backend {backend} has no executor")   # BACKENDS and this function disagree
 
 
 def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: str | None = None,
@@ -89,11 +87,11 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
     from reproduce.recipe import dump
 
     progress = progress if progress is not None else Progress()
-    ex_name = getattr(executor, "name", "local")
-    poll_s = poll_s or POLL_S.get(ex_name, 30.0)
-    every = PROGRESS_EVERY_S.get(ex_name, 300.0)
-    teardown_s = TEARDOWN_S.get(ex_name, 0.0)
-    simulated = bool(getattr(executor, "simulated", False))
+    ex_name = executor.name
+    poll_s = poll_s or executor.poll_s
+    every = executor.progress_every_s
+    teardown_s = executor.teardown_s
+    simulated = executor.simulated
     rows = {s.stage: s for s in plan.stages}   # typed plan rows (StageEstimate), from the plan to the executor
     selected = [s for s in stagetable.NAMES if s in rows and (stages is None or s in stages)]
     me = {"pid": os.getpid(), "host": socket.gethostname()}
@@ -358,7 +356,7 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
     st = StageStatus(state="PENDING")
     rate = _Rate()
     try:
-        if orphan and hasattr(ex, "reattach"):
+        if orphan:
             handle = ex.reattach(orphan, ctx)
             if handle:
                 on_handle(handle)
@@ -418,7 +416,7 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
     except LeaseLost:
         # another process owns the run now: a cloud job it can re-attach to is left to it; a job of this
         # process (local, sim) goes, so that two never run the same stage
-        if handle is not None and not hasattr(ex, "reattach"):
+        if handle is not None and not ex.detached:
             ex.cancel(handle)
         raise
     except Exception as e:
@@ -532,7 +530,7 @@ def _actual(st: StageStatus, p, started: float, now: float, simulated: bool, mes
             "simulated": simulated}
 
 
-def _alive(numbers: dict) -> bool:
+def alive(numbers: dict) -> bool:
     pid = numbers.get("pid")
     if not pid or numbers.get("host") != socket.gethostname():
         return False

@@ -69,6 +69,12 @@ class Plan:
                 "suggestions": self.suggestions}
 
 
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def check_budget(budget) -> float | None:
     if budget is None:
         return None
@@ -94,11 +100,10 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
     configuration does not fit in memory is refused (UserError naming the knob that would fix it)."""
     from costmodel.errors import BadInput
 
-    if backend not in BACKENDS:
-        raise UserError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    check_backend(backend)
     budget = check_budget(budget)
     if calibration is None:
-        calibration = _calibration()
+        calibration = calibration_figures()
     remote = priced_remotely(recipe, backend)
     rows = []
     try:
@@ -268,7 +273,7 @@ def no_fit(s, recipe: dict, mem: dict) -> str:
     return line + "; " + NO_FIT_ADVICE.get(s.name, "no single knob fits (see `reproduce plan --optimize`)")
 
 
-def _calibration() -> dict:
+def calibration_figures() -> dict:
     try:
         from costmodel import calibration
     except ImportError:

@@ -93,14 +93,11 @@ _GPU_SECTION = {"accelerator": ACCEL, "fallbacks": ACCELS, "use_spot": MARKET}
 
 RULES: dict[str, Check] = {
     "name": TEXT, "description": ANY_TEXT, "scale": one_of("full", "smoke"), "source_file": TEXT, "bucket": TEXT,
-    "models.rewriter": TEXT,
     **{f"models.{m}.{k}": c for m in ("teacher", "student") for k, c in _MODEL.items()},
     "sources.*.name": TEXT, "sources.*.dataset": TEXT, "sources.*.split": TEXT, "sources.*.filter": MAPPING,
     "sources.*.domain": one_of(*DOMAINS), "sources.*.problems": whole(), "sources.*.keep_rate": SHARE,
     "sources.*.subset": TEXT, "sources.*.fields": MAPPING, "sources.*.answer_from": one_of("column", "boxed"),
     **{f"sources.*.fields.{k}": TEXT for k in ("id", "problem", "answer", "tests", "starter_code")},
-    "extra_data.*.name": TEXT, "extra_data.*.dataset": TEXT, "extra_data.*.filter": MAPPING,
-    "extra_data.*.records": whole(),
     **{f"generate.{k}": c for k, c in _GPU_SECTION.items()},
     "generate.samples_per_problem": whole(), "generate.temperature": number(0, 2), "generate.top_p": SHARE,
     "generate.max_tokens": whole(), "generate.tensor_parallel": whole(), "generate.data_parallel": whole(),
@@ -144,8 +141,8 @@ RULES: dict[str, Check] = {
     "costs.filter_cpus_local": whole(),
 }
 SECTIONS = ("name", "models", "sources", "generate", "filter", "rewrite", "convert", "sft", "eval", "costs")
-LISTS = ("sources", "extra_data", "eval.benchmarks")         # lists of named mappings
-OPEN_MAPPINGS = ("sources.*.filter", "extra_data.*.filter")  # dataset filters: the stage program checks them
+LISTS = ("sources", "eval.benchmarks")         # lists of named mappings
+OPEN_MAPPINGS = ("sources.*.filter",)          # dataset filters: the stage program checks them
 
 
 def check(recipe: dict, origin=lambda key: "the recipe") -> None:
@@ -191,7 +188,7 @@ def _required(recipe: dict, origin) -> None:
             raise UserError(f"{key} ({origin(key)}): {missing[0]} is missing; a source states "
                             f"{', '.join(SOURCE_REQUIRED)} (keep_rate: the share of its traces the filter keeps, "
                             f"e.g. 0.8)")
-    from reproduce.stages import problems
+    from reproduce.stages.lib import problems
 
     for src in recipe["sources"]:
         try:

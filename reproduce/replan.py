@@ -98,7 +98,7 @@ def _tokenizer(artifacts: Path, recipe: dict):
         from tokenizers import Tokenizer
 
         if recipe.get("scale") == "smoke":
-            from reproduce.stages.tinymodel import build_bpe
+            from reproduce.stages.smoke.tinymodel import build_bpe
 
             tok, how = build_bpe(), "tokenized with the tiny student's BPE"
         else:
@@ -117,8 +117,9 @@ def _student_tokenizer_file(student: str) -> Path | None:
     local = Path(student) / "tokenizer.json"
     if local.is_file():
         return local
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reproduce" / "tokenizers" / \
-        student.replace("/", "--") / "tokenizer.json"
+    from reproduce.paths import user_cache
+
+    cache = user_cache() / "tokenizers" / student.replace("/", "--") / "tokenizer.json"
     if cache.is_file():
         return cache
     if os.environ.get("REPRODUCE_OFFLINE") or "/" not in student:

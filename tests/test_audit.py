@@ -9,7 +9,7 @@ from costmodel import calibration
 from costmodel.ledger import Ledger
 from reproduce import pipeline
 from reproduce import recipe as recipes
-from reproduce.executors.base import StageStatus
+from reproduce.executors.base import BaseExecutor, StageStatus
 from reproduce.plan import build_plan
 from test_pipeline_sim import cli
 
@@ -85,7 +85,7 @@ def test_runs_lists_interrupted_runs_in_status(home, capsys):
     assert "r-dead" in out and "reproduce all --resume r-dead" in out
 
 
-class _MeasuredExecutor:
+class _MeasuredExecutor(BaseExecutor):
     """A real (not simulated) run of one GPU stage whose program reports its throughput."""
     name = "fake"
 
@@ -123,7 +123,7 @@ def test_finished_real_stages_calibrate_the_next_plan(home, capsys):
         for tok_s in (2000.0, 2600.0):
             pipeline.run(before, recipe, _MeasuredExecutor(tok_s), led, 450.0, stages=["generate"], progress=quiet)
     key = "decode_tok_s_per_gpu/32.8B/H100/tp2"
-    assert calibration.calibrated(key) == pytest.approx(2300.0)
+    assert calibration.load()[key] == pytest.approx(2300.0)
     rows = json.loads(cli(capsys, "calibration", "--json")[1])
     assert rows == [pytest.approx({**rows[0], "key": key, "value": 2300.0, "runs": 2, "observations": 2})]
     after = build_plan(recipe, 450, "sky")

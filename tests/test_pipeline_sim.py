@@ -153,11 +153,21 @@ def test_preemptions_are_billed_and_counted(home):
     assert a["totals"]["preemptions"] == sum(s["actual"]["preemptions"] for s in a["stages"])
 
 
+class _FilterFails(SimExecutor):
+    """The simulation with the filter failing half way (a crashed stage program)."""
+
+    def launch(self, run):
+        handle = super().launch(run)
+        if run.stage == "filter":
+            self.sims[handle].fail_at_h = self.sims[handle].total_h / 2
+        return handle
+
+
 def test_failed_stage_exits_1_and_resume_reruns_only_it(home):
     recipe, plan = _plan()
     quiet = pipeline.Progress(io.StringIO(), tty=False)
     with Ledger() as led:
-        first = pipeline.run(plan, recipe, SimExecutor(seed=1, fail_stages={"filter"}), led, 450.0, progress=quiet)
+        first = pipeline.run(plan, recipe, _FilterFails(seed=1), led, 450.0, progress=quiet)
         assert first.exit_code == 1 and first.stage == "filter"
         assert led.finished_stages(first.run_id) == {"generate"}
         again = pipeline.run(plan, recipe, SimExecutor(seed=1), led, 450.0, resume_run=first.run_id, progress=quiet)

@@ -173,7 +173,7 @@ BAD_SETS = {
     "models": (["models.student={id: Qwen/Qwen2.5-32B-Instruct, params_b: 0}"],
                "models.student.params_b=0 (from --set): expected a finite number > 0"),
     "sources": (["sources.apps.keep_rate=2"], "sources.apps.keep_rate=2 (from --set): expected a finite number > 0"),
-    "extra_data": (["extra_data.still2.records=0"], "extra_data.still2.records=0 (from --set): expected a whole"),
+    "a key no code reads": (["extra_data.still2.records=0"], "unknown key 'extra_data.still2.records' (--set)"),
     "generate": (["generate.temperature=3"], "generate.temperature=3 (from --set): expected a finite number >= 0"),
     "generate accelerator": (["generate.accelerator=A100-40GB:8"], "expected NAME:COUNT with NAME one of"),
     "filter": (["filter.where=moon"], "filter.where='moon' (from --set): expected one of local, cpu-node"),

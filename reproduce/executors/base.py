@@ -68,10 +68,42 @@ class StageStatus:
 
 
 class Executor(Protocol):
+    """What the pipeline and the CLI ask of an executor; BaseExecutor gives the optional parts' defaults."""
     name: str
+    simulated: bool           # its ledger rows are marked simulated
+    poll_s: float             # seconds between polls (virtual seconds for sim)
+    progress_every_s: float   # a progress row in the ledger at least this often
+    teardown_s: float         # billed seconds between deciding to stop and the last node gone
+    detached: bool            # its jobs outlive this process (clouds): a resume re-attaches, a lost lease
+                              #   leaves them to the new owner
 
     def launch(self, run: RunContext) -> str: ...
     def poll(self, handle: str) -> StageStatus: ...
     def cancel(self, handle: str) -> None: ...
     def wait(self, seconds: float) -> None: ...
     def now(self) -> float: ...
+    def preflight(self, stages: list[str]) -> None: ...
+    def render(self, run: RunContext) -> str | None: ...
+    def reattach(self, handle: str, run: RunContext) -> str | None: ...
+
+
+class BaseExecutor:
+    """Defaults of the optional parts of Executor."""
+    name = "executor"
+    simulated = False
+    poll_s = 30.0
+    progress_every_s = 300.0
+    teardown_s = 0.0
+    detached = False
+
+    def preflight(self, stages: list[str]) -> None:
+        """Refuse before a run is recorded what this executor cannot run (UserError); by default nothing."""
+
+    def render(self, run: RunContext) -> str | None:
+        """What a dry run prints for this stage; None: the stage's task YAML rendered from its plan row."""
+        return None
+
+    def reattach(self, handle: str, run: RunContext) -> str | None:
+        """A stage launched by a controller that died: a handle to keep watching, or None (launch again).
+        Jobs of an executor that lives in the controller's process die with it: None."""
+        return None

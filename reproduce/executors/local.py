@@ -31,15 +31,13 @@ from reproduce import tasks
 from reproduce.errors import UserError
 from reproduce import stagetable
 from reproduce.executors import stage_env
-from reproduce.executors.base import RunContext, StageStatus
+from reproduce.executors.base import BaseExecutor, RunContext, StageStatus
 
 PHASE_SETUP, PHASE_RUN = "::reproduce setup", "::reproduce run"   # lines the wrapper prints between phases
 CONTROLLER_MODULE = "reproduce.stages.{stage}"   # a controller stage's program (the stage table's `program`)
-LOCAL_OPENAI = ["-m", "reproduce.stages.local_openai", "--port", "0"]   # prints its base URL first
+LOCAL_OPENAI = ["-m", "reproduce.stages.smoke.local_openai", "--port", "0"]   # prints its base URL first
 
 
-def reproduce_home() -> Path:
-    return Path(os.environ.get("REPRODUCE_HOME") or Path.home() / ".reproduce")
 
 
 def has_gpu() -> bool:
@@ -61,12 +59,16 @@ class _Job:
     artifacts: Path | None = None              # where the stage writes progress.json
 
 
-class LocalExecutor:
+class LocalExecutor(BaseExecutor):
     name = "local"
+    poll_s = 2.0
+    progress_every_s = 30.0
 
     def __init__(self, scale: str = "smoke", state_dir: Path | str | None = None):
         self.scale = scale
-        self.state_dir = Path(state_dir) if state_dir else reproduce_home()
+        from costmodel.ledger import home
+
+        self.state_dir = Path(state_dir) if state_dir else home()
         self.jobs: dict[str, _Job] = {}
 
     # ---- the interface ------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ class LocalExecutor:
         end = job.ended if (rc is not None and job.ended) else time.time()
         message = {"FAILED": f"exit {rc}: " + " | ".join(job.tail[-3:]) + f" (log: {job.log})",
                    "STARTING": f"building the stage environment, once per setup (log: {job.log})"}.get(state, "")
-        from reproduce.stages.common import read_progress
+        from reproduce.stages.lib.common import read_progress
 
         return StageStatus(state=state, elapsed_s=end - job.started, cost_usd=0.0, price_per_hour=0.0,
                            price_source="local machine", cloud="local", spot=False, gpus=_gpu_count(),
@@ -252,7 +254,9 @@ def env_cache() -> Path:
     second one from its own cache in seconds). REPRODUCE_ENV_CACHE overrides."""
     if os.environ.get("REPRODUCE_ENV_CACHE"):
         return Path(os.environ["REPRODUCE_ENV_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "reproduce" / "envs"
+    from reproduce.paths import user_cache
+
+    return user_cache() / "envs"
 
 
 def _uv() -> str | None:
@@ -291,7 +295,7 @@ def _stop(proc: subprocess.Popen | None) -> None:
 
 
 def _start_local_openai(log: Path, timeout_s: float = 60.0):
-    """Start reproduce.stages.local_openai; its first stdout line is its base URL."""
+    """Start reproduce.stages.smoke.local_openai; its first stdout line is its base URL."""
     proc = subprocess.Popen([sys.executable, *LOCAL_OPENAI],
                             cwd=tasks.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=(log.parent / "local_openai.log").open("a"), text=True, start_new_session=True)

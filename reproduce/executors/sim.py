@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reproduce.executors.base import RunContext, StageStatus
+from reproduce.executors.base import BaseExecutor, RunContext, StageStatus
 
 API_HOURS = {True: 1.0, False: 0.2}     # batch window actually used, synchronous calls (assumption)
 CONTROLLER_HOURS = 10 / 3600           # convert: seconds on the controller
@@ -73,20 +73,21 @@ class _Sim:
         return min(1.0, self.done_before + self.work_done_h(elapsed_h) / self.total_work_h)
 
 
-class SimExecutor:
+class SimExecutor(BaseExecutor):
     name = "sim"
+    poll_s = 300.0                # virtual seconds
+    progress_every_s = 1800.0
     simulated = True
 
     def __init__(self, seed: int = 0, slowdown: float = 1.0, preemption_rate: float = 0.0,
                  recovery_h: float | None = None, noise: float = 0.1, start: float | None = None,
-                 pace_s: float = 0.0, fail_stages=()):
+                 pace_s: float = 0.0):
         if slowdown <= 0:
             raise ValueError(f"slowdown {slowdown!r}: expected a positive factor")
         if preemption_rate < 0:
             raise ValueError(f"preemption rate {preemption_rate!r}: expected >= 0 per hour")
         self.seed, self.slowdown, self.rate = seed, slowdown, preemption_rate
         self.recovery_h, self.noise, self.pace_s = recovery_h, noise, pace_s
-        self.fail_stages = set(fail_stages)
         self.clock = time.time() if start is None else float(start)
         self.sims: dict[str, _Sim] = {}
 
@@ -128,8 +129,6 @@ class SimExecutor:
                 done += gap
                 t = startup + done + len(sim.preemptions_at) * recovery
                 sim.preemptions_at.append(t)
-        if run.stage in self.fail_stages:
-            sim.fail_at_h = sim.total_h / 2
         _write_state(run, {**saved, "attempts": attempt + 1, "saved_share": done_before})
         self.sims[handle] = sim
         return handle

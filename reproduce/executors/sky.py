@@ -22,7 +22,7 @@ from reproduce import tasks
 from reproduce.errors import UserError
 from costmodel.estimates import StageEstimate
 from reproduce import stagetable
-from reproduce.executors.base import TERMINAL, RunContext, StageStatus
+from reproduce.executors.base import BaseExecutor, RunContext, StageStatus, TERMINAL
 
 # SkyPilot managed-job states (sky.jobs.state.ManagedJobStatus) -> ours.
 MANAGED_STATES = {
@@ -65,8 +65,14 @@ class _Launched:
     artifacts: object = None            # the local artifacts folder it is pulled into
 
 
-class SkyExecutor:
+class SkyExecutor(BaseExecutor):
     name = "sky"
+    poll_s = 30.0
+    progress_every_s = 300.0
+    # Billed time between deciding to stop and the last node going away: a cancel + `sky down` takes a few
+    # minutes on clouds (our observation of SkyPilot teardowns; assumption).
+    teardown_s = 300.0
+    detached = True               # managed jobs and clusters outlive the controller
 
     def __init__(self, adapter=None, scale: str = "full", local=None, price_lookup=None, modes=None,
                  idle_minutes: int = 5, clock=time.time):
