@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from reproduce.stages import decontam  # noqa: E402
+from reproduce.stages.lib import decontam  # noqa: E402
 
 WORDS = ("the of a and to in is that for be triangle circle integer real number sum product find compute "
          "let given points positive value function sequence probability area length angle side square prime "

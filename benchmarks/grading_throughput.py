@@ -25,7 +25,7 @@ from fractions import Fraction
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from reproduce.stages import filter as filter_stage  # noqa: E402
-from reproduce.stages import grading  # noqa: E402
+from reproduce.stages.lib import grading  # noqa: E402
 
 
 def math_pairs(n: int, rng: random.Random) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from reproduce.errors import UserError
 from reproduce.output import money, print_json, table
 
 ADMIN_KEY_ENV = "OPENAI_ADMIN_KEY"
-LOCAL_MODELS = ("local-formatter",)   # smoke scale's rewriter (reproduce.stages.local_openai): never billed
+LOCAL_MODELS = ("local-formatter",)   # smoke scale's rewriter (reproduce.stages.smoke.local_openai): never billed
 
 
 def parse_threshold(value: str | float | None) -> float:

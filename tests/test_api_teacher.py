@@ -69,7 +69,7 @@ def test_api_teacher_against_the_local_openai_server(tmp_path, monkeypatch):
     sample, traces in shards, usage appended as paid."""
     pytest.importorskip("openai")
     from reproduce.stages import generate
-    from reproduce.stages.local_openai import LocalOpenAI
+    from reproduce.stages.smoke.local_openai import LocalOpenAI
 
     r = recipes.load(scale="smoke", sets=["generate.backend=api", "generate.model=local-formatter",
                                           "generate.samples_per_problem=2"])

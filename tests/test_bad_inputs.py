@@ -115,7 +115,7 @@ def test_audit_plot_into_a_missing_folder_or_onto_a_folder(home, capsys, tmp_pat
 
 
 def test_filter_without_a_sandbox_refuses_code_unless_opted_in(home, capsys, tmp_path, monkeypatch):
-    from reproduce.stages import sandbox
+    from reproduce.stages.lib import sandbox
 
     code_record = {"id": "c", "domain": "code", "tests": {"inputs": ["\n"], "outputs": ["ok\n"]},
                    "response": "```python\nprint('ok')\n```"}

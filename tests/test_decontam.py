@@ -6,7 +6,8 @@ import json
 import pytest
 import yaml
 
-from reproduce.stages import convert, decontam, problems
+from reproduce.stages import convert
+from reproduce.stages.lib import decontam, problems
 
 AIME = ("Let $x,y$ and $z$ be positive real numbers that satisfy the following system of equations: "
         "$\\log_2\\left({x \\over yz}\\right) = {1 \\over 2}$. Find the value of $|\\log_2(x^4y^3z^2)|$.")

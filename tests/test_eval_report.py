@@ -6,7 +6,7 @@ import math
 import pytest
 
 from reproduce import recipe as recipes
-from reproduce.stages import eval_report, protocol
+from reproduce.stages.lib import eval_report, protocol
 
 
 def test_standard_error_over_problems_and_samples():

@@ -9,7 +9,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from reproduce import recipe as recipes  # noqa: E402
-from reproduce.stages import evaluate, problems, protocol, smoke_data, tinymodel  # noqa: E402
+from reproduce.stages import evaluate  # noqa: E402
+from reproduce.stages.lib import problems, protocol  # noqa: E402
+from reproduce.stages.smoke import smoke_data, tinymodel  # noqa: E402
 
 BENCHES = "math500,gpqa_diamond,livecodebench_easy"
 

@@ -11,7 +11,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from reproduce import recipe as recipes  # noqa: E402
-from reproduce.stages import generate, tinymodel  # noqa: E402
+from reproduce.stages import generate  # noqa: E402
+from reproduce.stages.smoke import tinymodel  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_generate_writes_traces_for_every_problem(generated, smoke_recipe):
 
 def test_smoke_teacher_is_mostly_right_and_sometimes_wrong(generated):
     """Real rejection sampling: the real graders keep some traces and reject others."""
-    from reproduce.stages.grading import grade
+    from reproduce.stages.lib.grading import grade
 
     verdicts = [grade(r)[0] for r in _records(generated[0])]
     assert 0.4 <= sum(verdicts) / len(verdicts) < 1.0

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from reproduce.stages import grading
-from reproduce.stages.grading import (extract_boxed, extract_choice, extract_code, grade, grade_code, grade_math,
+from reproduce.stages.lib import grading
+from reproduce.stages.lib.grading import (extract_boxed, extract_choice, extract_code, grade, grade_code, grade_math,
                                       grade_mcq, outputs_match)
 
 

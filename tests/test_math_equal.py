@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reproduce.stages import grading
-from reproduce.stages.math_equal import extract_answer, math_equal, score_math, score_mcq, strip_answer
+from reproduce.stages.lib import grading
+from reproduce.stages.lib.math_equal import extract_answer, math_equal, score_math, score_mcq, strip_answer
 
 
 @pytest.mark.parametrize("response, gold", [
@@ -60,7 +60,7 @@ def test_where_published_and_ours_disagree():
 def test_a_slow_comparison_is_cut_off(monkeypatch):
     import time
 
-    from reproduce.stages import math_equal as me
+    from reproduce.stages.lib import math_equal as me
 
     monkeypatch.setattr(me, "math_equal", lambda a, b: time.sleep(5) or True)
     start = time.monotonic()

@@ -104,7 +104,7 @@ def prepare(a: Path) -> None:
     convert = subprocess.run([sys.executable, "-m", "reproduce.stages.convert", "--recipe", str(a / "recipe.yaml"),
                               "--artifacts", str(a)], capture_output=True, text=True, timeout=120)
     assert convert.returncode == 0, convert.stderr[-2000:]
-    build = subprocess.run([sys.executable, "-c", "import sys; from reproduce.stages.tinymodel import "
+    build = subprocess.run([sys.executable, "-c", "import sys; from reproduce.stages.smoke.tinymodel import "
                             "build_tiny_model; build_tiny_model(sys.argv[1])", str(sft.student_path(r, a))],
                            capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr[-2000:]

@@ -10,7 +10,8 @@ import zlib
 import pytest
 
 from reproduce import recipe as recipes
-from reproduce.stages import problems, smoke_data
+from reproduce.stages.lib import problems
+from reproduce.stages.smoke import smoke_data
 
 
 def test_smoke_sources_follow_the_recipe_and_are_deterministic():
@@ -41,7 +42,7 @@ def test_smoke_benchmarks_capped_per_benchmark():
 @pytest.mark.parametrize("domain", ["math", "code", "mcq"])
 def test_reference_responses_grade_right_and_wrong(domain):
     """The smoke teacher learns these: the right one must pass the real grader, the wrong one fail."""
-    from reproduce.stages.grading import grade
+    from reproduce.stages.lib.grading import grade
 
     for rec in smoke_data.problems(f"t-{domain}", domain, 3):
         right, wrong = smoke_data.reference_responses(rec)
@@ -102,7 +103,7 @@ def test_apps_rows_to_tests():
 
 
 def test_taco_medium_filter_and_the_grader_runs_its_tests():
-    from reproduce.stages.grading import grade
+    from reproduce.stages.lib.grading import grade
 
     io_ = json.dumps({"inputs": ["2\n", "5\n"], "outputs": ["4\n", "25\n"]})
     rows = [{"question": "Square n.", "solutions": "[]", "starter_code": "", "input_output": io_,

@@ -6,7 +6,7 @@ import pytest
 
 from reproduce import plan, recipe as recipes
 from reproduce.errors import UserError
-from reproduce.stages import problems
+from reproduce.stages.lib import problems
 
 
 def rows(name, sets=()):

@@ -12,8 +12,9 @@ import pytest
 
 from costmodel.api_prices import api_cost
 from reproduce import recipe as recipes
-from reproduce.stages import local_openai, rewrite, smoke_data
-from reproduce.stages.local_openai import LocalOpenAI
+from reproduce.stages import rewrite
+from reproduce.stages.smoke import local_openai, smoke_data
+from reproduce.stages.smoke.local_openai import LocalOpenAI
 
 SECRET = "sk-test-DO-NOT-LEAK-4f1c9a7e"
 
@@ -310,7 +311,7 @@ def test_server_reports_truncation_and_rejects_unknown_files():
 
 
 def test_server_runs_as_a_process_and_prints_its_url():
-    proc = subprocess.Popen([sys.executable, "-m", "reproduce.stages.local_openai", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "reproduce.stages.smoke.local_openai", "--port", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from reproduce.stages import sandbox
-from reproduce.stages.grading import grade_code
+from reproduce.stages.lib import sandbox
+from reproduce.stages.lib.grading import grade_code
 
 TESTS = {"inputs": ["\n"], "outputs": ["ok\n"]}
 

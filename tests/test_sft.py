@@ -158,7 +158,7 @@ def test_trains_tiny_model_on_cpu_and_resumes_after_preemption(tmp_path):
     run = lambda stage: subprocess.run([c.format(stage) for c in cmd], capture_output=True, text=True, timeout=600)
 
     assert run("convert").returncode == 0
-    first = run("sft")          # builds the tiny student itself (reproduce.stages.tinymodel)
+    first = run("sft")          # builds the tiny student itself (reproduce.stages.smoke.tinymodel)
     assert first.returncode == 0, first.stderr[-3000:]
     summary = json.loads((a / "sft" / "summary.json").read_text())
     assert summary["global_step"] == 12 and summary["train_samples"] == 12 and summary["epochs"] == 1.0

@@ -9,7 +9,7 @@ convert_to_data.py kept only traces still correct after the GPT-4o-mini rewrite;
 - `recheck_correct` false -> dropped (the rewrite broke the answer);
 - `recheck_correct` null (re-check off) -> the rewritten text, or the filter-kept response if none.
 Identical problems (same prompt, whitespace aside) keep their first trace only (recipe `convert.dedupe`).
-Decontamination (recipe `convert.decontaminate`, reproduce/stages/decontam.py): a problem that overlaps an eval
+Decontamination (recipe `convert.decontaminate`, reproduce/stages/lib/decontam.py): a problem that overlaps an eval
 benchmark (8-word n-gram or the same normalized text) or nearly duplicates a kept one is dropped; the counts per
 source and benchmark go to summary.json "decontamination", the dropped ids to `convert/dropped.jsonl`.
 The user turn is the user message the teacher was asked (as SkyThought's `"prompt": conversations[idx][1]
@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from reproduce.stages.common import BadInput, load_recipe
+from reproduce.stages.lib.common import BadInput, load_recipe
 
 
 def dataset_info_entry(file_name: str = "train.json", ranking: bool = False) -> dict:
@@ -186,7 +186,7 @@ def write_json(path: Path, data) -> None:
 
 def decontamination_screen(recipe: dict, artifacts: Path):
     """decontam.Screen for the recipe's eval benchmarks, or None when `convert.decontaminate.enabled` is false."""
-    from reproduce.stages import decontam, problems
+    from reproduce.stages.lib import decontam, problems
 
     try:
         return decontam.screen_for(recipe, artifacts)

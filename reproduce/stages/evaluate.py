@@ -30,9 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from reproduce.stages import eval_report, protocol
+from reproduce.stages.lib import eval_report, protocol
 from reproduce.stages import generate as gen_stage
-from reproduce.stages.common import BadInput, run_main, write_progress
+from reproduce.stages.lib.common import BadInput, run_main, write_progress
 
 
 def log(msg: str) -> None:
@@ -57,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _grade_one(args):
     """(ours correct, ours reason, published scorer correct) for one sample."""
-    from reproduce.stages import math_equal
-    from reproduce.stages.grading import grade
+    from reproduce.stages.lib import math_equal
+    from reproduce.stages.lib.grading import grade
 
     record, limits, scorer = args
     ok, reason = grade(record, **limits)
@@ -85,7 +85,7 @@ def grade_all(records: list[dict], limits: dict, scorer: str = "unit_tests") -> 
 
 
 def run(args, argv) -> int:
-    from reproduce.stages import problems
+    from reproduce.stages.lib import problems
 
     if args.limit is not None and args.limit < 1:
         raise BadInput(f"--limit {args.limit}: expected 1 or more")

@@ -26,8 +26,8 @@ import resource
 import sys
 import time
 
-from reproduce.stages import grading, sandbox
-from reproduce.stages.common import BadInput, load_recipe, read_jsonl, run_main, write_progress
+from reproduce.stages.lib import grading, sandbox
+from reproduce.stages.lib.common import BadInput, load_recipe, read_jsonl, run_main, write_progress
 
 DEFAULT_LIMITS = {"math_timeout_s": 5, "code_timeout_s": 10, "code_memory_mb": 1024}   # recipe defaults
 MAX_TIMEOUT_S = 3600          # a longer "limit" on one test is no limit
@@ -298,7 +298,7 @@ def _grade_all(records, workers: int, limits: dict):
     # forkserver: workers start from a clean single-threaded process (the sandbox forks from them), with
     # the graders and math-verify (sympy: ~1 s to import) loaded once.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["reproduce.stages.grading", "math_verify"])
+    ctx.set_forkserver_preload(["reproduce.stages.lib.grading", "math_verify"])
     window = workers * 4                                # bounded: the traces file may not fit in memory
     with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         running = set()

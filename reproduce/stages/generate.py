@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from reproduce.stages.common import BadInput, run_main, write_progress
-from reproduce.stages.common import load_recipe as _load
+from reproduce.stages.lib.common import BadInput, run_main, write_progress
+from reproduce.stages.lib.common import load_recipe as _load
 
 SHARD_SIZE = 512          # problems per shard: ~2.3M output tokens at full scale, a few minutes of 8 GPUs
 TRANSFORMERS_BATCH = 16   # prompts per transformers.generate call
@@ -61,7 +61,8 @@ def smoke_teacher(recipe: dict, artifacts: str | Path) -> Path:
     Every 4th problem is taught only a wrong response and every 8th+2 both a right and a wrong one, so the
     teacher is mostly right, deterministically wrong on ~1/4 and a coin toss on another ~1/8 at T>0: the
     filter stage has real traces to keep and to reject, like QwQ's ~20-45% rejections (recipe keep_rate)."""
-    from reproduce.stages import problems, smoke_data, tinymodel
+    from reproduce.stages.lib import problems
+    from reproduce.stages.smoke import smoke_data, tinymodel
 
     gen = recipe["generate"]
     pairs = []
@@ -384,7 +385,7 @@ def run(args) -> int:
         raise BadInput(f"--limit {args.limit}: expected 1 or more")
     if args.shard_size < 1:
         raise BadInput(f"--shard-size {args.shard_size}: expected 1 or more")
-    from reproduce.stages import problems
+    from reproduce.stages.lib import problems
 
     t_start = time.monotonic()
     recipe = load_recipe(args.recipe)

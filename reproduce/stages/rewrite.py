@@ -20,7 +20,7 @@ Reads ARTIFACTS/filter/kept.jsonl; writes ARTIFACTS/rewrite/rewritten.jsonl (eac
   trace); if env REPRODUCE_API_BUDGET_USD is set and the estimate exceeds it, exit 3 with nothing submitted.
 - After rewriting, each record is graded again (`rewrite.recheck`), as NovaSky did (sky-t1.md, Step 3).
 - The client reads OPENAI_API_KEY / OPENAI_BASE_URL. With `rewrite.model: local-formatter` and no base URL,
-  the deterministic formatter of `reproduce.stages.local_openai` is started in this process.
+  the deterministic formatter of `reproduce.stages.smoke.local_openai` is started in this process.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import time
 
 from costmodel.api_prices import api_cost
 from costmodel.errors import BadInput as PriceError
-from reproduce.stages.common import BadInput, load_recipe, read_jsonl
+from reproduce.stages.lib.common import BadInput, load_recipe, read_jsonl
 
 # OpenAI Batch API limits per input file (environment.md, "OpenAI"); 200 MB taken as 200e6 bytes.
 MAX_BATCH_REQUESTS = 50_000
@@ -484,7 +484,7 @@ def make_client(model: str, timeout_s: float = 600):
     base_url, key = os.environ.get("OPENAI_BASE_URL"), os.environ.get("OPENAI_API_KEY")
     server = None
     if not base_url and model == LOCAL_MODEL:
-        from reproduce.stages.local_openai import LocalOpenAI
+        from reproduce.stages.smoke.local_openai import LocalOpenAI
 
         server = LocalOpenAI().start()
         base_url = server.base_url
@@ -555,7 +555,7 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
             return {"estimate": estimate}
         budget_guard(estimate)
         if cfg.get("recheck") and any(r.get("domain") == "code" for r in records):
-            from reproduce.stages import sandbox
+            from reproduce.stages.lib import sandbox
 
             sandbox.require()        # the re-check runs code: refuse before paying, not after
 

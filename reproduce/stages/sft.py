@@ -34,7 +34,7 @@ SAME_NAME = ("template", "cutoff_len", "per_device_train_batch_size", "gradient_
              "packing")
 
 
-from reproduce.stages.common import BadInput, load_recipe, write_progress
+from reproduce.stages.lib.common import BadInput, load_recipe, write_progress
 
 
 def lf_config(recipe: dict, artifacts: str | Path) -> dict:
@@ -253,7 +253,7 @@ def run(recipe_path: Path, artifacts: Path, dry_run: bool = False) -> int:
 
     model_path = Path(cfg["model_name_or_path"])
     if recipe.get("scale") == "smoke" and not (model_path / "config.json").is_file():
-        from reproduce.stages.tinymodel import build_tiny_model
+        from reproduce.stages.smoke.tinymodel import build_tiny_model
 
         build_tiny_model(model_path, train_on=None)
 

@@ -198,12 +198,12 @@ def config(recipe: dict) -> dict | None:
 
 def benchmark_problems(recipe: dict, artifacts=None) -> dict[str, list[tuple[str, str]]]:
     """(id, problem) of every eval benchmark: ARTIFACTS/benchmarks/<name>.jsonl when there (written by
-    `python -m reproduce.stages.decontam export`, on a node with `datasets`), else problems.load_benchmark
+    `python -m reproduce.stages.lib.decontam export`, on a node with `datasets`), else problems.load_benchmark
     (smoke: smoke_data; full: the HF hub, which needs `datasets`)."""
     import json
     from pathlib import Path
 
-    from reproduce.stages import problems
+    from reproduce.stages.lib import problems
 
     out = {}
     for bench in recipe["eval"]["benchmarks"]:
@@ -215,7 +215,7 @@ def benchmark_problems(recipe: dict, artifacts=None) -> dict[str, list[tuple[str
                 rows = problems.load_benchmark(bench, recipe.get("scale", "full"))
             except ImportError as e:
                 raise ImportError(f"benchmark {bench['name']}: loading it needs {e.name or 'datasets'}; run "
-                                  "`python -m reproduce.stages.decontam export --recipe R --artifacts A` where it is "
+                                  "`python -m reproduce.stages.lib.decontam export --recipe R --artifacts A` where it is "
                                   "installed, or set convert.decontaminate.enabled: false") from None
         out[bench["name"]] = [(r["id"], r["problem"]) for r in rows]
     return out
@@ -291,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from reproduce.stages.common import BadInput, load_recipe, run_main
+    from reproduce.stages.lib.common import BadInput, load_recipe, run_main
 
-    p = argparse.ArgumentParser(prog="python -m reproduce.stages.decontam",
+    p = argparse.ArgumentParser(prog="python -m reproduce.stages.lib.decontam",
                                 description="Write ARTIFACTS/benchmarks/<name>.jsonl (id, problem) for convert's "
                                             "decontamination, where the benchmarks can be loaded.")
     p.add_argument("action", choices=("export",))

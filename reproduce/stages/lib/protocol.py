@@ -47,7 +47,7 @@ PUBLISHED = {
     "olympiadbench_math_en": {"template": (BOXED, "ST@HEAD tasks/olympiadbench/olympiadbench_math_en.yaml"),
                               "scorer": ("math_equal", ST_MATH)},
 }
-# Our graders (reproduce/stages/grading.py) by domain, and the published scorer for a benchmark we do not know.
+# Our graders (reproduce/stages/lib/grading.py) by domain, and the published scorer for a benchmark we do not know.
 OURS_SCORER = {"math": "math_verify", "mcq": "letter", "code": "unit_tests"}
 PUBLISHED_SCORER = {"math": "math_equal", "mcq": "last_letter", "code": "unit_tests"}
 

@@ -1,6 +1,6 @@
 """A local OpenAI-compatible server whose "model" is a deterministic formatter: the smoke-scale rewriter.
 
-    python -m reproduce.stages.local_openai --port 0     # prints http://127.0.0.1:PORT/v1, serves until killed
+    python -m reproduce.stages.smoke.local_openai --port 0     # prints http://127.0.0.1:PORT/v1, serves until killed
     OPENAI_BASE_URL=http://127.0.0.1:PORT/v1 python -m reproduce.stages.rewrite ...
 
 It is not a language model. Given a trace (inside <original_solution> tags in the last user message, or
@@ -317,7 +317,7 @@ def _multipart(content_type: str, body: bytes) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reproduce.stages.local_openai",
+    ap = argparse.ArgumentParser(prog="python -m reproduce.stages.smoke.local_openai",
                                  description="Serve the deterministic smoke-scale rewriter on an "
                                              "OpenAI-compatible API (127.0.0.1) until killed.")
     ap.add_argument("--port", type=int, default=0, help="port to bind (0: any free port; default 0)")

@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 
-from reproduce.stages.common import BadInput
+from reproduce.stages.lib.common import BadInput
 
 UNSAFE_ENV = "REPRODUCE_UNSAFE_SANDBOX"
 INSTALL_HINT = ("install bubblewrap (apt-get install bubblewrap / dnf install bubblewrap), or set "

@@ -24,7 +24,7 @@ import re
 import secrets
 import threading
 
-from reproduce.stages import sandbox
+from reproduce.stages.lib import sandbox
 
 PASSED = "passed"
 

@@ -20,7 +20,7 @@ import sys
 import zlib
 from typing import Iterable, Mapping
 
-from reproduce.stages import smoke_data
+from reproduce.stages.smoke import smoke_data
 
 
 
