@@ -28,7 +28,7 @@ def observations(stage: str, summary: dict, recipe: dict, plan_row: dict) -> lis
     (smoke scale on a CPU says nothing about an H100)."""
     gpus = int(summary.get("gpus") or plan_row.get("gpus") or 0)
     accel = str(plan_row.get("accelerator") or recipe.get(stage, {}).get("accelerator") or "")
-    gpu = accel.partition(":")[0]
+    gpu = accel.partition(":")[0]   # not estimates.accelerator: an accelerator without figures is no error here
     if gpus <= 0 or gpu not in estimates.GPUS or plan_row.get("kind") != "gpu":
         return []
     if stage in ("generate", "eval"):
@@ -42,7 +42,7 @@ def observations(stage: str, summary: dict, recipe: dict, plan_row: dict) -> lis
         tp = recipe[stage].get("tensor_parallel", 1)
         # the estimator's own formula, inverted: seconds = (output + prompt / PREFILL_SPEEDUP) / (tok/s x GPUs)
         tok_s = (output + prompt / estimates.PREFILL_SPEEDUP) / (wall * gpus)
-        key = f"decode_tok_s_per_gpu/{params:g}B/{gpu}/tp{tp}"
+        key = estimates.decode_key(params, gpu, tp)
         return [(key, tok_s, f"({output:,.0f} out + {prompt:,.0f} in / {estimates.PREFILL_SPEEDUP:g}) tokens / "
                              f"({wall:,.0f} s x {gpus} GPUs)")]
     if stage == "sft":
@@ -53,14 +53,14 @@ def observations(stage: str, summary: dict, recipe: dict, plan_row: dict) -> lis
         sft, student = recipe["sft"], recipe["models"]["student"]
         seq = min(sft["mean_sample_tokens"], sft["cutoff_len"])
         method = sft.get("method", "sft")   # LLaMA-Factory counts chosen and rejected tokens both; DPO adds a forward
-        per_token = estimates.FORWARDS[method] / 3 * (6 * student.get("active_params_b", student["params_b"]) * 1e9
-                                                       + 6 * student.get("layers", 64) * student.get("hidden", 5120) * seq)
+        per_token = estimates.flops_per_token(student.get("active_params_b", student["params_b"]),
+                                              student.get("layers", 64), student.get("hidden", 5120), seq, method)
         nodes = int(summary.get("nodes") or plan_row.get("nodes") or 1)
         scaling = estimates.NODE_SCALING ** math.log2(nodes) if nodes > 1 else 1.0
         peak = estimates.gpu_spec(gpu).bf16_tflops * 1e12
         mfu = per_token * tokens / (gpus * peak * runtime * scaling)
-        key = (f"mfu/zero{sft['zero_stage']}/offload={sft['cpu_offload']}/packing={sft['packing'] and method == 'sft'}"
-               f"/liger={sft.get('liger_kernel', False)}")
+        key = estimates.mfu_key(sft["zero_stage"], sft["cpu_offload"], sft["packing"] and method == "sft",
+                                sft.get("liger_kernel", False))
         return [(key, mfu, f"{per_token * tokens:.3g} FLOPs / ({gpus} x {peak / 1e12:g} TFLOPS x {runtime:,.0f} s)")]
     return []
 

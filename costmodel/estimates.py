@@ -114,12 +114,34 @@ def gpu_spec(name: str) -> GpuSpec:
     return GPUS[name]
 
 
+# ---- calibration keys: the one definition of how a measured figure is named (costmodel.calibration writes them,
+# the estimators read them)
+
+def decode_key(params_b: float, gpu: str, tp: int) -> str:
+    return f"decode_tok_s_per_gpu/{params_b:g}B/{gpu}/tp{tp}"
+
+
+def mfu_key(zero_stage: int, cpu_offload: bool, packing: bool, liger: bool) -> str:
+    return f"mfu/zero{zero_stage}/offload={cpu_offload}/packing={packing}/liger={liger}"
+
+
+def flops_per_token(params_b: float, layers: int, hidden: int, seq: float, method: str = "sft") -> float:
+    """Training FLOPs per token: 2 N + 2 L d S per forward (matmuls, causal attention at length S), backward two
+    more; `method`'s passes (DPO adds a reference forward). `params_b`: what a token passes through (MoE: active)."""
+    return FORWARDS[method] * (2 * params_b * 1e9 + 2 * layers * hidden * seq)
+
+
+def accelerator(spec: str) -> tuple[str, int]:
+    """'H100:8' -> ('H100', 8): the one parser of a GPU request (BadInput for a name without figures)."""
+    return _accel(spec)
+
+
 def decode_tok_s_per_gpu(params_b: float, gpu: str, tp: int, calibration: dict | None = None,
                          active_b: float | None = None) -> tuple[float, str]:
     """`active_b`: a mixture of experts' parameters per token, what the speed scales with (our assumption: at
     large batches every expert is read each step, so this is optimistic for MoE); the calibration key keeps the
     total, the figure a measured run writes."""
-    key = f"decode_tok_s_per_gpu/{params_b:g}B/{gpu}/tp{tp}"
+    key = decode_key(params_b, gpu, tp)
     if calibration and key in calibration:
         return calibration[key], f"calibrated from finished runs ({key})"
     spec = gpu_spec(gpu)
@@ -141,7 +163,7 @@ def generation_hours(prompt_tokens: float, output_tokens: float, params_b: float
 
 def sft_mfu(zero_stage: int, cpu_offload: bool, packing: bool, liger: bool,
             calibration: dict | None = None) -> tuple[float, str]:
-    key = f"mfu/zero{zero_stage}/offload={cpu_offload}/packing={packing}/liger={liger}"
+    key = mfu_key(zero_stage, cpu_offload, packing, liger)
     if calibration and key in calibration:
         return calibration[key], f"calibrated from finished runs ({key})"
     if (zero_stage, cpu_offload, packing) not in MFU:
@@ -167,8 +189,17 @@ def sft_flops(params_b: float, layers: int, hidden: int, samples: int, mean_toke
     parameters a token passes through (a mixture of experts' active ones)."""
     seq = min(mean_tokens, cutoff)
     tokens = samples * SEQUENCES[method] * seq * epochs
-    per_token = FORWARDS[method] * (2 * params_b * 1e9 + 2 * layers * hidden * seq)
-    return per_token * tokens, tokens
+    return flops_per_token(params_b, layers, hidden, seq, method) * tokens, tokens
+
+
+def optimizer_steps(sft: dict, gpus: int, packing: bool | None = None) -> int:
+    """Optimizer steps of the whole run. Packing concatenates samples into sequences of cutoff_len: steps then
+    count sequences, not samples."""
+    packing = sft.get("packing", False) if packing is None else packing
+    sequences = (math.ceil(sft["samples"] * min(sft["mean_sample_tokens"], sft["cutoff_len"]) / sft["cutoff_len"])
+                 if packing else sft["samples"])
+    per_step = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus
+    return max(1, math.ceil(sequences * sft["num_train_epochs"] / per_step))
 
 
 def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int,
@@ -184,11 +215,7 @@ def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int
     scaling = NODE_SCALING ** math.log2(nodes) if nodes > 1 else 1.0
     peak = gpu_spec(gpu).bf16_tflops * 1e12
     seconds = flops / (gpus * peak * mfu * scaling)
-    # Packing concatenates samples into sequences of cutoff_len: steps count sequences, not samples.
-    sequences = (math.ceil(sft["samples"] * min(sft["mean_sample_tokens"], sft["cutoff_len"]) / sft["cutoff_len"])
-                 if packing else sft["samples"])
-    steps = math.ceil(sequences * sft["num_train_epochs"]
-                      / (sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus))
+    steps = optimizer_steps(sft, gpus, packing)
     return seconds / 3600, {"flops": flops, "train_tokens": tokens, "method": method,
                             "sequences_per_sample": SEQUENCES[method], "mfu": mfu, "mfu_source": why,
                             "node_scaling": scaling, "peak_tflops_per_gpu": peak / 1e12, "steps": steps,

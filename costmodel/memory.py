@@ -88,8 +88,10 @@ def layer_activation_bytes_per_token(s: dict, liger: bool) -> int:
 def sft_config(recipe: dict, **changes) -> dict:
     """The fields of a recipe's `sft` section (plus changes) that decide memory, with the student's shape."""
     sft = {**recipe["sft"], **changes}
-    name, _, count = str(sft["accelerator"]).partition(":")
-    return {"gpu": name, "gpus_per_node": int(count or 1), "nodes": int(sft.get("num_nodes", 1)),
+    from costmodel.estimates import accelerator
+
+    name, count = accelerator(sft["accelerator"])
+    return {"gpu": name, "gpus_per_node": count, "nodes": int(sft.get("num_nodes", 1)),
             "zero_stage": int(sft["zero_stage"]), "cpu_offload": bool(sft["cpu_offload"]),
             "cutoff_len": int(sft["cutoff_len"]), "batch": int(sft["per_device_train_batch_size"]),
             "gradient_checkpointing": bool(sft.get("gradient_checkpointing", True)),

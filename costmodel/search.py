@@ -106,7 +106,7 @@ def _markets(cfg: dict) -> tuple:
 def _generation_options(recipe: dict, stage: str) -> list[dict]:
     out = []
     for accel, tp, spot in itertools.product(ACCELERATORS, TENSOR_PARALLEL, _markets(recipe[stage])):
-        per_node = int(accel.partition(":")[2])
+        per_node = estimates.accelerator(accel)[1]
         if per_node % tp:
             continue
         out.append({f"{stage}.accelerator": accel, f"{stage}.tensor_parallel": tp,
@@ -125,7 +125,7 @@ def _sft_options(recipe: dict, priced: bool) -> list[dict]:
             ACCELERATORS, SFT_NODES, SFT_SHARDING, (False, True), (False, True), _markets(sft)):
         opt = {"sft.accelerator": accel, "sft.num_nodes": nodes, "sft.zero_stage": zero, "sft.cpu_offload": offload,
                "sft.packing": packing, "sft.liger_kernel": liger, "sft.use_spot": spot}
-        opt["sft.gradient_accumulation_steps"] = _accumulation(sft, int(accel.partition(":")[2]) * nodes, packing)
+        opt["sft.gradient_accumulation_steps"] = _accumulation(sft, estimates.accelerator(accel)[1] * nodes, packing)
         out.append(opt)
     return out
 
@@ -133,7 +133,7 @@ def _sft_options(recipe: dict, priced: bool) -> list[dict]:
 def _accumulation(sft: dict, gpus: int, packing: bool) -> int:
     """Keep the recipe's optimizer step: the same samples per step (96 for Sky-T1) on a different GPU count,
     or with packing the same tokens per step (96 x 4,100 ~= 24 sequences of 16,384)."""
-    anchor_gpus = int(str(sft["accelerator"]).partition(":")[2]) * int(sft.get("num_nodes", 1))
+    anchor_gpus = estimates.accelerator(sft["accelerator"])[1] * int(sft.get("num_nodes", 1))
     samples = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * anchor_gpus
     if sft.get("packing") == packing:
         per_step = samples
@@ -145,13 +145,9 @@ def _accumulation(sft: dict, gpus: int, packing: bool) -> int:
 
 
 def optimizer_steps(sft: dict) -> int:
-    """Optimizer steps of the whole run, counting packed sequences when packing (the estimator counts samples)."""
-    gpus = int(str(sft["accelerator"]).partition(":")[2]) * int(sft.get("num_nodes", 1))
-    sequences = sft["samples"]
-    if sft.get("packing"):
-        sequences = math.ceil(sft["samples"] * min(sft["mean_sample_tokens"], sft["cutoff_len"]) / sft["cutoff_len"])
-    per_step = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus
-    return max(1, math.ceil(sequences * sft["num_train_epochs"] / per_step))
+    """Optimizer steps of the whole run on the section's GPUs (costmodel.estimates.optimizer_steps)."""
+    _, per_node = estimates.accelerator(sft["accelerator"])
+    return estimates.optimizer_steps(sft, per_node * int(sft.get("num_nodes", 1)))
 
 
 def save_steps(sft: dict, base_hours: float, costs: dict, params_b: float) -> tuple[int, str]:
@@ -220,7 +216,7 @@ def _check_vllm(variant: dict, stage: str, cand: Candidate) -> None:
     cfg, gen = variant[stage], variant["generate"]
     model = variant["models"]["teacher" if stage == "generate" else "student"]
     response = gen["mean_response_tokens"] if stage == "generate" else cfg["mean_response_tokens"]
-    gpu = str(cfg["accelerator"]).partition(":")[0]
+    gpu = estimates.accelerator(cfg["accelerator"])[0]
     ok, _, arithmetic = memory.vllm_fits(model, gpu, int(cfg["tensor_parallel"]),
                                          gen["mean_prompt_tokens"] + cfg["max_tokens"],
                                          gen["mean_prompt_tokens"] + response / 2)
@@ -246,7 +242,7 @@ def _evaluate_sft(recipe: dict, variant: dict, cand: Candidate, price_fn, calibr
         cand.feasible, cand.rejected = False, arithmetic.splitlines()[-1].strip()
         return
     if "sft.gradient_accumulation_steps" in cand.changes:
-        gpus = int(str(sft["accelerator"]).partition(":")[2]) * sft.get("num_nodes", 1)
+        gpus = estimates.accelerator(sft["accelerator"])[1] * sft.get("num_nodes", 1)
         unit = "packed sequences of cutoff" if sft.get("packing") else "samples"
         cand.notes.append(f"gradient_accumulation_steps {recipe['sft']['gradient_accumulation_steps']} -> "
                           f"{sft['gradient_accumulation_steps']}: {sft['per_device_train_batch_size']} x "
@@ -277,8 +273,8 @@ def _evaluate_sft(recipe: dict, variant: dict, cand: Candidate, price_fn, calibr
 
 
 def _gpu_count(sft: dict) -> tuple[str, int, int]:
-    name, _, count = str(sft["accelerator"]).partition(":")
-    return name, int(count), int(sft.get("num_nodes", 1))
+    name, count = estimates.accelerator(sft["accelerator"])
+    return name, count, int(sft.get("num_nodes", 1))
 
 
 def _get(recipe: dict, key: str):

@@ -243,6 +243,8 @@ def no_fit(s, recipe: dict, mem: dict) -> str:
     """One line: the stage, GiB needed vs usable, and the first knob (or pair of knobs) that would make it fit."""
     import copy
 
+    from costmodel import estimates
+
     line = (f"stage {s.name} does not fit in memory: needs {mem['per_gpu_gib']:.1f} GiB per GPU, "
             f"{mem['accelerator']} has {mem['usable_gib']:.1f} GiB usable")
     for knob in FIT_KNOBS.get(s.name, []):
@@ -257,7 +259,7 @@ def no_fit(s, recipe: dict, mem: dict) -> str:
             sets.append(f"--set {key}={str(value).lower() if isinstance(value, bool) else value}")
         cfg = variant[s.section]
         if any(k.endswith(".tensor_parallel") for k, _ in changes):   # keep every GPU busy: TP x DP = GPUs
-            gpus = int(str(cfg["accelerator"]).partition(":")[2])
+            gpus = estimates.accelerator(cfg["accelerator"])[1]
             if gpus % cfg["tensor_parallel"]:
                 continue
             cfg["data_parallel"] = gpus // cfg["tensor_parallel"]

@@ -72,7 +72,7 @@ class Stage:
             gen = recipe["generate"]
             response = gen["mean_response_tokens"] if self.name == "generate" else cfg["mean_response_tokens"]
             ok, parts, arithmetic = memory.vllm_fits(
-                recipe["models"][self.model], accel.partition(":")[0], int(cfg["tensor_parallel"]),
+                recipe["models"][self.model], estimates.accelerator(accel)[0], int(cfg["tensor_parallel"]),
                 gen["mean_prompt_tokens"] + cfg["max_tokens"], gen["mean_prompt_tokens"] + response / 2)
             need, usable = parts.get("need_gib", float("inf")), parts.get("usable_gib", 0.0)
         return {"per_gpu_gib": round(need, 1), "usable_gib": round(usable, 1), "fits": bool(ok),

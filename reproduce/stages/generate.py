@@ -321,14 +321,12 @@ def chat_renderer(model: str):
 
 
 def throughput(info: dict, params_b: float | None, tp: int, response_tokens: int, seconds: float) -> dict:
-    """tokens/s of this run, total and per GPU, plus the calibration key costmodel.estimates reads."""
+    """tokens/s of this run, total and per GPU (costmodel.calibration turns the summary into its figure)."""
     tok_s = response_tokens / seconds if seconds > 0 else None
     out = {"tokens_per_s": round(tok_s, 2) if tok_s else None, "gpus": info["gpus"], "gpu": gpu_name(),
            "backend": info["backend"]}
     if tok_s and info["gpus"]:
         out["tokens_per_s_per_gpu"] = round(tok_s / info["gpus"], 2)
-        if out["gpu"] and params_b:
-            out["calibration"] = {f"decode_tok_s_per_gpu/{params_b:g}B/{out['gpu']}/tp{tp}": out["tokens_per_s_per_gpu"]}
     return out
 
 
