@@ -122,6 +122,10 @@ def render_plan(p) -> str:
                                    f"{f['hours']:,.2f} h = {money(f['usd'])} if the planned placement has no capacity")
     lines += ["", f"Total: {money(p.total_usd)} = compute {money(p.compute_usd)} + API {money(p.api_usd)}"
                   f"  ({p.gpu_hours:,.1f} GPU-hours)"]
+    if p.storage:
+        st = p.storage
+        lines.append(f"Bucket ({st['store']}, not in the total): {st['arithmetic']}   [{st['price_source']}, "
+                     f"{st['price_date']}]")
     if p.spent_usd:
         lines.append(f"Already spent by this run: {money(p.spent_usd)}; spent + plan = {money(p.spent_usd + p.total_usd)}")
     if any(s.on_demand_usd is not None for s in p.stages):

@@ -22,6 +22,7 @@ class Plan:
     stages: list = field(default_factory=list)        # costmodel.estimates.StageEstimate, in stage-table order
     suggestions: list = field(default_factory=list)   # knobs that would make an over-budget plan fit
     spent_usd: float = 0.0                             # already spent by the run (a resumed run's finished stages)
+    storage: dict = field(default_factory=dict)       # the run's bucket: storage + egress (costmodel.storage)
 
     @property
     def total_usd(self) -> float:
@@ -58,14 +59,16 @@ class Plan:
     def only(self, names) -> "Plan":
         """The same plan restricted to `names` (a resumed run's unfinished stages, `reproduce stage`)."""
         return Plan(self.recipe, self.scale, self.backend, self.budget, [s for s in self.stages if s.stage in names],
-                    self.suggestions, self.spent_usd)
+                    self.suggestions, self.spent_usd, self.storage)
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe, "scale": self.scale, "backend": self.backend, "budget": self.budget,
                 "stages": [s.to_dict() for s in self.stages],
                 "totals": {"gpu_hours": self.gpu_hours, "compute_usd": self.compute_usd, "api_usd": self.api_usd,
                            "total_usd": self.total_usd, "on_demand_total_usd": self.on_demand_usd,
-                           "spent_usd": self.spent_usd, "headroom_usd": self.headroom, "fits": self.fits},
+                           "spent_usd": self.spent_usd, "headroom_usd": self.headroom, "fits": self.fits,
+                           "storage_usd": self.storage.get("total_usd", 0.0)},
+                "storage": self.storage,
                 "suggestions": self.suggestions}
 
 
@@ -119,6 +122,10 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
                 row.arithmetic = "this machine's CPU at $0 (tiny model; GPU throughput figures do not apply)"
                 row.assumptions, row.memory, row.fallbacks = [], {}, []
     plan = Plan(recipe["name"], recipe["scale"], backend, budget, rows)
+    if remote:   # where the artifacts live between stages (a cloud run's bucket); shown, not in the totals
+        from costmodel import storage
+
+        plan.storage = storage.estimate(recipe, store=str(recipe.get("bucket") or "s3"))
     if suggest and not plan.fits:
         plan.suggestions = suggestions(recipe, plan, backend, calibration)
     return plan

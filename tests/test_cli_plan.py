@@ -5,18 +5,11 @@ import sys
 
 import pytest
 
-from reproduce.cli import main
-
-
-def run(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+from conftest import cli
 
 
 def test_plan_json_has_six_stages_whose_numbers_add_up(home, capsys):
-    code, out, _ = run(capsys, "plan", "--budget", "450", "--json")
+    code, out, _ = cli(capsys, "plan", "--budget", "450", "--json")
     assert code == 0
     plan = json.loads(out)
     stages = plan["stages"]
@@ -34,21 +27,21 @@ def test_plan_json_has_six_stages_whose_numbers_add_up(home, capsys):
 
 
 def test_plan_table_shows_the_arithmetic_and_sources(home, capsys):
-    code, out, _ = run(capsys, "plan", "--budget", "450")
+    code, out, _ = cli(capsys, "plan", "--budget", "450")
     assert code == 0
     assert "8 x $0.85/h x " in out and "[bundled snapshot (SkyPilot catalog v8 @" in out
     assert "Budget: $450.00" in out and "fits" in out
 
 
 def test_an_over_budget_plan_exits_3_and_names_a_knob_that_fits(home, capsys):
-    code, out, err = run(capsys, "plan", "--budget", "150")
+    code, out, err = cli(capsys, "plan", "--budget", "150")
     assert code == 3
     assert "DOES NOT FIT" in out and "What would lower the cost" in out
     assert err.count("\n") == 1 and "over the $150.00 budget" in err
     # the advice is runnable and fits: a shipped variant or a knob that the memory model accepts
     advice = err.split("; ")[-1].split(" would fit")[0].split()
     assert advice[0] in ("--recipe", "--set")
-    assert run(capsys, "plan", "--budget", "150", *advice)[0] == 0
+    assert cli(capsys, "plan", "--budget", "150", *advice)[0] == 0
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -61,7 +54,7 @@ def test_an_over_budget_plan_exits_3_and_names_a_knob_that_fits(home, capsys):
     (["all", "--budget", "450", "--bucket", "ftp://x"], "--bucket 'ftp://x'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(home, capsys, argv, needle):
-    code, out, err = run(capsys, *argv)
+    code, out, err = cli(capsys, *argv)
     assert code == 2
     assert needle in err and err.strip().count("\n") == 0 and "Traceback" not in err
 
@@ -74,8 +67,19 @@ def test_help_imports_no_heavy_library():
 
 
 def test_on_demand_total_prices_gpu_stages_on_demand_and_keeps_the_rest(home, capsys):
-    plan = json.loads(run(capsys, "plan", "--json")[1])
+    plan = json.loads(cli(capsys, "plan", "--json")[1])
     expected = sum(s["on_demand_usd"] + s["api_usd"] if s["on_demand_usd"] is not None else s["total_usd"]
                    for s in plan["stages"])
     assert plan["totals"]["on_demand_total_usd"] == pytest.approx(expected)
     assert plan["totals"]["on_demand_total_usd"] > plan["totals"]["total_usd"]
+
+
+def test_the_plan_prices_the_runs_bucket_beside_the_stages(home, capsys):
+    code, out, _ = cli(capsys, "plan", "--budget", "450", "--json")
+    p = json.loads(out)
+    st = p["storage"]
+    assert code == 0 and st["total_usd"] == p["totals"]["storage_usd"] > 0
+    assert {r["stage"] for r in st["stages"]} >= {"generate", "sft"}
+    assert st["total_usd"] == sum(r["usd"] for r in st["stages"])
+    text = cli(capsys, "plan", "--budget", "450")[1]
+    assert "Bucket (s3, not in the total): " in text and "/GB-month" in text
