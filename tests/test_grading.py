@@ -15,9 +15,14 @@ from reproduce.stages.lib.grading import (extract_boxed, extract_choice, extract
     (r"\fbox{7}", "7"),
     ("no box here", None),
     (r"\boxed{unclosed", None),
+    (r"\boxed{1} then \boxed{unclosed", "1"),       # the last complete one
+    (r"\boxed { 5 }", "5"),
+    ("a \\boxed{1} b \\boxed{\\frac{a}{b}} c", "\\frac{a}{b}"),
+    ("none", None),
     (None, None),
 ])
 def test_extract_boxed(text, expected):
+    """The one \\boxed{} extractor: graders, the hub loaders' `answer_from: boxed` and the local formatter."""
     assert extract_boxed(text) == expected
 
 

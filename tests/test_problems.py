@@ -185,8 +185,3 @@ def test_unknown_dataset_is_a_bad_source():
         problems.load_hub_source({"name": "x", "dataset": "someone/else", "split": "train"})
     with pytest.raises(problems.BadSource, match="no loader"):
         problems.load_hub_benchmark({"name": "x", "dataset": "someone/else", "split": "test"})
-
-
-def test_last_boxed_nested():
-    assert problems.last_boxed("a \\boxed{1} b \\boxed{\\frac{a}{b}} c") == "\\frac{a}{b}"
-    assert problems.last_boxed("none") is None

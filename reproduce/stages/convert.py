@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from reproduce.stages.lib.common import BadInput, load_recipe
+from reproduce.stages.lib.common import BadInput, load_recipe, run_main
 
 
 def dataset_info_entry(file_name: str = "train.json", ranking: bool = False) -> dict:
@@ -237,12 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", required=True, type=Path, help="the resolved recipe (ARTIFACTS/recipe.yaml)")
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts folder")
     parser.add_argument("--input", type=Path, help="records to convert (default ARTIFACTS/rewrite/rewritten.jsonl)")
-    args = parser.parse_args(argv)
-    try:
-        s = run(args.recipe, args.artifacts, args.input)
-    except BadInput as e:
-        print(f"convert: {e}", file=sys.stderr)
-        return 2
+    return run_main("convert", parser, _main, argv)
+
+
+def _main(args) -> int:
+    s = run(args.recipe, args.artifacts, args.input)
     sources = ", ".join(f"{k} {v}" for k, v in s["per_source"].items())
     if s["method"] in PREFERENCE_METHODS:
         print(f"convert: {s['pairs']} {s['method']} pairs from {s['records_in']} traces of {s['problems']} problems "

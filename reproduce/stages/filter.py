@@ -127,7 +127,7 @@ def _run(args) -> int:
     bar = _progress(pending)
     try:
         passed = ((r, None, DEFERRED, None) for r in _pending(inputs, done) if r.get("domain") in deferred)
-        graded = _grade_all((r for r in _pending(inputs, done) if r.get("domain") not in deferred), workers, limits)
+        graded = grade_all((r for r in _pending(inputs, done) if r.get("domain") not in deferred), workers, limits)
         for record, correct, reason, cpu_s in itertools.chain(passed, graded):
             record["correct"], record["reason"] = correct, reason
             f = files[outputs[correct is not False]]
@@ -284,7 +284,9 @@ def _grade_one(record: dict, limits: dict):
     return record, bool(correct), reason, round(cpu, 4)
 
 
-def _grade_all(records, workers: int, limits: dict):
+def grade_all(records, workers: int, limits: dict):
+    """Yield (record, correct, reason, cpu seconds) for each record, graded in `workers` processes (in any order):
+    the filter stage's loop, and rewrite's re-check."""
     if workers > 1 and not os.access(sys.executable, os.X_OK):
         # worker processes start from sys.executable: a venv whose python lies in another user's home
         # cannot start them (multiprocessing would fail with a broken pipe and a traceback)

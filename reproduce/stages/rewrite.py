@@ -38,8 +38,7 @@ import threading
 import time
 
 from costmodel.api_prices import api_cost
-from costmodel.errors import BadInput as PriceError
-from reproduce.stages.lib.common import BadInput, load_recipe, read_jsonl
+from reproduce.stages.lib.common import BadInput, OverBudget, load_recipe, read_jsonl, run_main
 
 # OpenAI Batch API limits per input file (environment.md, "OpenAI"); 200 MB taken as 200e6 bytes.
 MAX_BATCH_REQUESTS = 50_000
@@ -86,11 +85,7 @@ DOMAIN_RULES = {
 
 
 class StageError(BadInput):
-    exit_code = 2
-
-
-class OverBudget(StageError):
-    exit_code = 3
+    """Exit 2; over REPRODUCE_API_BUDGET_USD is reproduce.errors.OverBudget (exit 3)."""
 
 
 class Failed(StageError):
@@ -134,7 +129,10 @@ def estimate_tokens(records: list[dict], recipe: dict) -> dict:
         prompt += math.ceil(sum(len(m["content"]) for m in body["messages"]) / CHARS_PER_TOKEN)
         trace = math.ceil(len(str(record.get("response") or "")) / CHARS_PER_TOKEN)
         completion += min(math.ceil(cfg["output_ratio"] * trace), cfg["max_tokens"])
-    usd = api_cost(cfg["model"], prompt, completion, 0, batch=bool(cfg.get("batch")))
+    try:
+        usd = api_cost(cfg["model"], prompt, completion, 0, batch=bool(cfg.get("batch")))
+    except BadInput as e:   # a model the price table does not know
+        raise StageError(f"recipe rewrite.model: {e}") from None
     return {"requests": len(records), "prompt_tokens": prompt, "completion_tokens": completion,
             "usd": round(usd, 6), "model": cfg["model"], "batch": bool(cfg.get("batch"))}
 
@@ -508,7 +506,7 @@ def recheck(records: list[dict], recipe: dict, workers: int | None = None) -> li
     workers = workers or max(1, min(int(section.get("cpus") or 1), os.cpu_count() or 1, len(records)))
     graded = {}
     items = [dict(r, id=i, response=r["rewritten"]) for i, r in enumerate(records)]
-    for record, correct, reason, _cpu in filter_stage._grade_all(iter(items), workers, limits):
+    for record, correct, reason, _cpu in filter_stage.grade_all(iter(items), workers, limits):
         graded[record["id"]] = (bool(correct), reason)
     return [graded[i] for i in range(len(records))]
 
@@ -543,10 +541,7 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
         done_before = cached_results(conn, pending)
         pending_records = [r for r, k in zip(pending_records, list(pending)) if k not in done_before]
         pending = {k: b for k, b in pending.items() if k not in done_before}
-        try:
-            estimate = estimate_tokens(pending_records, {"rewrite": cfg})
-        except PriceError as e:
-            raise StageError(f"recipe rewrite.model: {e}") from None
+        estimate = estimate_tokens(pending_records, {"rewrite": cfg})
         estimate["cached"] = len(done_before)
         if estimate_only or dry_run:
             if dry_run:
@@ -655,32 +650,27 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("rewrite", _parser(), _main, argv,
+                    interrupted="interrupted; run again to resume (results and batches in flight are in the cache)")
+
+
+def _main(args) -> int:
+    if args.workers < 1:
+        raise StageError(f"--workers {args.workers}: expected 1 or more")
+    if args.poll_s < 0:
+        raise StageError(f"--poll-s {args.poll_s}: expected 0 or more seconds")
     try:
-        args = _parser().parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    try:
-        if args.workers < 1:
-            raise StageError(f"--workers {args.workers}: expected 1 or more")
-        if args.poll_s < 0:
-            raise StageError(f"--poll-s {args.poll_s}: expected 0 or more seconds")
         result = run(load_recipe(args.recipe), args.artifacts, sync=args.sync, dry_run=args.dry_run,
                      estimate_only=args.estimate, workers=args.workers, poll_s=args.poll_s)
-    except BadInput as e:  # StageError and the shared readers' errors
-        print(f"rewrite: {e}", file=sys.stderr)
-        return e.exit_code
+    except (BadInput, OverBudget):
+        raise
     except Exception as e:
         import openai
 
         if not isinstance(e, openai.APIError):
             raise
-        print(f"rewrite: API error: {type(e).__name__}: {str(e)[:300]}; finished results are cached, "
-              "run again to resume", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("rewrite: interrupted; run again to resume (results and batches in flight are in the cache)",
-              file=sys.stderr)
-        return 130
+        raise Failed(f"API error: {type(e).__name__}: {str(e)[:300]}; finished results are cached, "
+                     "run again to resume") from None
     if "estimate" in result and len(result) == 1:
         print(json.dumps(result["estimate"], indent=2))
     return 0

@@ -34,7 +34,7 @@ SAME_NAME = ("template", "cutoff_len", "per_device_train_batch_size", "gradient_
              "packing")
 
 
-from reproduce.stages.lib.common import BadInput, load_recipe, write_progress
+from reproduce.stages.lib.common import BadInput, load_recipe, run_main, write_progress
 
 
 def lf_config(recipe: dict, artifacts: str | Path) -> dict:
@@ -307,12 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", required=True, type=Path, help="the resolved recipe (ARTIFACTS/recipe.yaml)")
     parser.add_argument("--artifacts", required=True, type=Path, help="artifacts folder or bucket mount")
     parser.add_argument("--dry-run", action="store_true", help="render the config and print the command only")
-    args = parser.parse_args(argv)
-    try:
-        return run(args.recipe, args.artifacts.resolve(), args.dry_run)
-    except BadInput as e:
-        print(f"sft: {e}", file=sys.stderr)
-        return 2
+    return run_main("sft", parser, lambda args: run(args.recipe, args.artifacts.resolve(), args.dry_run), argv)
 
 
 if __name__ == "__main__":

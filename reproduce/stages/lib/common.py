@@ -1,14 +1,17 @@
 """What every stage program shares: its bad-input error, reading the resolved recipe, and `main`'s manners
-(one line on stderr and exit 2 for bad input, 130 on Ctrl-C, argparse's own codes for --help/usage)."""
+(one line on stderr and exit 2 for bad input, 3 over budget, 130 on Ctrl-C, argparse's own codes for
+--help/usage)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+# One class each for the whole project: a value the user can fix (exit 2; a subclass may use another code),
+# and a cost over the budget (exit 3). Both modules import nothing, so a node pays nothing for them.
+from costmodel.errors import BadInput
+from reproduce.errors import OverBudget
 
-class BadInput(Exception):
-    """A value the user can fix: one line on stderr, exit 2 (subclasses may use another code)."""
-    exit_code = 2
+__all__ = ["BadInput", "OverBudget", "load_recipe", "read_jsonl", "run_main", "write_progress", "read_progress"]
 
 
 def load_recipe(path: str | Path, needs: tuple[str, ...] = ()) -> dict:
@@ -48,7 +51,8 @@ def read_jsonl(path: str | Path, required: str):
             yield record
 
 
-def run_main(name: str, parser, body, argv: list[str] | None) -> int:
+def run_main(name: str, parser, body, argv: list[str] | None,
+             interrupted: str = "interrupted; run again to resume") -> int:
     """Parse `argv` with `parser` and call `body(args)`; map errors to exit codes."""
     try:
         args = parser.parse_args(argv)
@@ -56,11 +60,11 @@ def run_main(name: str, parser, body, argv: list[str] | None) -> int:
         return int(e.code or 0)
     try:
         return body(args) or 0
-    except BadInput as e:
+    except (BadInput, OverBudget) as e:
         print(f"{name}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"{name}: interrupted; run again to resume", file=sys.stderr)
+        print(f"{name}: {interrupted}", file=sys.stderr)
         return 130
 
 

@@ -32,7 +32,8 @@ PASSED = "passed"
 # ---- math -------------------------------------------------------------------------------------------------
 
 def extract_boxed(text: str | None) -> str | None:
-    """Contents of the last \\boxed{...} (or \\fbox{...}) in `text`, nested braces included; None if none."""
+    """Contents of the last complete \\boxed{...} (or \\fbox{...}) in `text`, nested braces included, stripped;
+    None if none. The project's one extractor: graders, the hub loaders' `answer_from: boxed`, the local formatter."""
     if not text:
         return None
     starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]

@@ -20,6 +20,7 @@ import sys
 import zlib
 from typing import Iterable, Mapping
 
+from reproduce.stages.lib.grading import extract_boxed
 from reproduce.stages.smoke import smoke_data
 
 
@@ -133,7 +134,7 @@ def table_records(rows: Iterable[Mapping], src: dict) -> list[dict]:
                         "problem": _code_problem(str(problem), starter, "fn_name" in tests), "tests": tests})
             continue
         answer = row.get(fields["answer"])
-        answer = last_boxed(str(answer)) if src.get("answer_from") == "boxed" else answer
+        answer = extract_boxed(str(answer)) if src.get("answer_from") == "boxed" else answer
         if answer is None or str(answer).strip() == "":
             continue
         out.append({"id": rid, "source": name, "domain": domain, "problem": str(problem), "answer": str(answer)})
@@ -170,24 +171,6 @@ def load_hub_benchmark(bench: dict) -> list[dict]:
 
 # ---- transforms: dataset rows -> records ---------------------------------------------------------------------
 
-def last_boxed(text: str | None) -> str | None:
-    """Contents of the last \\boxed{...}, nested braces included."""
-    if not text:
-        return None
-    start = text.rfind("\\boxed")
-    while start != -1:
-        i = text.find("{", start)
-        if i != -1 and not text[start + len("\\boxed"):i].strip():
-            depth, j = 1, i + 1
-            while j < len(text) and depth:
-                depth += {"{": 1, "}": -1}.get(text[j], 0)
-                j += 1
-            if depth == 0:
-                return text[i + 1:j - 1].strip()
-        start = text.rfind("\\boxed", 0, start)
-    return None
-
-
 def numina_records(rows: Iterable[Mapping], name: str, flt: Mapping,
                    labels: Mapping[str, float] | None = None) -> list[dict]:
     """NuminaMath-CoT rows (problem, solution, source, messages) -> math records.
@@ -215,7 +198,7 @@ def numina_records(rows: Iterable[Mapping], name: str, flt: Mapping,
             level = labels.get(row["problem"])
             if level is None or not (lo_hi[0] <= float(level) <= lo_hi[1]):
                 continue
-        answer = last_boxed(solution)
+        answer = extract_boxed(solution)
         if not answer:
             continue
         out.append({"id": f"{name}-{i}", "source": name, "domain": "math", "problem": row["problem"],

@@ -33,6 +33,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from reproduce.stages.lib.grading import extract_boxed
+
 MODEL_NAME = "local-formatter"
 BATCH_STEPS = ("validating", "in_progress", "completed")
 TRACE = re.compile(r"<original_solution>\n?(.*?)\n?</original_solution>", re.S)
@@ -40,25 +42,12 @@ CODE_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.S)
 
 
 # ---- the "model" -------------------------------------------------------------------------------------
-def last_boxed(text: str) -> str | None:
-    """Contents of the last \\boxed{...}, braces balanced (answers like \\frac{1}{2} nest)."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
-
-
 def format_trace(trace: str) -> str:
     """The trace verbatim as the thought; its final answer (last code block, else last boxed answer,
     else last paragraph) as the solution."""
     trace = trace.strip()
     blocks = CODE_BLOCK.findall(trace)
-    boxed = last_boxed(trace)
+    boxed = extract_boxed(trace)
     if blocks:
         solution = f"```python\n{blocks[-1].strip()}\n```"
     elif boxed is not None:
