@@ -4,6 +4,17 @@ from __future__ import annotations
 import pytest
 
 
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`reproduce ARGV` in this process: (exit code, stdout, stderr). The CLI's main() always exits; an exception
+    it does not turn into an exit code fails the test. (Test modules: `from conftest import cli`.)"""
+    from reproduce.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_info.value.code or 0, out, err
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A throwaway HOME: HOME, REPRODUCE_HOME and SKY_RUNTIME_DIR point into tmp_path; no cloud credentials."""

@@ -7,15 +7,9 @@ import json
 
 import pytest
 
-from reproduce.cli import main
+from conftest import cli
 
 GOOD = {"id": "a", "domain": "mcq", "answer": "A", "response": r"\boxed{A}"}
-
-
-def cli(capsys, *argv) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-    return e.value.code, capsys.readouterr().err
 
 
 def one_line(err: str) -> str:
@@ -44,7 +38,7 @@ def traces(tmp_path):
 ])
 def test_filter_limits_that_would_not_limit(home, capsys, tmp_path, traces, flag, value, message):
     out = tmp_path / "out.jsonl"
-    code, err = cli(capsys, "filter", str(traces), "-o", str(out), flag, value)
+    code, _, err = cli(capsys, "filter", str(traces), "-o", str(out), flag, value)
     assert code == 2 and message in one_line(err) and err.startswith("filter: ")
     assert not out.exists()
 
@@ -52,7 +46,7 @@ def test_filter_limits_that_would_not_limit(home, capsys, tmp_path, traces, flag
 def test_filter_binary_input(home, capsys, tmp_path):
     binary = tmp_path / "in.jsonl"
     binary.write_bytes(bytes(range(256)) * 10)
-    code, err = cli(capsys, "filter", str(binary), "-o", str(tmp_path / "out.jsonl"))
+    code, _, err = cli(capsys, "filter", str(binary), "-o", str(tmp_path / "out.jsonl"))
     assert code == 2 and "not UTF-8 text" in one_line(err)
     assert not (tmp_path / "out.jsonl").exists()
 
@@ -63,17 +57,17 @@ def test_filter_binary_input(home, capsys, tmp_path):
     (lambda t: "/proc/self/nope/graded.jsonl", "cannot write"),
 ])
 def test_filter_output_that_cannot_be_written(home, capsys, tmp_path, traces, where, message):
-    code, err = cli(capsys, "filter", str(traces), "-o", str(where(tmp_path)))
+    code, _, err = cli(capsys, "filter", str(traces), "-o", str(where(tmp_path)))
     assert code == 2 and message in one_line(err)
 
 
 def test_filter_refuses_to_append_to_a_foreign_file(home, capsys, tmp_path, traces):
     precious = tmp_path / "notes.txt"
     precious.write_bytes(b"my notes, not JSON\n\x00\x01")
-    code, err = cli(capsys, "filter", str(traces), "-o", str(precious))
+    code, _, err = cli(capsys, "filter", str(traces), "-o", str(precious))
     assert code == 2 and "not graded output" in one_line(err)
     assert precious.read_bytes() == b"my notes, not JSON\n\x00\x01"
-    code, err = cli(capsys, "filter", str(traces), "-o", str(traces))
+    code, _, err = cli(capsys, "filter", str(traces), "-o", str(traces))
     assert code == 2 and "is the input file" in one_line(err)
 
 
@@ -91,16 +85,14 @@ def test_convert_input_that_is_not_jsonl(home, capsys, tmp_path, content, messag
         src.write_bytes(content)
     else:
         src.write_text(content)
-    code, err = cli(capsys, "convert", "--recipe", str(tmp_path / "recipe.yaml"), "--artifacts", str(tmp_path),
+    code, _, err = cli(capsys, "convert", "--recipe", str(tmp_path / "recipe.yaml"), "--artifacts", str(tmp_path),
                     "--input", str(src))
     assert code == 2 and message in one_line(err)
     assert not (tmp_path / "convert" / "train.json").exists()
 
 
 def test_audit_plot_into_a_missing_folder_or_onto_a_folder(home, capsys, tmp_path):
-    with pytest.raises(SystemExit):
-        main(["all", "--budget", "5000", "--backend", "sim", "-y"])
-    capsys.readouterr()
+    cli(capsys, "all", "--budget", "5000", "--backend", "sim", "-y")
     ledger = home / ".reproduce" / "ledger.db"
     before = hashlib.sha256(ledger.read_bytes()).hexdigest()
     for target, message in ((tmp_path / "missing" / "spend.png", "does not exist"),
@@ -108,7 +100,7 @@ def test_audit_plot_into_a_missing_folder_or_onto_a_folder(home, capsys, tmp_pat
                             (tmp_path / "dir.png", "is a folder")):
         if target.name == "dir.png":
             target.mkdir()
-        code, err = cli(capsys, "audit", "--plot", str(target))
+        code, _, err = cli(capsys, "audit", "--plot", str(target))
         assert code == 2 and err.startswith("error: ") and message in one_line(err), err
     assert hashlib.sha256(ledger.read_bytes()).hexdigest() == before
     assert not (tmp_path / "missing").exists()
@@ -124,11 +116,11 @@ def test_filter_without_a_sandbox_refuses_code_unless_opted_in(home, capsys, tmp
     monkeypatch.setenv("PATH", str(tmp_path))              # no bwrap here
     monkeypatch.delenv(sandbox.UNSAFE_ENV, raising=False)
     monkeypatch.setattr(sandbox, "_state", {})
-    code, err = cli(capsys, "filter", str(src), "-o", str(out), "--workers", "1")
+    code, _, err = cli(capsys, "filter", str(src), "-o", str(out), "--workers", "1")
     assert code == 2 and "install bubblewrap" in one_line(err) and sandbox.UNSAFE_ENV in err
     assert not out.exists() or out.read_text() == ""          # nothing graded unsafely
     monkeypatch.setattr(sandbox, "_state", {})
-    code, err = cli(capsys, "filter", str(src), "-o", str(out), "--workers", "1", "--unsafe-sandbox")
+    code, _, err = cli(capsys, "filter", str(src), "-o", str(out), "--workers", "1", "--unsafe-sandbox")
     assert code == 0, err
     graded = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["correct"] for r in graded] == [True, True]
@@ -137,5 +129,5 @@ def test_filter_without_a_sandbox_refuses_code_unless_opted_in(home, capsys, tmp
     monkeypatch.setattr(sandbox, "_state", {})
     only_mcq = tmp_path / "mcq.jsonl"
     only_mcq.write_text(json.dumps(GOOD) + "\n")
-    code, err = cli(capsys, "filter", str(only_mcq), "-o", str(tmp_path / "mcq-out.jsonl"), "--workers", "1")
+    code, _, err = cli(capsys, "filter", str(only_mcq), "-o", str(tmp_path / "mcq-out.jsonl"), "--workers", "1")
     assert code == 0, err

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import cli
 from reproduce import tasks
 from reproduce.errors import UserError
 from reproduce.executors import local
@@ -292,20 +293,14 @@ def test_smoke_rewrite_runs_on_the_controller_with_a_local_openai_server(env, mo
 
 
 def test_a_full_scale_run_without_gpus_is_refused_before_it_is_recorded(home, capsys, monkeypatch):
-    from reproduce.cli import main
     from reproduce.executors import local
 
     monkeypatch.setattr(local, "has_gpu", lambda: False)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["all", "--budget", "450", "--backend", "local", "-y"])
-    assert exit_info.value.code == 2
-    assert "needs GPUs and this machine has none" in capsys.readouterr().err
+    code, _, err = cli(capsys, "all", "--budget", "450", "--backend", "local", "-y")
+    assert code == 2
+    assert "needs GPUs and this machine has none" in err
     assert not (home / ".reproduce" / "ledger.db").exists() or "no runs" in _runs(capsys)
 
 
 def _runs(capsys):
-    from reproduce.cli import main
-
-    with pytest.raises(SystemExit):
-        main(["runs"])
-    return capsys.readouterr().out
+    return cli(capsys, "runs")[1]

@@ -7,19 +7,8 @@ import json
 
 import pytest
 
+from conftest import cli
 from costmodel.ledger import Ledger
-
-
-def cli(capsys, *argv):
-    from reproduce.cli import main
-
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def audit(capsys, run=None):

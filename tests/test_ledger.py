@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import cli
 from costmodel import ledger as ledger_mod
 from costmodel.ledger import Ledger, LedgerError, SCHEMA_VERSION
 
@@ -177,15 +178,11 @@ def test_migrates_a_version_1_ledger_keeping_its_rows(home, monkeypatch):
 
 
 def test_cli_reports_a_corrupt_ledger_in_one_line(home, capsys):
-    from reproduce.cli import main
-
     path = home / ".reproduce" / "ledger.db"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage" * 100)
-    with pytest.raises(SystemExit) as e:
-        main(["runs"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2
+    code, _, err = cli(capsys, "runs")
+    assert code == 2
     assert err.count("\n") == 1 and "not a SQLite database" in err and "Traceback" not in err
 
 
@@ -234,8 +231,6 @@ def test_impossible_budget_and_float_noise(home):
 # ---- the state folder and the file ---------------------------------------------------------------------------
 
 def test_unusable_homes_are_one_line_errors(tmp_path, monkeypatch, capsys):
-    from reproduce.cli import main
-
     afile = tmp_path / "afile"
     afile.write_text("x")
     folder_db = tmp_path / "h2"
@@ -249,10 +244,8 @@ def test_unusable_homes_are_one_line_errors(tmp_path, monkeypatch, capsys):
         cases[str(readonly)] = "not writable"
     for home_dir, message in cases.items():
         monkeypatch.setenv("REPRODUCE_HOME", home_dir)
-        with pytest.raises(SystemExit) as e:
-            main(["runs"])
-        err = capsys.readouterr().err
-        assert e.value.code == 2, (home_dir, err)
+        code, _, err = cli(capsys, "runs")
+        assert code == 2, (home_dir, err)
         assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert afile.read_text() == "x" and list((folder_db / "ledger.db").iterdir()) == []
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from conftest import cli
 from costmodel import memory, search
 from reproduce import cli_optimize
 from reproduce import recipe as recipes
@@ -82,19 +83,9 @@ def test_optimizing_changes_how_not_what(optimized):
     assert tokens_per_step(variant["sft"]) == pytest.approx(tokens_per_step(base["sft"]), rel=0.05)
 
 
-def cli(*args) -> int:
-    from reproduce.cli import main
-
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return e.code or 0
-    return 0
-
-
 def test_cli_prints_both_plans_side_by_side_and_the_overrides(home, capsys):
-    assert cli("plan", "--optimize", "--budget", "250") == 0
-    text = capsys.readouterr().out
+    code, text, _ = cli(capsys, "plan", "--optimize", "--budget", "250")
+    assert code == 0
     assert "given" in text and "optimized" in text
     assert "sft.cpu_offload: true -> false" in text
     assert "does NOT fit" in text  # why H100:8 without offload was not taken
@@ -103,13 +94,13 @@ def test_cli_prints_both_plans_side_by_side_and_the_overrides(home, capsys):
     for line in runs:   # pasted as printed, each is accepted and fits the budget it names
         args = line.split("(the same")[0].split()[2:]
         assert "--budget" in args
-        assert cli("plan", *args) == 0, line
+        assert cli(capsys, "plan", *args)[0] == 0, line
 
 
 def test_cli_budget_check_uses_the_optimized_plan(home, capsys):
-    assert cli("plan", "--optimize", "--budget", "150") == 0  # the given recipe (~$196) does not fit; this does
-    assert cli("plan", "--budget", "150") == 3
-    assert cli("plan", "--optimize", "--budget", "10") == 3
+    assert cli(capsys, "plan", "--optimize", "--budget", "150")[0] == 0  # the given recipe (~$196) does not fit
+    assert cli(capsys, "plan", "--budget", "150")[0] == 3
+    assert cli(capsys, "plan", "--optimize", "--budget", "10")[0] == 3
 
 
 @dataclass(frozen=True)

@@ -11,24 +11,13 @@ import time
 
 import pytest
 
+from conftest import cli
 from costmodel.ledger import Ledger
 from reproduce import pipeline
 from reproduce import recipe as recipes
-from reproduce.cli import main
 from reproduce.stagetable import NAMES as STAGES
 from reproduce.executors.sim import SimExecutor
 from reproduce.plan import build_plan
-
-
-def cli(capsys, *argv):
-    """Run the CLI in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def audit_json(capsys, run=None):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reproduce.cli import main
+from conftest import cli
 
 ALL = ("all", "--budget", "100000", "--dry-run", "--backend", "sky", "--bucket", "s3://x", "-y")
 PLAN = ("plan", "--json", "--backend", "sky")
@@ -32,14 +32,6 @@ VARIANTS = {
     "sft-h200-2-nodes-spot": ("--set", "sft.accelerator=H200:8", "--set", "sft.num_nodes=2",
                               "--set", "sft.use_spot=true"),
 }
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """The CLI's own main(): an exception it does not turn into an exit code fails the test."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def plan_rows(capsys, *args) -> dict:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli
 from costmodel import prices
 from costmodel.errors import BadInput
-from reproduce.cli import main
 
 H100 = "{'Gpus': [{'Name': 'H100', 'Manufacturer': 'NVIDIA', 'Count': 8, 'MemoryInfo': {'SizeInMiB': 81920}}]}"
 # SkyPilot's v8 AWS column order; a CPU-only row that must be ignored; zone ids, as SkyPilot lists them.
@@ -44,20 +44,10 @@ def plant(root: Path, cloud: str, text: str) -> Path:
     return path
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(["prices", *args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 # ---------------------------------------------------------------- bundled snapshot
 
 def test_snapshot_rows_from_several_clouds_cheapest_first(home, capsys):
-    code, out, _ = run_cli(capsys, "--json", "--top", "500")
+    code, out, _ = cli(capsys, "prices", "--json", "--top", "500")
     assert code == 0
     rows = json.loads(out)
     assert {"aws", "gcp", "lambda", "runpod", "nebius", "primeintellect"} <= {r["cloud"] for r in rows}
@@ -96,7 +86,7 @@ def test_snapshot_gpu_names_canonical_and_vast_has_no_spot(home):
 
 
 def test_table_lines_up(home, capsys):
-    code, out, _ = run_cli(capsys, "H100:8", "--top", "5")
+    code, out, _ = cli(capsys, "prices", "H100:8", "--top", "5")
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:2] == ["cloud", "region"]
     col = lines[0].index("source")
@@ -116,7 +106,7 @@ def test_cached_skypilot_catalog_replaces_snapshot(home, capsys):
     assert {(o.source, o.date) for o in aws} == {("skypilot catalog (cached, ~/.sky/catalogs/v8/aws/vms.csv)", mtime)}
     assert {o.source for o in offers if o.cloud == "lambda"} == {"bundled snapshot (SkyPilot catalog v8 @ 0f40703)"}
 
-    code, out, _ = run_cli(capsys, "--cloud", "aws", "--on-demand")
+    code, out, _ = cli(capsys, "prices", "--cloud", "aws", "--on-demand")
     assert code == 0 and "cached, ~/.sky/catalogs/v8/aws/vms.csv" in out and "63.3" in out
 
 
@@ -290,7 +280,7 @@ def test_offline_nothing_hangs(home, monkeypatch):
     (["--cloud", "azurr"], "'azurr'"), (["--top", "0"], "got 0"), (["--spot", "--on-demand"], "--spot"),
 ])
 def test_bad_input_one_line_exit_2(home, capsys, args, named):
-    code, out, err = run_cli(capsys, *args)
+    code, out, err = cli(capsys, "prices", *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and named in err
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_plan_is_launch import cli as run_cli
+from conftest import cli as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

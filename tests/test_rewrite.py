@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -231,12 +230,14 @@ def test_refuses_when_the_estimate_exceeds_the_budget(tmp_path, server, monkeypa
 def test_estimate_is_chars_over_four_and_the_output_ratio(tmp_path, capsys):
     records = kept_records(2, 1)
     recipe = recipes.load(sets=["rewrite.output_ratio=0.5"])
-    est = rewrite.estimate_tokens(records, recipe)
-    prompt = sum(math.ceil(sum(len(m["content"]) for m in rewrite.build_request(r, recipe["rewrite"])["messages"]) / 4)
-                 for r in records)
-    completion = sum(math.ceil(0.5 * math.ceil(len(r["response"]) / 4)) for r in records)
-    assert est["prompt_tokens"] == prompt and est["completion_tokens"] == completion
-    assert est["usd"] == pytest.approx(api_cost("gpt-4o-mini", prompt, completion, batch=True), abs=1e-6)
+    short, long = {"domain": "math", "response": "x" * 400}, {"domain": "math", "response": "x" * 800}
+    a, b = rewrite.estimate_tokens([short], recipe), rewrite.estimate_tokens([long], recipe)
+    assert b["prompt_tokens"] - a["prompt_tokens"] == 100                  # 400 more characters, 4 a token
+    assert (a["completion_tokens"], b["completion_tokens"]) == (50, 100)   # half of the traces' 100 and 200 tokens
+    capped = recipes.load(sets=["rewrite.output_ratio=0.5", "rewrite.max_tokens=64"])
+    assert rewrite.estimate_tokens([long], capped)["completion_tokens"] == 64
+    # gpt-4o-mini: $0.15 in and $0.60 out per 1M tokens, half price in the Batch API (environment.md, "OpenAI")
+    assert b["usd"] == pytest.approx((b["prompt_tokens"] * 0.15 + 100 * 0.60) / 1e6 / 2, abs=1e-6)
     # --estimate prints it and needs no key, no server
     os.environ.pop("OPENAI_API_KEY")
     assert rewrite.main(artifacts(tmp_path, records) + ["--estimate"]) == 0
