@@ -105,11 +105,11 @@ def test_a_run_killed_mid_way_resumes_without_duplicates(smoke_recipe, tmp_path,
     real = generate.write_shard
     calls = []
 
-    def dying(out_dir, rows):
+    def dying(*args):
         if calls:
             raise KeyboardInterrupt          # preempted after the first shard
         calls.append(1)
-        return real(out_dir, rows)
+        return real(*args)
 
     monkeypatch.setattr(generate, "write_shard", dying)
     args = ["--recipe", str(smoke_recipe), "--artifacts", str(artifacts), "--shard-size", "7"]
