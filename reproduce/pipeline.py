@@ -340,6 +340,11 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
     (spend by the next poll would pass the budget) and the forecast (at the observed rate the run cannot
     finish within the budget)."""
     rest = sum(r.total_usd for r in later)
+    # at least ~100 polls over the stage's planned hours (never under 10 s): a short, dear stage (an API
+    # teacher) must be watched often enough for its forecast to act before most of it is paid
+    poll_s = min(w.poll_s, max(10.0, p.hours * 36)) if p.hours > 0 else w.poll_s
+    if p.kind == "api":   # paid by the request, planned in dollars, not hours: watch it at least every 30 s
+        poll_s = min(poll_s, 30.0)
     ex, ledger = w.executor, w.ledger
     orphan = _orphan(ledger, w.run_id, name)
     started = ex.now()
@@ -382,7 +387,7 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
                 ledger.add_stage_row(w.run_id, name, "progress", at=now, attempt=attempt,
                                      **_actual(st, p, started, now, w.simulated))
                 last_state, last_row = st.state, now
-            decision = guard.should_stop(spent_before, cost, st.price_per_hour, w.poll_s, w.budget, w.teardown_s)
+            decision = guard.should_stop(spent_before, cost, st.price_per_hour, poll_s, w.budget, w.teardown_s)
             if not decision.ok and fc is not None:
                 rest_now, how = _rest_at(later, fc[0] / p.total_usd if p.total_usd > 0 else 1.0)
                 decision = guard.should_stop_forecast(name, spent_before, fc[0], rest_now, w.budget, fc[1] + how)
@@ -399,7 +404,7 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
                                      **_actual(st, p, started, ex.now(), w.simulated, message=why))
                 w.progress.status(name, st, p.total_usd, force=True)
                 return 3, why
-            ex.wait(w.poll_s)
+            ex.wait(poll_s)
     except KeyboardInterrupt:
         if handle is not None:
             ex.cancel(handle)

@@ -106,3 +106,13 @@ def test_resume_may_change_a_stage_still_to_run_and_the_change_is_recorded(home,
     with Ledger() as led:
         changes = led.events(run, "recipe_changed")
     assert [e["numbers"]["sets"] for e in changes] == [["sft.num_train_epochs=1.0"]]
+
+
+def test_an_api_teacher_is_watched_like_a_gpu_stage(home, capsys):
+    # DeepSeek-R1 traces by API at 3x the planned spend: stopped early in generate, not after most is paid
+    code, out, err = sim(capsys, 600, "--recipe", "bespoke-stratos-32b", "--sim-slowdown", "3")
+    assert code == 3 and "stage generate stopped by the budget guard: at the observed rate" in err
+    a = audit(capsys)
+    generate = next(s for s in a["stages"] if s["stage"] == "generate")
+    assert generate["actual"]["state"] == "cancelled" and generate["kind"] == "api"
+    assert 0 < generate["actual"]["api_usd"] < 0.25 * 600   # every paid request recorded, and little of it
