@@ -60,12 +60,15 @@ smoke: $(VENV)/.installed
 # The tests that need torch / transformers / LLaMA-Factory run in the stage environment (they skip
 # elsewhere), the slow SFT preempt/resume among them; then every controller test. The smoke run among
 # those builds its stage environment from the tasks' `setup:` into the per-user cache: the same lock, so
-# seconds and a few MB (uv hard links from its cache).
+# seconds and a few MB (uv hard links from its cache). Two workers, each taking whole files (module
+# fixtures such as the smoke run stay one run): many tests wait on subprocesses and clocks, not the CPU.
 STAGE_TESTS = tests/test_generate.py tests/test_evaluate.py tests/test_convert.py tests/test_sft.py
+TEST_WORKERS ?= 2
+PYTEST = -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: $(VENV)/.test-installed $(STAGE_VENV)/.installed
-	$(STAGE_VENV)/bin/python -m pytest -q $(STAGE_TESTS)
+	$(STAGE_VENV)/bin/python $(PYTEST) $(STAGE_TESTS)
 	$(STAGE_VENV)/bin/python -m pytest -q tests/test_optimize.py -k llamafactory
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python $(PYTEST)
 
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/python benchmarks/cli_speed.py --all
