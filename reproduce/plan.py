@@ -175,8 +175,23 @@ def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool):
         best.details["market"] = f"{'spot' if best.spot else 'on-demand'}: the only market offered"
     best.memory = mem
     best.fallbacks = fallbacks(s, recipe, calibration, best, nodes)
+    _setup_note(s, recipe, best)
     best.details["clouds_unable"] = {c: why for c, why in clouds.able(prices.DEFAULT_CLOUDS, needs(nodes))[1].items()}
     return best
+
+
+def _setup_note(s, recipe: dict, row) -> None:
+    """What of the recipe's startup assumption is measured: the stage environment's build (its lock, uv, a cold
+    cache: what a fresh node and every recovery pay)."""
+    from costmodel import setup_time
+    from reproduce import tasks
+
+    env = ((tasks.load_task(s.task).get("envs") or {}).get("STAGE_EXTRAS")) if s.task else None
+    found = setup_time.setup_seconds(env) if env else None
+    if found:
+        row.assumptions.append(f"startup {recipe['costs']['startup_hours']:g} h per launch (costs.startup_hours, "
+                               f"provisioning + weights, assumed) holds the {env} environment's measured "
+                               f"{found[0]:.0f} s build ({found[1]})")
 
 
 def needs(nodes: int, spot: bool = False) -> list[str]:

@@ -83,3 +83,12 @@ def test_the_plan_prices_the_runs_bucket_beside_the_stages(home, capsys):
     assert st["total_usd"] == sum(r["usd"] for r in st["stages"])
     text = cli(capsys, "plan", "--budget", "450")[1]
     assert "Bucket (s3, not in the total): " in text and "/GB-month" in text
+
+
+def test_the_startup_assumption_names_the_measured_environment_build(home, capsys):
+    from costmodel import setup_time
+
+    p = json.loads(cli(capsys, "plan", "--budget", "450", "--json")[1])
+    sft = next(s for s in p["stages"] if s["stage"] == "sft")
+    seconds, _ = setup_time.setup_seconds("sft")
+    assert any(f"sft environment's measured {seconds:.0f} s build" in a for a in sft["assumptions"])
