@@ -638,14 +638,14 @@ def _stale(row, now: float, stale_s: float) -> str | None:
     """Why a lease no longer binds (its pid is dead on this host, or its heartbeat is old), or None."""
     import socket
 
-    if row["host"] == socket.gethostname() and not _pid_alive(row["pid"]):
+    if row["host"] == socket.gethostname() and not pid_alive(row["pid"]):
         return f"pid {row['pid']} is not running"
     if now - row["heartbeat_at"] > stale_s:
         return f"no heartbeat for {now - row['heartbeat_at']:.0f} s (over {stale_s:.0f} s)"
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:

@@ -536,16 +536,11 @@ def _actual(st: StageStatus, p, started: float, now: float, simulated: bool, mes
 
 
 def alive(numbers: dict) -> bool:
+    """The process a run event names is running on this host (costmodel.ledger.pid_alive: zombies are dead)."""
+    from costmodel.ledger import pid_alive
+
     pid = numbers.get("pid")
-    if not pid or numbers.get("host") != socket.gethostname():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(pid) and numbers.get("host") == socket.gethostname() and pid_alive(int(pid))
 
 
 class Progress:

