@@ -29,12 +29,12 @@ $(VENV)/.test-installed: $(VENV)/.installed tests/requirements.txt
 
 # The CPU stage environment: exactly the smoke lock, what every task's `setup:` installs at smoke scale
 # (sync: nothing else stays in it), then this package alone. vLLM / LLaMA-Factory pins never reach .venv.
-# Long-lived venvs get their bytecode at install, as pip would (~1 min here for this one): fast imports in
-# every later process, whatever PYTHONDONTWRITEBYTECODE says.
+# No bytecode at install (~45 s more here, for files no test imports): the first make test writes it for
+# what the tests import (PYTHONDONTWRITEBYTECODE is unexported above), later processes reuse it.
 LOCK_INSTALL = --require-hashes --build-constraints sky_tasks/locks/build.txt
 $(STAGE_VENV)/.installed: sky_tasks/locks/smoke.txt sky_tasks/locks/build.txt pyproject.toml | $(UV)
 	$(UV) venv -q --allow-existing --python 3.11 $(STAGE_VENV)
-	$(UV) pip sync -q --compile-bytecode --python $(STAGE_VENV)/bin/python $(LOCK_INSTALL) sky_tasks/locks/smoke.txt
+	$(UV) pip sync -q --python $(STAGE_VENV)/bin/python $(LOCK_INSTALL) sky_tasks/locks/smoke.txt
 	$(UV) pip install -q --python $(STAGE_VENV)/bin/python --no-deps -e .
 	touch $@
 
