@@ -188,6 +188,14 @@ def _setup_note(s, recipe: dict, row) -> None:
 
     env = ((tasks.load_task(s.task).get("envs") or {}).get("STAGE_EXTRAS")) if s.task else None
     found = setup_time.setup_seconds(env) if env else None
+    if env:
+        from reproduce import locks
+
+        try:
+            pins = ", ".join(f"{k} {v}" for k, v in locks.locked_versions(env).items())
+            row.assumptions.append(f"environment: sky_tasks/locks/{env}.txt ({pins})")
+        except Exception:   # noqa: BLE001 - a lock not written yet: the plan still prices
+            pass
     if found:
         row.assumptions.append(f"startup {recipe['costs']['startup_hours']:g} h per launch (costs.startup_hours, "
                                f"provisioning + weights, assumed) holds the {env} environment's measured "

@@ -142,7 +142,15 @@ def render_yaml(stage: str, envs: dict | None = None, row=None, scale: str = "fu
         cfg["secrets"] = {k: REDACTED if k in secrets else UNSET for k in cfg["secrets"]}
     res = cfg.get("resources") or {}
     where = res.get("infra") or ((res.get("ordered") or [{}])[0].get("infra")) or "any cloud (SkyPilot picks the cheapest)"
-    text = f"# stage {stage} ({scale} scale): {where}\n" + yaml.dump(cfg, Dumper=_BlockDumper, sort_keys=False,
+    env = cfg["envs"].get("STAGE_EXTRAS")
+    try:
+        from reproduce import locks
+
+        pins = ", ".join(f"{k} {v}" for k, v in locks.locked_versions(env).items()) if env else ""
+    except Exception:   # noqa: BLE001 - no lock for it: say nothing
+        pins = ""
+    text = f"# stage {stage} ({scale} scale): {where}\n" + (f"# environment sky_tasks/locks/{env}.txt: {pins}\n"
+                                                             if pins else "") + yaml.dump(cfg, Dumper=_BlockDumper, sort_keys=False,
                                                                       width=120)
     return redact(text, secrets.values())
 
