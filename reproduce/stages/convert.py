@@ -57,13 +57,7 @@ def preference_pairs(records, system_prompt: str, pairs: dict, screen=None) -> t
     correct chosen, longest correct rejected, at least two correct (SkyThought recipes/sky-t1-flash/README.md)."""
     groups: dict[str, list] = {}
     counts = Counter()
-    for rec in records:
-        counts["records_in"] += 1
-        item = to_sharegpt(rec, system_prompt)
-        if item is None:
-            counts["dropped_recheck" if rec.get("recheck_correct") is False else "dropped_empty"] += 1
-            continue
-        user = item["conversations"][0]["value"]
+    for rec, item, user in _trainable(records, system_prompt, counts):
         groups.setdefault(" ".join(user.split()), []).append((user, item["conversations"][1]["value"], rec))
     out, per_source, per_domain = [], Counter(), Counter()
     for items in groups.values():
@@ -107,6 +101,18 @@ def user_message(record: dict) -> str | None:
     return turns[-1] if turns else prompt
 
 
+def _trainable(records, system_prompt, counts: Counter):
+    """(record, ShareGPT item, user text) of every record that makes a training example; the others counted
+    as dropped (failed the re-check, or empty)."""
+    for rec in records:
+        counts["records_in"] += 1
+        item = to_sharegpt(rec, system_prompt)
+        if item is None:
+            counts["dropped_recheck" if rec.get("recheck_correct") is False else "dropped_empty"] += 1
+            continue
+        yield rec, item, item["conversations"][0]["value"]
+
+
 def to_sharegpt(record: dict, system_prompt: str) -> dict | None:
     """One trace -> one ShareGPT record, or None when it must not be trained on."""
     check = record.get("recheck_correct")
@@ -128,13 +134,7 @@ def convert(records, system_prompt: str, dedupe: bool = True, screen=None) -> tu
     out, seen = [], set()
     counts = Counter()
     per_source, per_domain = Counter(), Counter()
-    for rec in records:
-        counts["records_in"] += 1
-        item = to_sharegpt(rec, system_prompt)
-        if item is None:
-            counts["dropped_recheck" if rec.get("recheck_correct") is False else "dropped_empty"] += 1
-            continue
-        user = item["conversations"][0]["value"]
+    for rec, item, user in _trainable(records, system_prompt, counts):
         key = " ".join(user.split())
         if dedupe and key in seen:
             counts["duplicates"] += 1
