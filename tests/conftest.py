@@ -15,6 +15,18 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
     return exit_info.value.code or 0, out, err
 
 
+def ledger_content(path) -> list[str]:
+    """Every row of the ledger at PATH, read through a read-only connection. The file's bytes are not the content:
+    in WAL mode a checkpoint (when some connection closes, GC's choice of moment) rewrites them unchanged."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """A throwaway HOME: HOME, REPRODUCE_HOME and SKY_RUNTIME_DIR point into tmp_path; no cloud credentials."""

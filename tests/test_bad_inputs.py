@@ -2,12 +2,11 @@
 
 (Stage programs name themselves in the line, `filter: ...`, as every stage program does; the CLI proper says
 `error: ...`.)"""
-import hashlib
 import json
 
 import pytest
 
-from conftest import cli
+from conftest import cli, ledger_content
 
 GOOD = {"id": "a", "domain": "mcq", "answer": "A", "response": r"\boxed{A}"}
 
@@ -94,7 +93,7 @@ def test_convert_input_that_is_not_jsonl(home, capsys, tmp_path, content, messag
 def test_audit_plot_into_a_missing_folder_or_onto_a_folder(home, capsys, tmp_path):
     cli(capsys, "all", "--budget", "5000", "--backend", "sim", "-y")
     ledger = home / ".reproduce" / "ledger.db"
-    before = hashlib.sha256(ledger.read_bytes()).hexdigest()
+    before = ledger_content(ledger)
     for target, message in ((tmp_path / "missing" / "spend.png", "does not exist"),
                             (tmp_path, "expected a file name ending in .png"),
                             (tmp_path / "dir.png", "is a folder")):
@@ -102,7 +101,7 @@ def test_audit_plot_into_a_missing_folder_or_onto_a_folder(home, capsys, tmp_pat
             target.mkdir()
         code, _, err = cli(capsys, "audit", "--plot", str(target))
         assert code == 2 and err.startswith("error: ") and message in one_line(err), err
-    assert hashlib.sha256(ledger.read_bytes()).hexdigest() == before
+    assert ledger_content(ledger) == before
     assert not (tmp_path / "missing").exists()
 
 
