@@ -14,7 +14,11 @@ Secrets (HF_TOKEN, OPENAI_API_KEY, WANDB_API_KEY) come from this process's envir
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -22,9 +26,39 @@ import yaml
 from reproduce.errors import UserError
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "sky_tasks"
-REPO_ROOT = TASKS_DIR.parent          # the `workdir: .` of every task
+REPO_ROOT = TASKS_DIR.parent          # a checkout's root, or site-packages for a plain install
+PACKAGES = ("reproduce", "costmodel", "sky_tasks")   # what a stage runs, whichever way it was installed
 SECRET_NAMES = ("HF_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY")
 REDACTED, UNSET = "<redacted>", "<not set>"
+
+
+@functools.lru_cache(maxsize=1)
+def workdir() -> Path:
+    """What every task's `workdir: .` means: this checkout; for a plain `pip install .`, a copy of the three
+    installed packages (a few MB) in the user cache, keyed by their content. Never the folder the CLI was
+    started in: SkyPilot uploads the workdir, and a home folder holds anything. It is also the local stages'
+    cwd, so `python -m` never puts the controller's site-packages before the stage environment's."""
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT
+    files = sorted(p for name in PACKAGES for p in (REPO_ROOT / name).rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts)
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(f"{p.relative_to(REPO_ROOT)}\0".encode() + p.read_bytes() + b"\0")
+    from reproduce.paths import user_cache
+
+    dest = user_cache() / "workdir" / digest.hexdigest()[:12]
+    if not dest.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=dest.parent))
+        for p in files:
+            (staging / p.relative_to(REPO_ROOT)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, staging / p.relative_to(REPO_ROOT))
+        try:
+            staging.rename(dest)           # atomic: a concurrent CLI made the same copy, or this one did
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return dest
 
 
 def task_path(stage: str) -> Path:
@@ -65,8 +99,8 @@ def config(stage: str, envs: dict | None = None, row=None, scale: str = "full") 
         cfg_envs["STAGE_EXTRAS"] = "smoke"
     cfg_envs.update({k: "" if v is None else str(v) for k, v in (envs or {}).items()})
     cfg["envs"] = cfg_envs
-    if cfg.get("workdir") in (".", "./") and (REPO_ROOT / "pyproject.toml").is_file():
-        cfg["workdir"] = str(REPO_ROOT)   # `.` means the repo, wherever the CLI was started from
+    if cfg.get("workdir") in (".", "./"):
+        cfg["workdir"] = str(workdir())   # `.` means the code, wherever the CLI was started from
     res = dict(cfg.get("resources") or {})
     if row is not None and getattr(row, "infra", None) and row.kind == "gpu":
         from reproduce.stagetable import stage as table_row

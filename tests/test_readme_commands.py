@@ -104,3 +104,17 @@ def test_readme_command_runs_on_a_plain_install(plain, args):
     assert "Traceback" not in done.stderr and "ModuleNotFoundError" not in done.stderr, done.stderr[-2000:]
     if args[:2] == ["audit", "--plot"]:
         assert (plain[2] / "spend.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_plain_install_uploads_its_packages_not_the_folder_it_runs_in(plain):
+    """`workdir: .` is what SkyPilot uploads to every node: from a plain install that is a copy of the installed
+    packages (the locks the setup installs, the stage programs the run starts), never the user's folder."""
+    bin_dir, env, cwd = plain
+    done = reproduce(plain, ["all", "--budget", "100000", "--dry-run", "--backend", "sky", "--bucket", "s3://my-runs",
+                             "-y"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    workdirs = set(re.findall(r"^workdir: (.+)$", done.stdout, re.M))
+    assert len(workdirs) == 1, done.stdout[-3000:]
+    root = Path(workdirs.pop())
+    assert root.parent == cwd / ".cache" / "reproduce" / "workdir", root     # the per-user cache (HOME is cwd)
+    assert (root / "sky_tasks" / "locks" / "generate.txt").is_file() and (root / "reproduce" / "stages" / "sft.py").is_file()

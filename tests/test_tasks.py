@@ -103,6 +103,39 @@ def test_render_asks_first_for_the_planned_placement_then_priced_fallbacks():
     assert task.workdir == str(tasks.REPO_ROOT)
 
 
+def test_a_plain_install_uploads_a_copy_of_its_packages_never_the_folder_it_was_started_in(tmp_path, monkeypatch):
+    """site-packages has no pyproject.toml: the workdir is a content-keyed copy of the three packages in the
+    user cache (what a task's setup and run read: the locks, the stage programs), not `.` = wherever the user is."""
+    import shutil
+
+    site = tmp_path / "site-packages"
+    for name in tasks.PACKAGES:
+        shutil.copytree(REAL_TASKS.parent / name, site / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "unrelated_package").mkdir()
+    (site / "unrelated_package" / "big.bin").write_bytes(b"x" * 1000)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tasks, "REPO_ROOT", site)
+    monkeypatch.setattr(tasks, "TASKS_DIR", site / "sky_tasks")
+    monkeypatch.chdir(tmp_path)
+    tasks.workdir.cache_clear()
+    try:
+        task = tasks.render("generate", {"RUN_ID": "r7"}, None, "full", environ={})
+        first = tasks.workdir()
+        assert task.workdir == str(first) and first.parent == tmp_path / "cache" / "reproduce" / "workdir"
+        assert (first / "sky_tasks" / "locks" / "generate.txt").is_file()
+        assert (first / "reproduce" / "stages" / "generate.py").is_file()
+        assert not (first / "unrelated_package").exists() and not list(first.rglob("__pycache__"))
+        tasks.workdir.cache_clear()
+        assert tasks.workdir() == first                       # the same content: the same copy, not another
+        (site / "reproduce" / "stages" / "generate.py").write_text("# changed\n")
+        tasks.workdir.cache_clear()
+        changed = tasks.workdir()
+        assert changed != first and (changed / "reproduce" / "stages" / "generate.py").read_text() == "# changed\n"
+        assert sorted(p.name for p in changed.parent.iterdir()) == sorted([first.name, changed.name])  # no staging left
+    finally:
+        tasks.workdir.cache_clear()
+
+
 def test_on_demand_row_renders_on_demand_and_its_node_count():
     task = tasks.render("sft", {}, row("sft", nodes=2, spot=False, cloud="gcp", region="us-central1"))
     (res,) = task.resources

@@ -113,7 +113,7 @@ class LocalExecutor(BaseExecutor):
         # setup and run each in their own bash, as SkyPilot runs them; a failed setup never runs `run`
         wrapper = f"set -e\n{prepare}echo {shlex.quote(PHASE_RUN)}\nexec bash -c {shlex.quote(script)}\n"
         try:
-            proc = subprocess.Popen(["bash", "-c", wrapper], cwd=tasks.REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(["bash", "-c", wrapper], cwd=tasks.workdir(), env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         except BaseException:
             _stop(aux)
@@ -240,7 +240,7 @@ def env_hash(setup: str, envs: dict, root: Path | None = None) -> str:
     and the build constraints. A re-locked environment is a new one; the same lock is the same one."""
     names = sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", setup)))
     text = setup + "\n" + "\n".join(f"{n}={envs.get(n, '')}" for n in names)
-    root = Path(root or tasks.REPO_ROOT)
+    root = Path(root or tasks.workdir())
     expanded = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: str(envs.get(m.group(1), "")), setup)
     for name in sorted({t for t in re.findall(r"[\w./-]+", expanded) if "/" in t}):
         path = root / name
@@ -297,7 +297,7 @@ def _stop(proc: subprocess.Popen | None) -> None:
 def _start_local_openai(log: Path, timeout_s: float = 60.0):
     """Start reproduce.stages.smoke.local_openai; its first stdout line is its base URL."""
     proc = subprocess.Popen([sys.executable, *LOCAL_OPENAI],
-                            cwd=tasks.REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            cwd=tasks.workdir(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=(log.parent / "local_openai.log").open("a"), text=True, start_new_session=True)
     got: list = []
     reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)
