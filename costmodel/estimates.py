@@ -82,7 +82,9 @@ class StageEstimate:
     spot_usd: float | None = None        # same stage on spot
     api_usd: float = 0.0
     api_tokens: dict = field(default_factory=dict)
-    total_usd: float = 0.0
+    storage_usd: float = 0.0         # what the stage leaves in the run's bucket costs kept (costmodel.storage.cost)
+    storage: dict = field(default_factory=dict)      # that cost's row: GB written and pulled, $, arithmetic
+    total_usd: float = 0.0           # compute + API + storage
     arithmetic: str = ""
     assumptions: list = field(default_factory=list)
     details: dict = field(default_factory=dict)

@@ -278,6 +278,24 @@ class Ledger:
                                  "AND attempt = ?", (run_id, stage, attempt)).fetchone()
         return float(usd), int(n)
 
+    def add_storage(self, run_id: str, stage: str, cost: dict, *, at: float) -> None:
+        """What STAGE left in the run's bucket and what keeping it costs (costmodel.storage.cost of the GB
+        measured there): an event of kind `storage`. The stage's latest one counts (a resumed stage measures its
+        whole folder again), in spent() and in the audit."""
+        for key in ("gb_written", "gb_pulled", "usd"):
+            _amount(cost.get(key), f"{stage} storage {key}")
+        self.add_event(run_id, stage, "storage", ok=True, reason=f"{stage} left {cost['gb_written']:,.2f} GB in the "
+                       f"bucket: {cost['arithmetic']}", numbers=cost, at=at)
+
+    def storage(self, run_id: str) -> dict[str, dict]:
+        """stage -> its latest `storage` event's numbers (GB written and pulled, $, arithmetic, how measured, at).
+        A billing correction of the bucket is one more entry, under its own name, with `correction` set."""
+        out = {}
+        for r in self.db.execute("SELECT stage, at, numbers FROM events WHERE run_id = ? AND kind = 'storage' "
+                                 "ORDER BY id", (run_id,)):
+            out[r["stage"]] = {**json.loads(r["numbers"] or "{}"), "at": r["at"]}
+        return out
+
     def add_event(self, run_id: str | None, stage: str | None, kind: str, *, ok: bool | None, reason: str,
                   numbers: dict | None = None, at: float | None = None) -> int:
         with self.write() as db:
@@ -414,10 +432,11 @@ class Ledger:
         return [dict(r) for r in self.db.execute(sql, (run_id,))]
 
     def spent(self, run_id: str) -> float:
-        """Compute $ of every attempt (its terminal row, or the last progress of one still open) + API $."""
+        """Compute $ of every attempt (its terminal row, or the last progress of one still open) + API $ + what
+        keeping the bucket's contents costs (committed once written)."""
         compute = sum(a["compute_usd"] or 0.0 for a in self.attempts(run_id))
         api = self.db.execute("SELECT COALESCE(SUM(usd), 0) FROM api_usage WHERE run_id = ?", (run_id,)).fetchone()[0]
-        return compute + api
+        return compute + api + sum(c.get("usd") or 0.0 for c in self.storage(run_id).values())
 
     def events(self, run_id: str, kind: str | None = None) -> list[dict]:
         sql = "SELECT * FROM events WHERE run_id = ?" + (" AND kind = ?" if kind else "") + " ORDER BY id"
@@ -459,6 +478,9 @@ class Ledger:
         planned = self.planned(run_id)
         attempts = self.attempts(run_id)
         api = self.api_totals(run_id)
+        kept = self.storage(run_id)
+        planned_kept = {s.get("stage"): s.get("storage_usd") or 0.0
+                        for s in json.loads(run["plan_json"] or "{}").get("stages") or []}
         budget = self.budget(run_id)   # a resume with a new --budget changes it
         stage_names = list(planned) + sorted({a["stage"] for a in attempts} - set(planned))
         replans: dict = {}   # stage -> every re-plan of it, oldest first (the pipeline's `replan` events)
@@ -487,11 +509,16 @@ class Ledger:
                 "message": last and last["message"],
                 "arithmetic": " + ".join(arithmetic(a) for a in mine if (a["compute_usd"] or 0) > 0) or "$0.00",
             }
-            actual["total_usd"] = actual["compute_usd"] + actual["api_usd"]
+            store = kept.get(name) or {}
+            actual.update(storage_usd=store.get("usd") or 0.0, storage_gb=store.get("gb_written"),
+                          storage_arithmetic=store.get("arithmetic"), storage_measured=store.get("measured"))
+            actual["total_usd"] = actual["compute_usd"] + actual["api_usd"] + actual["storage_usd"]
+            p_store = planned_kept.get(name) or 0.0
             stages.append({"stage": name, "kind": p.get("kind"), "planned": {
                 "hours": p.get("hours") or 0.0, "gpu_hours": p.get("gpu_hours") or 0.0,
                 "compute_usd": p.get("compute_usd") or 0.0, "api_usd": p.get("api_usd") or 0.0,
-                "total_usd": (p.get("compute_usd") or 0.0) + (p.get("api_usd") or 0.0),
+                "storage_usd": p_store,
+                "total_usd": (p.get("compute_usd") or 0.0) + (p.get("api_usd") or 0.0) + p_store,
                 "cloud": p.get("cloud"), "region": p.get("region"), "instance_type": p.get("instance_type"),
                 "price_per_hour": p.get("price_per_hour"), "price_source": p.get("price_source"),
                 "price_date": p.get("price_date"), "arithmetic": p.get("arithmetic")},
@@ -514,15 +541,19 @@ class Ledger:
                 m[k] += u[k] or 0
         compute = sum(s["actual"]["compute_usd"] for s in stages)
         api_usd = sum(s["actual"]["api_usd"] for s in stages)
+        billed_storage = sum(c.get("usd") or 0.0 for name, c in kept.items() if c.get("correction"))
+        storage_usd = sum(s["actual"]["storage_usd"] for s in stages) + billed_storage
+        actual_usd = compute + api_usd + storage_usd
         totals = {
             "planned_usd": sum(s["planned"]["total_usd"] for s in stages),
-            "compute_usd": compute, "api_usd": api_usd, "actual_usd": compute + api_usd,
+            "compute_usd": compute, "api_usd": api_usd, "storage_usd": storage_usd, "actual_usd": actual_usd,
+            "storage_correction_usd": billed_storage,
             "gpu_hours": sum(s["actual"]["gpu_hours"] for s in stages),
             "planned_gpu_hours": sum(s["planned"]["gpu_hours"] for s in stages),
             "preemptions": sum(s["actual"]["preemptions"] for s in stages),
             "budget": budget,
-            "headroom_usd": None if budget is None else budget - (compute + api_usd),
-            "within_budget": None if budget is None else compute + api_usd <= budget + 1e-9,
+            "headroom_usd": None if budget is None else budget - actual_usd,
+            "within_budget": None if budget is None else actual_usd <= budget + 1e-9,
         }
         state = self.run_state(run_id)
         return {"run": {**{k: v for k, v in run.items() if k not in ("recipe_yaml", "plan_json")},
@@ -545,8 +576,10 @@ def arithmetic(a: dict) -> str:
 def _stage_state(last: dict | None) -> str:
     if last is None:
         return "not started"
-    if last["event"] == "correction":
-        return (last["state"] or "corrected").lower()
+    if last["event"] == "correction":   # a billing correction keeps the state of the row it corrects
+        state = (last["state"] or "").upper()
+        return {"SUCCEEDED": "finished", "FAILED": "failed", "CANCELLED": "cancelled",
+                "INTERRUPTED": "interrupted"}.get(state, state.lower() or "corrected")
     return {"finished": "finished", "failed": "failed", "cancelled": "cancelled",
             "interrupted": "interrupted"}.get(last["event"], "running")
 

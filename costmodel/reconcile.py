@@ -77,8 +77,8 @@ def reconcile(ledger, run_id: str, bills: list[dict], threshold: float = DRIFT_T
         row = {"stage": name, "kind": s["kind"], "state": x["state"], "cloud": x["cloud"], "region": x["region"],
                "instance_type": x["instance_type"], "spot": x["spot"], "accelerator": _accel(r),
                "nodes": _first(r, "nodes"), "gpus": _first(r, "gpus"), "hours": x["hours"],
-               "planned_usd": p["total_usd"], "recorded_usd": r["compute_usd"] + r["api_usd"],
-               "ledger_usd": x["total_usd"], "billed_usd": None, "drift_usd": None, "drift_pct": None,
+               "planned_usd": p["compute_usd"] + p["api_usd"], "recorded_usd": r["compute_usd"] + r["api_usd"],
+               "ledger_usd": x["compute_usd"] + x["api_usd"], "billed_usd": None, "drift_usd": None, "drift_pct": None,
                "flagged": False, "estimated": False, "sources": [], "services": {}, "parts": {}, "status": None,
                "note": ""}
         ended = max([a["ended_at"] or a["at"] for a in r["attempts"].values()] or [0.0])
@@ -107,12 +107,14 @@ def reconcile(ledger, run_id: str, bills: list[dict], threshold: float = DRIFT_T
                 abs(row["drift_pct"]) > threshold if row["drift_pct"] is not None else abs(billed - base) >= CENT)
         row["changes"] = _changes(row, r, last.get(name)) if row["status"] == "billed" else None
         out.append(row)
-    extra = _run_level(aws_rows, by_source.get("aws"), storage_plan, last.get(RUN_LEVEL))
+    planned_kept = sum(s["planned"].get("storage_usd") or 0.0 for s in audit["stages"])
+    extra = _run_level(aws_rows, by_source.get("aws"), storage_plan, last.get(RUN_LEVEL), ledger.storage(run_id),
+                       planned_kept, now, threshold)
     if extra:
         out.append(extra)
     billed_rows = [r for r in out if r["billed_usd"] is not None]
     totals = {"planned_usd": sum(r["planned_usd"] for r in out if r["stage"] != RUN_LEVEL),
-              "planned_storage_usd": (storage_plan or {}).get("total_usd"),
+              "planned_storage_usd": extra["planned_usd"] if extra else (storage_plan or {}).get("total_usd"),
               "recorded_usd": sum(r["recorded_usd"] for r in out),
               "billed_usd": sum(r["billed_usd"] for r in billed_rows),
               "recorded_of_billed_usd": sum(sum(p["recorded_usd"] for p in r["parts"].values()) for r in billed_rows)}
@@ -197,28 +199,50 @@ def _openai_by_stage(bill: dict | None, ledger, run_id: str, rec: dict) -> dict:
     return out
 
 
-def _run_level(aws_rows: dict, bill: dict | None, storage_plan: dict | None, previous: dict | None) -> dict | None:
+def _run_level(aws_rows: dict, bill: dict | None, storage_plan: dict | None, previous: dict | None, kept: dict,
+               planned_kept: float, now: float, threshold: float) -> dict | None:
+    """The run's bucket (and anything else with the run tag but no stage tag) against what the ledger
+    recorded of it to date: each stage's GB-months so far (storage accrues by the day, up to the days kept)
+    plus its egress. A bill that differs by a cent or more becomes a storage correction (the delta)."""
     rows = aws_rows.get(RUN_LEVEL) or []
-    planned = (storage_plan or {}).get("total_usd") or 0.0
-    if not rows and not planned:
+    planned = planned_kept or (storage_plan or {}).get("total_usd") or 0.0
+    measured = {s: c for s, c in kept.items() if not c.get("correction")}
+    correction = sum(c.get("usd") or 0.0 for c in kept.values() if c.get("correction"))
+    to_date = sum(storage_to_date(c, now) for c in measured.values())
+    if not rows and not planned and not measured:
         return None
     billed = sum(r["usd"] for r in rows) if rows else None
     row = {"stage": RUN_LEVEL, "kind": "storage", "state": None, "cloud": "aws" if rows else None, "region": None,
            "instance_type": None, "spot": None, "accelerator": None, "nodes": None, "gpus": None, "hours": 0.0,
-           "planned_usd": planned, "recorded_usd": 0.0, "ledger_usd": 0.0, "billed_usd": billed,
-           "drift_usd": billed, "drift_pct": None, "flagged": False, "estimated": any(r["estimated"] for r in rows),
-           "sources": [bill["name"]] if rows else [], "services": {}, "parts": {}, "status": "billed" if rows else
-           "no billing data", "note": "bucket storage and egress (costmodel.storage, not in the run's plan); the "
-                                      "ledger records none yet, so a bill is kept as an event, not a correction"}
+           "planned_usd": planned, "recorded_usd": to_date, "ledger_usd": to_date + correction, "billed_usd": billed,
+           "drift_usd": None, "drift_pct": None, "flagged": False, "estimated": any(r["estimated"] for r in rows),
+           "sources": [bill["name"]] if rows else [], "services": {}, "parts": {},
+           "status": "billed" if rows else "no billing data",
+           "note": f"bucket storage and egress: recorded to date ${to_date:,.2f} of ${sum(c.get('usd') or 0.0 for c in measured.values()):,.2f} "
+                   "committed (GB x days so far, up to the days kept, + egress)"}
     for r in rows:
         row["services"][r["service"]] = row["services"].get(r["service"], 0.0) + r["usd"]
     if rows:
-        row["parts"]["storage"] = {"recorded_usd": 0.0, "billed_usd": billed, "ledger_usd": 0.0}
+        row["parts"]["storage"] = {"recorded_usd": to_date, "billed_usd": billed, "ledger_usd": to_date + correction}
+        row["drift_usd"] = billed - to_date
+        row["drift_pct"] = row["drift_usd"] / to_date if to_date > CENT else None
+        row["flagged"] = (abs(row["drift_pct"]) > threshold if row["drift_pct"] is not None
+                          else abs(row["drift_usd"]) >= CENT)
+        delta = billed - to_date if abs(billed - (to_date + correction)) >= CENT else None
         same = previous is not None and abs((previous.get("billed_usd") or 0.0) - billed) < CENT
-        row["changes"] = {"corrections": [], "api_rows": [], "event": not same}
+        row["changes"] = {"corrections": [], "api_rows": [], "storage_delta": delta,
+                          "event": not same or delta is not None}
     else:
         row["changes"] = None
     return row
+
+
+def storage_to_date(cost: dict, now: float) -> float:
+    """What a stage's recorded bucket contents have cost by NOW: egress at once, storage by the day since it
+    was written, up to the days kept."""
+    days = cost.get("days_kept") or 0.0
+    share = min(max((now - (cost.get("at") or now)) / 86400 / days, 0.0), 1.0) if days > 0 else 1.0
+    return (cost.get("egress_usd") or 0.0) + (cost.get("storage_usd") or 0.0) * share
 
 
 # ---------------------------------------------------------------- what the ledger holds
@@ -315,13 +339,23 @@ def record(ledger, report: dict, at: float | None = None) -> list[dict]:
                 _insert_stage_row(db, run_id, row["stage"], "correction", at, attempt, fields)
             _insert_api(db, run_id, row["stage"], None, at, [dict(a, kind="correction") for a in ch["api_rows"]],
                         simulated)
+            if ch.get("storage_delta") is not None:   # the bucket's bill, as a delta on what was recorded
+                delta = ch["storage_delta"]
+                db.execute("INSERT INTO events (run_id, stage, at, wall_at, kind, ok, reason, numbers) "
+                           "VALUES (?, ?, ?, ?, 'storage', 1, ?, ?)",
+                           (run_id, row["stage"], at, time.time(), f"{BILLED_MESSAGE}{source}: bucket ${delta:+,.2f}",
+                            json.dumps({"correction": True, "usd": delta, "gb_written": 0.0, "gb_pulled": 0.0,
+                                        "billed_usd": row["billed_usd"], "recorded_to_date_usd": row["recorded_usd"],
+                                        "arithmetic": f"billed ${row['billed_usd']:,.2f} - recorded to date "
+                                                      f"${row['recorded_usd']:,.2f} = ${delta:+,.2f}"})))
             if ch["event"]:
                 db.execute("INSERT INTO events (run_id, stage, at, wall_at, kind, ok, reason, numbers) "
                            "VALUES (?, ?, ?, ?, 'billed', NULL, ?, ?)",
                            (run_id, row["stage"], at, time.time(),
                             f"{source}: billed ${row['billed_usd']:,.2f}{pct}{est}", json.dumps(numbers)))
         done.append({"stage": row["stage"], "corrections": len(ch["corrections"]),
-                     "api_usd_delta": sum(a["usd"] for a in ch["api_rows"]), "event": ch["event"]})
+                     "api_usd_delta": sum(a["usd"] for a in ch["api_rows"]),
+                     "storage_usd_delta": ch.get("storage_delta"), "event": ch["event"]})
     return done
 
 

@@ -46,23 +46,9 @@ REMOTE = {"generate": True, "filter": None, "rewrite": False, "convert": False, 
 
 def estimate(recipe: dict, days_kept: float | None = None, store: str = "s3") -> dict:
     """Per stage GB written and pulled, $ and arithmetic; totals. `store`: s3 | gs (or a bucket URL)."""
-    days = DAYS_KEPT if days_kept is None else days_kept
-    if not isinstance(days, (int, float)) or days < 0 or days != days or math.isinf(days):
-        raise BadInput(f"storage days kept {days_kept!r}: expected a number of days >= 0, e.g. 30")
-    store = store.partition("://")[0] if "://" in store else store
-    if store not in PRICES:
-        raise BadInput(f"store {store!r}: expected one of {', '.join(PRICES)} (or an s3:// or gs:// bucket)")
+    days, store = _days(days_kept), _store(store)
     price = PRICES[store]
-    months = days * 24 / HOURS_PER_MONTH
-    rows = []
-    for stage, gb, what in written(recipe):
-        remote = REMOTE[stage] if REMOTE[stage] is not None else recipe["filter"].get("where") != "local"
-        pulled = SFT_PULLED_GB if stage == "sft" else (gb if remote else 0.0)
-        storage_usd = gb * months * price["storage_gb_month"]
-        egress_usd = pulled * price["egress_gb"]
-        rows.append({"stage": stage, "gb_written": gb, "gb_pulled": pulled, "what": what,
-                     "storage_usd": storage_usd, "egress_usd": egress_usd, "usd": storage_usd + egress_usd,
-                     "arithmetic": _arith(gb, days, price, pulled, storage_usd + egress_usd)})
+    rows = [{**cost(recipe, stage, gb, store, days), "what": what} for stage, gb, what in written(recipe)]
     total_gb = sum(r["gb_written"] for r in rows)
     pulled = sum(r["gb_pulled"] for r in rows)
     total = sum(r["usd"] for r in rows)
@@ -71,6 +57,37 @@ def estimate(recipe: dict, days_kept: float | None = None, store: str = "s3") ->
             "stages": rows, "gb_written": total_gb, "gb_pulled": pulled,
             "storage_usd": sum(r["storage_usd"] for r in rows), "egress_usd": sum(r["egress_usd"] for r in rows),
             "total_usd": total, "arithmetic": _arith(total_gb, days, price, pulled, total)}
+
+
+def cost(recipe: dict, stage: str, gb_written: float, store: str = "s3", days_kept: float | None = None) -> dict:
+    """What GB_WRITTEN of STAGE in the bucket costs: kept DAYS_KEPT days, and what the controller pulls of it.
+    The estimate prices the GB it expects; a run prices the GB it measured under its prefix."""
+    days, store = _days(days_kept), _store(store)
+    if not isinstance(gb_written, (int, float)) or not gb_written >= 0 or math.isinf(gb_written):
+        raise BadInput(f"{stage}: {gb_written!r} GB written: expected a number >= 0")
+    price = PRICES[store]
+    remote = REMOTE[stage] if REMOTE[stage] is not None else recipe["filter"].get("where") != "local"
+    pulled = min(SFT_PULLED_GB, gb_written) if stage == "sft" else (gb_written if remote else 0.0)
+    storage_usd = gb_written * days * 24 / HOURS_PER_MONTH * price["storage_gb_month"]
+    egress_usd = pulled * price["egress_gb"]
+    return {"stage": stage, "gb_written": gb_written, "gb_pulled": pulled, "storage_usd": storage_usd,
+            "egress_usd": egress_usd, "usd": storage_usd + egress_usd, "store": store, "days_kept": days,
+            "price_source": price["source"], "price_date": price["date"],
+            "arithmetic": _arith(gb_written, days, price, pulled, storage_usd + egress_usd)}
+
+
+def _days(days_kept) -> float:
+    days = DAYS_KEPT if days_kept is None else days_kept
+    if not isinstance(days, (int, float)) or days < 0 or days != days or math.isinf(days):
+        raise BadInput(f"storage days kept {days_kept!r}: expected a number of days >= 0, e.g. 30")
+    return days
+
+
+def _store(store: str) -> str:
+    store = store.partition("://")[0] if "://" in store else store
+    if store not in PRICES:
+        raise BadInput(f"store {store!r}: expected one of {', '.join(PRICES)} (or an s3:// or gs:// bucket)")
+    return store
 
 
 def written(recipe: dict) -> list[tuple[str, float, str]]:

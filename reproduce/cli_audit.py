@@ -17,7 +17,7 @@ from reproduce.errors import UserError
 from reproduce.output import JSON_OPTION, money, print_json, table
 
 CSV_COLUMNS = ["stage", "state", "attempts", "cloud", "region", "instance_type", "spot", "price_per_hour",
-               "price_source", "planned_gpu_hours", "gpu_hours", "planned_usd", "compute_usd", "api_usd",
+               "price_source", "planned_gpu_hours", "gpu_hours", "planned_usd", "compute_usd", "api_usd", "storage_usd",
                "prompt_tokens", "cached_tokens", "completion_tokens", "preemptions", "total_usd", "arithmetic"]
 
 
@@ -92,7 +92,7 @@ def render_audit(a: dict) -> str:
     sim = ", SIMULATED" if r["simulated"] else ""
     lines = [f"Audit: run {r['run_id']} ({r['recipe']}, {r['scale']} scale, backend {r['backend']}{sim}) - {r['status']}",
              ""]
-    rows = []
+    rows, kept = [], t.get("storage_usd") or any(s["planned"].get("storage_usd") for s in a["stages"])
     for s in a["stages"]:
         p, x = s["planned"], s["actual"]
         rows.append({"stage": s["stage"], "state": x["state"], "where": _where(x if x["attempts"] else p, s["kind"]),
@@ -102,6 +102,7 @@ def render_audit(a: dict) -> str:
                      "compute $": x["compute_usd"], "API $": x["api_usd"],
                      "tokens in/out": (f"{x['prompt_tokens']:,}/{x['completion_tokens']:,}"
                                        if x["prompt_tokens"] or x["completion_tokens"] else None),
+                     **({"bucket $": x.get("storage_usd") or 0.0} if kept else {}),
                      "preempt": x["preemptions"], "total $": x["total_usd"]})
     lines.append(table(rows))
     lines += ["", "How each number was made:"]
@@ -112,6 +113,8 @@ def render_audit(a: dict) -> str:
         api = f"; API ${x['api_usd']:,.2f}" if x["api_usd"] else ""
         lines.append(f"  {s['stage']:<{width}}  {x['arithmetic']}{api}{src}"
                      + (f"  ({x['attempts']} attempts)" if x["attempts"] > 1 else ""))
+        if x.get("storage_arithmetic"):
+            lines.append(f"  {'':<{width}}    bucket: {x['storage_arithmetic']} ({x.get('storage_measured')})")
         if x["message"] and x["state"] not in ("finished",):
             lines.append(f"  {'':<{width}}    {x['message']}")
         for r in s.get("replans") or []:   # first plan -> each re-plan -> the actual above
@@ -119,8 +122,9 @@ def render_audit(a: dict) -> str:
                          f"${r['total_usd']:,.2f}  {r['arithmetic']}")
             for why in r.get("reasons") or []:
                 lines.append(f"  {'':<{width}}      because {why}")
+    bucket = f" + bucket {money(t.get('storage_usd') or 0.0)}" if kept else ""
     lines += ["", f"Total: {money(t['actual_usd'])} = compute {money(t['compute_usd'])} + API {money(t['api_usd'])}"
-                  f"  ({t['gpu_hours']:,.1f} GPU-hours, planned {money(t['planned_usd'])})"]
+                  f"{bucket}  ({t['gpu_hours']:,.1f} GPU-hours, planned {money(t['planned_usd'])})"]
     if t["budget"] is not None:
         verdict = "within budget" if t["within_budget"] else "OVER BUDGET"
         lines.append(f"Budget: {money(t['budget'])}  headroom {money(t['headroom_usd'])}  -> {verdict}")
@@ -205,34 +209,41 @@ def to_csv(a: dict) -> str:
                     "region": x["region"], "instance_type": x["instance_type"], "spot": x["spot"],
                     "price_per_hour": x["price_per_hour"], "price_source": x["price_source"],
                     "planned_gpu_hours": p["gpu_hours"], "gpu_hours": x["gpu_hours"], "planned_usd": p["total_usd"],
-                    "compute_usd": x["compute_usd"], "api_usd": x["api_usd"], "prompt_tokens": x["prompt_tokens"],
+                    "compute_usd": x["compute_usd"], "api_usd": x["api_usd"],
+                    "storage_usd": x.get("storage_usd") or 0.0, "prompt_tokens": x["prompt_tokens"],
                     "cached_tokens": x["cached_tokens"], "completion_tokens": x["completion_tokens"],
                     "preemptions": x["preemptions"], "total_usd": x["total_usd"], "arithmetic": x["arithmetic"]})
     t = a["totals"]
     w.writerow({"stage": "TOTAL", "state": a["run"]["status"], "planned_gpu_hours": t["planned_gpu_hours"],
                 "gpu_hours": t["gpu_hours"], "planned_usd": t["planned_usd"], "compute_usd": t["compute_usd"],
-                "api_usd": t["api_usd"], "preemptions": t["preemptions"], "total_usd": t["actual_usd"],
+                "api_usd": t["api_usd"], "storage_usd": t.get("storage_usd") or 0.0, "preemptions": t["preemptions"],
+                "total_usd": t["actual_usd"],
                 "arithmetic": f"budget {t['budget']}"})
     return buf.getvalue()
 
 
 def spend_series(ledger, run_id: str) -> tuple[list, list, list]:
-    """(times, cumulative $, [(stage, start, end)]) from the stage rows and API usage, times in hours."""
+    """(times, cumulative $, [(stage, start, end)]) from the stage rows, API usage and what the bucket keeps,
+    times in hours."""
     rows = ledger.progress_rows(run_id)
     api = ledger.api_totals(run_id)
+    kept = ledger.events(run_id, "storage")
     t0 = min([r["at"] for r in rows] + [u["last_at"] for u in api] or [0.0])
-    points = [(r["at"], "row", r) for r in rows] + [(u["last_at"], "api", u) for u in api]
+    points = ([(r["at"], "row", r) for r in rows] + [(u["last_at"], "api", u) for u in api]
+              + [(e["at"], "storage", e) for e in kept])
     points.sort(key=lambda p: p[0])
-    per_attempt, api_usd, times, spend, spans = {}, 0.0, [0.0], [0.0], {}
+    per_attempt, api_usd, stored, times, spend, spans = {}, 0.0, {}, [0.0], [0.0], {}
     for at, what, r in points:
         if what == "row":
             per_attempt[r["attempt"]] = r["compute_usd"] or 0.0
             start = spans[r["attempt"]][1] if r["attempt"] in spans else at
             spans[r["attempt"]] = (r["stage"], start, at)
-        else:
+        elif what == "api":
             api_usd += r["usd"] or 0.0
+        else:
+            stored[r["stage"]] = r["numbers"].get("usd") or 0.0   # a stage's latest measure replaces its last
         times.append((at - t0) / 3600)
-        spend.append(sum(per_attempt.values()) + api_usd)
+        spend.append(sum(per_attempt.values()) + api_usd + sum(stored.values()))
     return times, spend, [(s, (a - t0) / 3600, (b - t0) / 3600) for s, a, b in spans.values()]
 
 

@@ -89,7 +89,8 @@ def render_plan(p) -> str:
             "mem GiB/GPU": f"{mem['per_gpu_gib']:.0f}/{mem['usable_gib']:.0f}" if mem else "-",
             "hours": round(s.hours, 2), "GPU-h": round(s.gpu_hours, 1),
             "$/h": round(s.price_per_hour, 2) if s.price_per_hour else "-",
-            "compute $": s.compute_usd, "API $": s.api_usd, "stage $": s.total_usd,
+            "compute $": s.compute_usd, "API $": s.api_usd,
+            **({"bucket $": s.storage_usd} if p.storage else {}), "stage $": s.total_usd,
             "on-demand $": s.on_demand_usd,
         })
     lines = [f"Plan: {p.recipe} ({p.scale} scale, backend {p.backend})", ""]
@@ -104,6 +105,8 @@ def render_plan(p) -> str:
         lines.append(f"  {s.stage:<{width}}  {s.arithmetic}{src}")
         for a in s.assumptions:
             lines.append(pad + a)
+        if s.storage:
+            lines.append(pad + f"bucket: {s.storage['what']}: {s.storage['arithmetic']}")
         if s.details.get("market"):
             lines.append(pad + f"market: {s.details['market']}")
         if s.max_hourly_cost:
@@ -120,12 +123,13 @@ def render_plan(p) -> str:
                 lines.append(pad + f"fallback {f['accelerator']}: {f['cloud']} {f['region']} "
                                    f"{'spot' if f['spot'] else 'on-demand'} ${f['price_per_hour']:,.2f}/h x "
                                    f"{f['hours']:,.2f} h = {money(f['usd'])} if the planned placement has no capacity")
-    lines += ["", f"Total: {money(p.total_usd)} = compute {money(p.compute_usd)} + API {money(p.api_usd)}"
+    bucket = f" + bucket {money(p.storage_usd)}" if p.storage else ""
+    lines += ["", f"Total: {money(p.total_usd)} = compute {money(p.compute_usd)} + API {money(p.api_usd)}{bucket}"
                   f"  ({p.gpu_hours:,.1f} GPU-hours)"]
     if p.storage:
         st = p.storage
-        lines.append(f"Bucket ({st['store']}, not in the total): {st['arithmetic']}   [{st['price_source']}, "
-                     f"{st['price_date']}]")
+        lines.append(f"Bucket ({st['store']}, kept {st['days_kept']:g} days): {st['arithmetic']}   "
+                     f"[{st['price_source']}, {st['price_date']}]")
     if p.spent_usd:
         lines.append(f"Already spent by this run: {money(p.spent_usd)}; spent + plan = {money(p.spent_usd + p.total_usd)}")
     if any(s.on_demand_usd is not None for s in p.stages):

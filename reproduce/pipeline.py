@@ -271,7 +271,7 @@ def _what_would_fit(w: _Watch, rows: dict, rest: list[str], known: dict, stopped
             row = stage_rows[s]
             if s == stopped:
                 relaunch = w.recipe["costs"]["startup_hours"] * row.price_per_hour
-                total += max(row.total_usd * factor - paid, 0.0) + relaunch
+                total += max((row.total_usd - row.storage_usd) * factor - paid, 0.0) + relaunch + row.storage_usd
             else:
                 total += row.total_usd
         return total
@@ -330,8 +330,8 @@ def _rest_at(later: list, factor: float) -> tuple[float, str]:
     plain = sum(r.total_usd for r in later)
     if factor <= 1:
         return plain, ""
-    scaled = sum(r.total_usd * (factor if r.kind == "gpu" and "measured_factor" not in r.details else 1.0)
-                 for r in later)
+    scaled = sum((r.total_usd - r.storage_usd) * (factor if r.kind == "gpu" and "measured_factor" not in r.details
+                                                   else 1.0) + r.storage_usd for r in later)
     return scaled, f" (rest: GPU stages not measured yet x {factor:.2f}, the overrun observed here)"
 
 
@@ -389,10 +389,14 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
                 last_state, last_row = st.state, now
             decision = guard.should_stop(spent_before, cost, st.price_per_hour, poll_s, w.budget, w.teardown_s)
             if not decision.ok and fc is not None:
-                rest_now, how = _rest_at(later, fc[0] / p.total_usd if p.total_usd > 0 else 1.0)
-                decision = guard.should_stop_forecast(name, spent_before, fc[0], rest_now, w.budget, fc[1] + how)
-                if decision.ok and p.total_usd > 0:
-                    w.observed[name] = (fc[0] / p.total_usd, cost)
+                paid_part = p.total_usd - p.storage_usd   # what the observed rate scales; the bucket is by GB
+                factor = fc[0] / paid_part if paid_part > 0 else 1.0
+                rest_now, how = _rest_at(later, factor)
+                kept = f" + bucket ${p.storage_usd:,.2f}" if p.storage_usd else ""
+                decision = guard.should_stop_forecast(name, spent_before, fc[0] + p.storage_usd, rest_now, w.budget,
+                                                      fc[1] + kept + how)
+                if decision.ok and paid_part > 0:
+                    w.observed[name] = (factor, cost)
             if decision.ok:
                 guard.record(ledger, w.run_id, name, decision, at=now)
                 ex.cancel(handle)
@@ -402,6 +406,7 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
                 why = f"stage {name} stopped by the budget guard: {decision.reason}"
                 ledger.add_stage_row(w.run_id, name, "cancelled", at=ex.now(), attempt=attempt,
                                      **_actual(st, p, started, ex.now(), w.simulated, message=why))
+                _record_storage(w, ctx, p, _share(st))
                 w.progress.status(name, st, p.total_usd, force=True)
                 return 3, why
             ex.wait(poll_s)
@@ -437,6 +442,7 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
     if st.state != "SUCCEEDED":
         ledger.add_stage_row(w.run_id, name, "failed" if st.state == "FAILED" else "cancelled", at=now,
                              attempt=attempt, **_actual(st, p, started, now, w.simulated))
+        _record_storage(w, ctx, p, _share(st))
         return 1, f"stage {name} {st.state.lower()}: {st.message or 'no message'}"
     summary = read_summary(w.artifacts, name)
     # a usage log (one line per paid result) is the record; a summary's api_usage only where there is none
@@ -452,7 +458,31 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
     message = st.message or ("" if summary or p.kind != "api" else "no summary.json: API spend not reported")
     ledger.finish_stage(w.run_id, name, attempt, at=now, api_usage=usage, calibration=calibration,
                         **_actual(st, p, started, now, w.simulated, message=message))
+    _record_storage(w, ctx, p, 1.0)
     return None
+
+
+def _record_storage(w: _Watch, ctx: RunContext, p, share: float) -> None:
+    """What the stage left in the run's bucket, measured where the executor can (else the plan's GB x the
+    share of the work done), priced by costmodel.storage: committed spend from now on."""
+    if not p.storage:
+        return
+    from costmodel import storage
+
+    try:
+        measured = w.executor.written_gb(ctx, share)
+    except Exception:   # noqa: BLE001 - a failed listing must not lose the stage's accounting
+        measured = None
+    gb, how = measured or (p.storage["gb_written"] * share, f"not measured: the plan's GB x {share:.0%} done")
+    cost = storage.cost(w.recipe, p.stage, gb, p.storage["store"], p.storage["days_kept"])
+    w.ledger.add_storage(w.run_id, p.stage, {**cost, "measured": how}, at=w.executor.now())
+
+
+def _share(st: StageStatus) -> float:
+    """The part of a stage's work its last progress report says is done (0 without one)."""
+    prog = st.progress or {}
+    total = float(prog.get("total") or 0)
+    return min(float(prog.get("done") or 0) / total, 1.0) if total > 0 else 0.0
 
 
 class _Rate:

@@ -37,13 +37,18 @@ class Plan:
         return sum(s.api_usd for s in self.stages)
 
     @property
+    def storage_usd(self) -> float:
+        return sum(s.storage_usd for s in self.stages)
+
+    @property
     def gpu_hours(self) -> float:
         return sum(s.gpu_hours for s in self.stages)
 
     @property
     def on_demand_usd(self) -> float:
         """The same plan with every GPU stage on the cheapest on-demand capacity instead of spot."""
-        return sum(s.total_usd if s.on_demand_usd is None else s.on_demand_usd + s.api_usd for s in self.stages)
+        return sum(s.total_usd if s.on_demand_usd is None else s.on_demand_usd + s.api_usd + s.storage_usd
+                   for s in self.stages)
 
     @property
     def headroom(self) -> float | None:
@@ -67,7 +72,7 @@ class Plan:
                 "totals": {"gpu_hours": self.gpu_hours, "compute_usd": self.compute_usd, "api_usd": self.api_usd,
                            "total_usd": self.total_usd, "on_demand_total_usd": self.on_demand_usd,
                            "spent_usd": self.spent_usd, "headroom_usd": self.headroom, "fits": self.fits,
-                           "storage_usd": self.storage.get("total_usd", 0.0)},
+                           "storage_usd": self.storage_usd},
                 "storage": self.storage,
                 "suggestions": self.suggestions}
 
@@ -122,10 +127,15 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
                 row.arithmetic = "this machine's CPU at $0 (tiny model; GPU throughput figures do not apply)"
                 row.assumptions, row.memory, row.fallbacks = [], {}, []
     plan = Plan(recipe["name"], recipe["scale"], backend, budget, rows)
-    if remote:   # where the artifacts live between stages (a cloud run's bucket); shown, not in the totals
+    if remote:   # what each stage leaves in the run's bucket is paid for as long as it is kept: in the total
         from costmodel import storage
 
-        plan.storage = storage.estimate(recipe, store=str(recipe.get("bucket") or "s3"))
+        plan.storage = storage.estimate(recipe, recipe["costs"].get("bucket_days"), str(recipe.get("bucket") or "s3"))
+        kept = {r["stage"]: r for r in plan.storage["stages"]}
+        for row in rows:
+            if row.stage in kept:
+                row.storage, row.storage_usd = kept[row.stage], kept[row.stage]["usd"]
+                row.total_usd += row.storage_usd
     if suggest and not plan.fits:
         plan.suggestions = suggestions(recipe, plan, backend, calibration)
     return plan
@@ -325,6 +335,7 @@ KNOBS = [
     ("sft.liger_kernel", True, "Liger kernels"),
     ("sft.accelerator", "H200:8", "H200:8 (more memory, faster decode)"),
     ("sft.num_train_epochs", 2.0, "2 epochs instead of 3 (changes the recipe)"),
+    ("costs.bucket_days", 7, "keep the run's bucket folder 7 days instead of 30 (checkpoints are most of it)"),
 ]
 
 

@@ -138,7 +138,7 @@ RULES: dict[str, Check] = {
     "eval.benchmarks.*.n": whole(), "eval.benchmarks.*.published": number(0, 100),
     "costs.spot_preemptions_per_hour": number(0, 10), "costs.recovery_hours": number(0, 48),
     "costs.startup_hours": number(0, 48), "costs.cpu_node_usd_per_hour": NON_NEGATIVE,
-    "costs.filter_cpus_local": whole(),
+    "costs.filter_cpus_local": whole(), "costs.bucket_days": number(0, 3650),
 }
 SECTIONS = ("name", "models", "sources", "generate", "filter", "rewrite", "convert", "sft", "eval", "costs")
 LISTS = ("sources", "eval.benchmarks")         # lists of named mappings

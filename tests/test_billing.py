@@ -467,10 +467,47 @@ def test_a_stage_billed_over_two_attempts_is_split_as_recorded(home):
         assert [a["compute_usd"] for a in attempts] == pytest.approx([4.8, 7.2])
         assert [a["price_per_hour"] for a in attempts] == pytest.approx([2.4, 2.4])       # effective: $12 / 5 h
         assert [a["state"] for a in attempts] == ["FAILED", "SUCCEEDED"]
-        assert led.spent("r2") == pytest.approx(12.0)
+        # the compute as billed, and the bucket's $1.50 bill as a storage correction (the ledger recorded none)
+        assert led.spent("r2") == pytest.approx(12.0 + 1.5)
+        assert led.storage("r2")[reconcile.RUN_LEVEL]["usd"] == pytest.approx(1.5)
         assert {e["stage"] for e in led.events("r2", "billed")} == {"sft", reconcile.RUN_LEVEL}
         factor = calibration.price_factors(led)[("aws", "H100:8", "on-demand")]
         assert factor["factor"] == pytest.approx(1.2) and factor["effective_per_hour"] == pytest.approx(2.4)
         assert reconcile.record(led, reconcile.reconcile(led, "r2", [billing.aws_costs(
             stubbed_ce([[period("2026-11-28", [group("sft", 12.0), group("", 1.5, "S3")])]])[0], "r2",
             dt.date(2026, 11, 28), dt.date(2026, 11, 29))], now=now, storage_plan={"total_usd": 1.0})) == []
+
+
+def test_the_bucket_is_recorded_per_stage_and_its_bill_reconciled_to_date(sim_run):
+    """Each stage's bucket contents are recorded when it ends (the sim: the plan's GB), and the run-tagged S3
+    bill is compared with what they have cost so far: GB x the days since each was written + egress."""
+    run_id, actual = sim_run
+    with Ledger() as led:
+        kept = led.storage(run_id)
+        plan = json.loads(led.run(run_id)["plan_json"])
+        planned = {s["stage"]: s["storage"] for s in plan["stages"]}
+        assert set(kept) == set(planned) == {"generate", "filter", "rewrite", "convert", "sft", "eval"}
+        for stage, c in kept.items():
+            assert c["gb_written"] == pytest.approx(planned[stage]["gb_written"])
+            assert c["usd"] == pytest.approx(planned[stage]["usd"]) and "simulated" in c["measured"]
+        spent = led.spent(run_id)
+        audit = led.audit(run_id)["totals"]
+        assert audit["storage_usd"] == pytest.approx(sum(c["usd"] for c in kept.values()))
+        assert audit["actual_usd"] == pytest.approx(spent)
+        now = max(c["at"] for c in kept.values()) + 10 * 86400        # ten days after the last stage wrote
+        to_date = sum(c["egress_usd"] + c["storage_usd"] * min((now - c["at"]) / 86400 / 30, 1.0)
+                      for c in kept.values())
+        ce, _ = stubbed_ce([[period("2026-12-01", [group("", to_date + 0.75, "Amazon Simple Storage Service")])]])
+        report = reconcile.reconcile(led, run_id, [billing.aws_costs(ce, run_id, dt.date(2026, 12, 1),
+                                                                     dt.date(2026, 12, 2))], now=now)
+        row = next(s for s in report["stages"] if s["stage"] == reconcile.RUN_LEVEL)
+        assert row["recorded_usd"] == pytest.approx(to_date) and row["drift_usd"] == pytest.approx(0.75)
+        assert row["planned_usd"] == pytest.approx(sum(s["usd"] for s in planned.values()))
+        written = reconcile.record(led, report)
+        assert [w["storage_usd_delta"] for w in written if w["stage"] == reconcile.RUN_LEVEL] == [pytest.approx(0.75)]
+        assert led.spent(run_id) == pytest.approx(spent + 0.75)                  # the bill's delta is spent
+        assert led.audit(run_id)["totals"]["storage_correction_usd"] == pytest.approx(0.75)
+        again = reconcile.reconcile(led, run_id, [billing.aws_costs(stubbed_ce([[period("2026-12-01", [group(
+            "", to_date + 0.75, "Amazon Simple Storage Service")])]])[0], run_id, dt.date(2026, 12, 1),
+            dt.date(2026, 12, 2))], now=now)
+        assert reconcile.record(led, again) == []                                 # the same bill: nothing new

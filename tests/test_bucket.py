@@ -46,3 +46,31 @@ def test_push_then_pull_round_trips_without_weights_or_logs(tmp_path, s3):
 def test_a_bucket_must_be_s3_or_gs(bad):
     with pytest.raises(UserError, match="expected s3://NAME or gs://NAME"):
         bucket.check(bad)
+
+
+def test_what_a_stage_left_in_the_bucket_is_measured_there(tmp_path, s3, monkeypatch):
+    """Storage bills bytes: a cloud stage's are listed under its folder in the run's prefix; a controller
+    stage's are its local folder, which the next cloud launch pushes."""
+    from reproduce.executors.base import RunContext
+    from reproduce.executors.sky import SkyExecutor
+
+    monkeypatch.setattr(bucket, "_S3", [s3])
+    url = bucket.run_url("s3://runs-bucket", "RUN2")
+    s3.put_object(Bucket="runs-bucket", Key="runs/RUN2/sft/checkpoint-1/weights.bin", Body=b"w" * 3000)
+    s3.put_object(Bucket="runs-bucket", Key="runs/RUN2/sft/summary.json", Body=b"{}")
+    s3.put_object(Bucket="runs-bucket", Key="runs/RUN2/sft-old/x", Body=b"x" * 500)   # another folder's
+    s3.put_object(Bucket="runs-bucket", Key="runs/RUN22/sft/x", Body=b"x" * 700)      # another run's
+    assert bucket.stored_bytes(url, "sft", s3) == 3002
+    write(tmp_path / "artifacts", "convert/train.json", "y" * 1234)
+    ex = SkyExecutor(adapter=object())
+
+    def ctx(stage):
+        return RunContext(run_id="RUN2", recipe={"filter": {"where": "cpu-node"}}, stage=stage, plan=None,
+                          artifacts=tmp_path / "artifacts", envs={}, bucket="s3://runs-bucket")
+
+    gb, how = ex.written_gb(ctx("sft"))
+    assert gb == pytest.approx(3002 / 1e9) and how == f"measured: {url}/sft/"
+    gb, how = ex.written_gb(ctx("convert"))
+    assert gb == pytest.approx(1234 / 1e9) and "pushed to" in how
+    assert ex.written_gb(RunContext(run_id="RUN2", recipe={}, stage="sft", plan=None, artifacts=tmp_path,
+                                    envs={}, bucket=None)) is None

@@ -15,7 +15,8 @@ def test_plan_json_has_six_stages_whose_numbers_add_up(home, capsys):
     stages = plan["stages"]
     assert [s["stage"] for s in stages] == ["generate", "filter", "rewrite", "convert", "sft", "eval"]
     for s in stages:
-        assert s["total_usd"] == pytest.approx(s["compute_usd"] + s["api_usd"])
+        assert s["total_usd"] == pytest.approx(s["compute_usd"] + s["api_usd"] + s["storage_usd"])
+        assert s["storage_usd"] == pytest.approx(s["storage"]["usd"]) and s["storage"]["gb_written"] > 0
         if s["kind"] == "gpu":
             assert s["compute_usd"] == pytest.approx(s["price_per_hour"] * s["hours"])
             assert s["gpu_hours"] == pytest.approx(s["gpus"] * s["hours"])
@@ -24,6 +25,17 @@ def test_plan_json_has_six_stages_whose_numbers_add_up(home, capsys):
     totals = plan["totals"]
     assert totals["total_usd"] == pytest.approx(sum(s["total_usd"] for s in stages))
     assert totals["headroom_usd"] == pytest.approx(450 - totals["total_usd"]) and totals["fits"]
+    assert totals["storage_usd"] == pytest.approx(plan["storage"]["total_usd"])   # the bucket is paid for
+    assert totals["storage_usd"] > 1
+
+
+def test_the_bucket_counts_against_the_budget(home, capsys):
+    """A budget between the compute + API and the whole plan with its bucket does not fit."""
+    plan = json.loads(cli(capsys, "plan", "--json")[1])["totals"]
+    without = plan["compute_usd"] + plan["api_usd"]
+    budget = f"{(without + plan['total_usd']) / 2:.2f}"
+    code, out, err = cli(capsys, "plan", "--budget", budget)
+    assert code == 3 and "DOES NOT FIT" in out and f"+ bucket ${plan['storage_usd']:,.2f}" in out, out[-800:]
 
 
 def test_plan_table_shows_the_arithmetic_and_sources(home, capsys):
@@ -68,8 +80,8 @@ def test_help_imports_no_heavy_library():
 
 def test_on_demand_total_prices_gpu_stages_on_demand_and_keeps_the_rest(home, capsys):
     plan = json.loads(cli(capsys, "plan", "--json")[1])
-    expected = sum(s["on_demand_usd"] + s["api_usd"] if s["on_demand_usd"] is not None else s["total_usd"]
-                   for s in plan["stages"])
+    expected = sum(s["on_demand_usd"] + s["api_usd"] + s["storage_usd"] if s["on_demand_usd"] is not None
+                   else s["total_usd"] for s in plan["stages"])
     assert plan["totals"]["on_demand_total_usd"] == pytest.approx(expected)
     assert plan["totals"]["on_demand_total_usd"] > plan["totals"]["total_usd"]
 
@@ -78,11 +90,12 @@ def test_the_plan_prices_the_runs_bucket_beside_the_stages(home, capsys):
     code, out, _ = cli(capsys, "plan", "--budget", "450", "--json")
     p = json.loads(out)
     st = p["storage"]
-    assert code == 0 and st["total_usd"] == p["totals"]["storage_usd"] > 0
+    assert code == 0 and st["total_usd"] == pytest.approx(p["totals"]["storage_usd"]) and st["total_usd"] > 0
     assert {r["stage"] for r in st["stages"]} >= {"generate", "sft"}
     assert st["total_usd"] == sum(r["usd"] for r in st["stages"])
     text = cli(capsys, "plan", "--budget", "450")[1]
-    assert "Bucket (s3, not in the total): " in text and "/GB-month" in text
+    assert "Bucket (s3, kept 30 days): " in text and "/GB-month" in text
+    assert f"+ bucket ${st['total_usd']:,.2f}" in text and "bucket: 2 checkpoints x 32.8B params x 14 B" in text
 
 
 def test_the_startup_assumption_names_the_measured_environment_build(home, capsys):

@@ -31,7 +31,7 @@ def assert_adds_up(a):
     assert t["actual_usd"] == pytest.approx(sum(s["actual"]["total_usd"] for s in a["stages"]))
     assert t["compute_usd"] == pytest.approx(sum(c["compute_usd"] for c in a["by_cloud"]))
     assert t["api_usd"] == pytest.approx(sum(m["usd"] for m in a["by_model"]))
-    assert t["actual_usd"] == pytest.approx(t["compute_usd"] + t["api_usd"])
+    assert t["actual_usd"] == pytest.approx(t["compute_usd"] + t["api_usd"] + t["storage_usd"])
 
 
 def test_slow_run_stops_as_soon_as_it_cannot_finish_and_says_why(home, capsys):

@@ -157,7 +157,8 @@ def test_the_abridged_plan_is_todays_plan_output(plans, capsys):
     totals, rows = given["totals"], {s["stage"]: s for s in given["stages"]}
     joined = "\n".join(block)
     assert (f"Total: ${totals['total_usd']:,.2f} = compute ${totals['compute_usd']:,.2f} + API "
-            f"${totals['api_usd']:,.2f}  ({totals['gpu_hours']:,.1f} GPU-hours)") in joined
+            f"${totals['api_usd']:,.2f} + bucket ${totals['storage_usd']:,.2f}  ({totals['gpu_hours']:,.1f} GPU-hours)"
+            ) in joined
     assert f"On-demand instead of spot: ${totals['on_demand_total_usd']:,.2f}" in joined
     assert f"Budget: ${given['budget']:,.2f}  headroom ${totals['headroom_usd']:,.2f}" in joined
     for line in block:

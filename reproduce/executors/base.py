@@ -85,6 +85,7 @@ class Executor(Protocol):
     def preflight(self, stages: list[str]) -> None: ...
     def render(self, run: RunContext) -> str | None: ...
     def reattach(self, handle: str, run: RunContext) -> str | None: ...
+    def written_gb(self, run: RunContext, share: float = 1.0) -> tuple[float, str] | None: ...
 
 
 class BaseExecutor:
@@ -106,4 +107,9 @@ class BaseExecutor:
     def reattach(self, handle: str, run: RunContext) -> str | None:
         """A stage launched by a controller that died: a handle to keep watching, or None (launch again).
         Jobs of an executor that lives in the controller's process die with it: None."""
+        return None
+
+    def written_gb(self, run: RunContext, share: float = 1.0) -> tuple[float, str] | None:
+        """(GB the stage left where the run keeps its artifacts, how that was known), measured after it
+        ended; `share`: the part of its work done. None: nothing is kept in a bucket, or it cannot be measured."""
         return None

@@ -97,6 +97,18 @@ def read_json(url: str, rel: str, client=None) -> dict | None:
         return None
 
 
+def stored_bytes(url: str, sub: str, client=None) -> int | None:
+    """Bytes under URL/SUB/ in the bucket: what a stage left there, which is what storage bills. None for
+    gs:// (the gcloud CLI's listing is not parsed here) or when the listing fails."""
+    if url.startswith("gs://"):
+        return None
+    bucket, prefix = _split(url)
+    try:
+        return sum(_s3_sizes(client or _s3(), bucket, f"{prefix}/{sub.strip('/')}").values())
+    except Exception:   # noqa: BLE001 - no listing: the plan's figure stands, and the caller says so
+        return None
+
+
 def _split(url: str) -> tuple[str, str]:
     bucket, _, prefix = check(url, strict=False)[len("s3://"):].partition("/")
     return bucket, prefix.strip("/")

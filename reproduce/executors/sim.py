@@ -193,6 +193,13 @@ class SimExecutor(BaseExecutor):
                 f"slowdown {self.slowdown:g} +/- {self.noise:.0%}, spot preemptions {self.rate:g}/h, "
                 f"at ${plan.price_per_hour or 0:,.2f}/h")
 
+    def written_gb(self, run: RunContext, share: float = 1.0) -> tuple[float, str] | None:
+        """The plan's GB for the stage, times the part of its work done: a simulated stage writes no bucket."""
+        gb = (run.plan.storage or {}).get("gb_written")
+        if gb is None:
+            return None
+        return gb * min(max(share, 0.0), 1.0), f"simulated: the plan's {gb:,.2f} GB x {share:.0%} of the work done"
+
     # ---- what a real stage program would leave behind -------------------------------------------------
     def _pay(self, sim: _Sim, usd: float, share: float) -> None:
         """Append what was just paid to ARTIFACTS/<stage>/usage.jsonl, as the rewrite does per result."""

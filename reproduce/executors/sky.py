@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from reproduce import tasks
 from reproduce.errors import UserError
@@ -275,6 +276,21 @@ class SkyExecutor(BaseExecutor):
             return f"TEARDOWN FAILED for {r.name}: {e}; check `sky status` and `sky jobs queue`"
         r.torn_down = True
         return ""
+
+    def written_gb(self, run: RunContext, share: float = 1.0) -> tuple[float, str] | None:
+        """A cloud stage: the bytes under the run's bucket folder for it. A controller stage: its local
+        folder, which the next cloud launch pushes to the bucket."""
+        from reproduce.executors import bucket
+
+        url = bucket_url(run)
+        if url is None:
+            return None
+        if self._runs_here(run):
+            folder = Path(run.artifacts) / run.stage
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else 0
+            return size / 1e9, f"measured: {folder} (pushed to {url})"
+        size = bucket.stored_bytes(url, run.stage)
+        return None if size is None else (size / 1e9, f"measured: {url}/{run.stage}/")
 
     def _runs_here(self, run: RunContext) -> bool:
         return stagetable.stage(run.stage).on_controller(run.recipe or {})
