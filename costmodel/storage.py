@@ -44,11 +44,14 @@ PRICES = {
 REMOTE = {"generate": True, "filter": None, "rewrite": False, "convert": False, "sft": True, "eval": True}
 
 
-def estimate(recipe: dict, days_kept: float | None = None, store: str = "s3") -> dict:
-    """Per stage GB written and pulled, $ and arithmetic; totals. `store`: s3 | gs (or a bucket URL)."""
+def estimate(recipe: dict, days_kept: float | None = None, store: str = "s3", hours: dict | None = None) -> dict:
+    """Per stage GB written and pulled, $ and arithmetic; totals. `store`: s3 | gs (or a bucket URL); `hours`:
+    each stage's planned hours, for what it keeps only while it runs (sft's checkpoints, unless kept)."""
     days, store = _days(days_kept), _store(store)
     price = PRICES[store]
-    rows = [{**cost(recipe, stage, gb, store, days), "what": what} for stage, gb, what in written(recipe)]
+    scratch = scratch_gb(recipe)
+    rows = [{**cost(recipe, stage, gb, store, days, scratch.get(stage, 0.0), (hours or {}).get(stage, 0.0)),
+             "what": what} for stage, gb, what in written(recipe)]
     total_gb = sum(r["gb_written"] for r in rows)
     pulled = sum(r["gb_pulled"] for r in rows)
     total = sum(r["usd"] for r in rows)
@@ -56,24 +59,34 @@ def estimate(recipe: dict, days_kept: float | None = None, store: str = "s3") ->
             "egress_gb": price["egress_gb"], "price_source": price["source"], "price_date": price["date"],
             "stages": rows, "gb_written": total_gb, "gb_pulled": pulled,
             "storage_usd": sum(r["storage_usd"] for r in rows), "egress_usd": sum(r["egress_usd"] for r in rows),
-            "total_usd": total, "arithmetic": _arith(total_gb, days, price, pulled, total)}
+            "total_usd": total, "arithmetic": _arith(total_gb, days, price, pulled, total) + "".join(
+                f" (incl. {r['stage']}'s {r['scratch_gb']:,.2f} GB scratch for {r['scratch_hours']:,.2f} h)"
+                for r in rows if r["scratch_gb"])}
 
 
-def cost(recipe: dict, stage: str, gb_written: float, store: str = "s3", days_kept: float | None = None) -> dict:
-    """What GB_WRITTEN of STAGE in the bucket costs: kept DAYS_KEPT days, and what the controller pulls of it.
-    The estimate prices the GB it expects; a run prices the GB it measured under its prefix."""
+def cost(recipe: dict, stage: str, gb_written: float, store: str = "s3", days_kept: float | None = None,
+         scratch: float = 0.0, hours: float = 0.0) -> dict:
+    """What GB_WRITTEN of STAGE in the bucket costs: kept DAYS_KEPT days, and what the controller pulls of it;
+    plus SCRATCH GB kept only for the stage's HOURS (deleted when it succeeds). The estimate prices the GB it
+    expects; a run prices the GB it measured under its prefix after the scratch went."""
     days, store = _days(days_kept), _store(store)
-    if not isinstance(gb_written, (int, float)) or not gb_written >= 0 or math.isinf(gb_written):
-        raise BadInput(f"{stage}: {gb_written!r} GB written: expected a number >= 0")
+    for what, v in (("GB written", gb_written), ("scratch GB", scratch), ("hours", hours)):
+        if not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
+            raise BadInput(f"{stage}: {v!r} {what}: expected a number >= 0")
     price = PRICES[store]
     remote = REMOTE[stage] if REMOTE[stage] is not None else recipe["filter"].get("where") != "local"
     pulled = min(SFT_PULLED_GB, gb_written) if stage == "sft" else (gb_written if remote else 0.0)
-    storage_usd = gb_written * days * 24 / HOURS_PER_MONTH * price["storage_gb_month"]
-    egress_usd = pulled * price["egress_gb"]
-    return {"stage": stage, "gb_written": gb_written, "gb_pulled": pulled, "storage_usd": storage_usd,
-            "egress_usd": egress_usd, "usd": storage_usd + egress_usd, "store": store, "days_kept": days,
-            "price_source": price["source"], "price_date": price["date"],
-            "arithmetic": _arith(gb_written, days, price, pulled, storage_usd + egress_usd)}
+    month = 24 / HOURS_PER_MONTH * price["storage_gb_month"]   # $ per GB-day
+    kept_usd, scratch_usd = gb_written * days * month, scratch * hours / 24 * month
+    storage_usd, egress_usd = kept_usd + scratch_usd, pulled * price["egress_gb"]
+    arithmetic = _arith(gb_written, days, price, pulled, storage_usd + egress_usd)
+    if scratch and hours:
+        arithmetic = arithmetic.replace(" = $", f" + {scratch:,.2f} GB scratch x {hours:,.2f} h/24 x "
+                                                f"24/{HOURS_PER_MONTH} x ${price['storage_gb_month']}/GB-month = $")
+    return {"stage": stage, "gb_written": gb_written, "gb_pulled": pulled, "scratch_gb": scratch,
+            "scratch_hours": hours, "storage_usd": storage_usd, "egress_usd": egress_usd,
+            "usd": storage_usd + egress_usd, "store": store, "days_kept": days,
+            "price_source": price["source"], "price_date": price["date"], "arithmetic": arithmetic}
 
 
 def _days(days_kept) -> float:
@@ -107,11 +120,21 @@ def written(recipe: dict) -> list[tuple[str, float, str]]:
                                                      f"{rewritten / 1e3:,.1f} KB"),
         ("convert", sft["samples"] * sft["mean_sample_tokens"] * BYTES_PER_TOKEN / GB,
          f"{sft['samples']:,} SFT records x {sft['mean_sample_tokens'] * BYTES_PER_TOKEN / 1e3:,.1f} KB"),
-        ("sft", (kept * student * CHECKPOINT_BYTES_PER_PARAM + weights) / GB,
+        ("sft", (weights + (checkpoint_bytes(recipe) if recipe["sft"].get("keep_checkpoints") else 0.0)) / GB,
          f"{kept} checkpoint{'s' if kept != 1 else ''} x {student / 1e9:g}B params x {CHECKPOINT_BYTES_PER_PARAM} B"
-         f" + model {student / 1e9:g}B x {WEIGHT_BYTES_PER_PARAM} B"),
+         + (" (kept)" if recipe["sft"].get("keep_checkpoints") else " while it trains (deleted when it succeeds)")
+         + f" + model {student / 1e9:g}B x {WEIGHT_BYTES_PER_PARAM} B"),
         ("eval", w["eval_samples"] * eval_trace / GB, f"{w['eval_samples']:,.0f} answers x {eval_trace / 1e3:,.1f} KB"),
     ]
+
+
+def scratch_gb(recipe: dict) -> dict:
+    """stage -> GB it keeps only while it runs: sft's checkpoints, unless the recipe keeps them."""
+    return {} if recipe["sft"].get("keep_checkpoints") else {"sft": checkpoint_bytes(recipe) / GB}
+
+
+def checkpoint_bytes(recipe: dict) -> float:
+    return checkpoints(recipe) * recipe["models"]["student"]["params_b"] * 1e9 * CHECKPOINT_BYTES_PER_PARAM
 
 
 def checkpoints(recipe: dict) -> int:

@@ -458,13 +458,27 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
     message = st.message or ("" if summary or p.kind != "api" else "no summary.json: API spend not reported")
     ledger.finish_stage(w.run_id, name, attempt, at=now, api_usage=usage, calibration=calibration,
                         **_actual(st, p, started, now, w.simulated, message=message))
-    _record_storage(w, ctx, p, 1.0)
+    row = stagetable.stage(name)
+    if row.scratch and not row.keeps_scratch(w.recipe):   # it cannot produce anything now: stop paying for it
+        try:
+            gone = ex.discard(ctx, row.scratch)
+        except Exception as e:   # noqa: BLE001 - the stage's accounting must survive a failed delete
+            gone = None
+            w.progress.note(name, f"could not delete its checkpoints from the bucket ({e}); they stay, and are paid for")
+        if gone:
+            what = f"{name} succeeded: deleted its checkpoints from the bucket ({gone if gone > 0 else 'all'} " \
+                   f"object(s) under {name}/{', '.join(row.scratch)}*; {row.section}.keep_checkpoints keeps them)"
+            ledger.add_event(w.run_id, name, "discarded", ok=True, reason=what,
+                             numbers={"objects": gone, "prefixes": list(row.scratch)}, at=ex.now())
+            w.progress.note(name, what)
+    _record_storage(w, ctx, p, 1.0, (now - started) / 3600)
     return None
 
 
-def _record_storage(w: _Watch, ctx: RunContext, p, share: float) -> None:
+def _record_storage(w: _Watch, ctx: RunContext, p, share: float, hours: float = 0.0) -> None:
     """What the stage left in the run's bucket, measured where the executor can (else the plan's GB x the
-    share of the work done), priced by costmodel.storage: committed spend from now on."""
+    share of the work done), priced by costmodel.storage: committed spend from now on. A stage that succeeded
+    also pays for the scratch it deleted, for the HOURS it ran."""
     if not p.storage:
         return
     from costmodel import storage
@@ -474,7 +488,8 @@ def _record_storage(w: _Watch, ctx: RunContext, p, share: float) -> None:
     except Exception:   # noqa: BLE001 - a failed listing must not lose the stage's accounting
         measured = None
     gb, how = measured or (p.storage["gb_written"] * share, f"not measured: the plan's GB x {share:.0%} done")
-    cost = storage.cost(w.recipe, p.stage, gb, p.storage["store"], p.storage["days_kept"])
+    scratch = (p.storage.get("scratch_gb") or 0.0) if share >= 1 else 0.0   # a stopped stage's is in its GB
+    cost = storage.cost(w.recipe, p.stage, gb, p.storage["store"], p.storage["days_kept"], scratch, max(hours, 0.0))
     w.ledger.add_storage(w.run_id, p.stage, {**cost, "measured": how}, at=w.executor.now())
 
 

@@ -130,7 +130,8 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
     if remote:   # what each stage leaves in the run's bucket is paid for as long as it is kept: in the total
         from costmodel import storage
 
-        plan.storage = storage.estimate(recipe, recipe["costs"].get("bucket_days"), str(recipe.get("bucket") or "s3"))
+        plan.storage = storage.estimate(recipe, recipe["costs"].get("bucket_days"), str(recipe.get("bucket") or "s3"),
+                                        hours={row.stage: row.hours for row in rows})
         kept = {r["stage"]: r for r in plan.storage["stages"]}
         for row in rows:
             if row.stage in kept:

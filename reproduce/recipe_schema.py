@@ -126,7 +126,7 @@ RULES: dict[str, Check] = {
                                     "polynomial", "inverse_sqrt"),
     "sft.warmup_ratio": number(0, 1, hi_open=True), "sft.bf16": BOOL, "sft.zero_stage": one_of(0, 3),
     "sft.cpu_offload": BOOL, "sft.packing": BOOL, "sft.liger_kernel": BOOL, "sft.gradient_checkpointing": BOOL,
-    "sft.save_steps": whole(), "sft.published_hours": OPTIONAL_POSITIVE, "sft.published_usd": OPTIONAL_POSITIVE,
+    "sft.save_steps": whole(), "sft.keep_checkpoints": BOOL, "sft.published_hours": OPTIONAL_POSITIVE, "sft.published_usd": OPTIONAL_POSITIVE,
     "sft.method": one_of(*SFT_METHODS), "sft.pref_loss": one_of(*sorted({x for v in PREF_LOSSES.values() for x in v})),
     "sft.pref_beta": POSITIVE, "sft.simpo_gamma": NON_NEGATIVE,
     **{f"eval.{k}": c for k, c in _GPU_SECTION.items()},

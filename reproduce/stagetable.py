@@ -35,6 +35,11 @@ class Stage:
     work: str | None = None      # what bounds its speed: a finished stage's measured speed re-plans the
                                  #   remaining stages of the same work (reproduce.replan)
     api_estimate: Callable | None = None  # (recipe) -> StageEstimate when the recipe serves it by an API
+    scratch: tuple = ()          # what it writes under <stage>/ only to resume itself (key prefixes): deleted
+                                 #   from the bucket once it succeeds, unless <section>.keep_checkpoints
+
+    def keeps_scratch(self, recipe: dict) -> bool:
+        return bool((recipe.get(self.section) or {}).get("keep_checkpoints"))
 
     def runs_on(self, recipe: dict) -> str:
         """Where this stage runs for this recipe: its row's `where`, except a stage with an API form (generate)
@@ -109,7 +114,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("convert", "convert", None, CONTROLLER, None, "convert", ("rewrite",),
           "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory", _convert),
     Stage("sft", "sft", "sft", GPU, "managed", "sft", ("convert",),
-          "render the LLaMA-Factory config and train", estimates.estimate_sft, model="student", work="training"),
+          "render the LLaMA-Factory config and train", estimates.estimate_sft, model="student", work="training",
+          scratch=("checkpoints/checkpoint-",)),
     Stage("eval", "evaluate", "eval", GPU, "managed", "eval", ("sft",),
           "benchmarks vs the published table",
           partial(estimates.estimate_generate, stage="eval"), model="student", work="vLLM decode"),

@@ -74,3 +74,25 @@ def test_what_a_stage_left_in_the_bucket_is_measured_there(tmp_path, s3, monkeyp
     assert gb == pytest.approx(1234 / 1e9) and "pushed to" in how
     assert ex.written_gb(RunContext(run_id="RUN2", recipe={}, stage="sft", plan=None, artifacts=tmp_path,
                                     envs={}, bucket=None)) is None
+
+
+def test_a_stage_that_succeeded_deletes_its_checkpoints_and_nothing_else(tmp_path, s3, monkeypatch):
+    from reproduce.executors.base import RunContext
+    from reproduce.executors.sky import SkyExecutor
+    from reproduce.stagetable import stage
+
+    monkeypatch.setattr(bucket, "_S3", [s3])
+    keys = ["runs/R3/sft/checkpoints/checkpoint-100/global_step100/optim.pt",
+            "runs/R3/sft/checkpoints/checkpoint-200/trainer_state.json",
+            "runs/R3/sft/checkpoints/trainer_log.jsonl", "runs/R3/sft/model/model.safetensors",
+            "runs/R3/sft/summary.json", "runs/R3/eval/checkpoints/checkpoint-1/x",   # another stage's
+            "runs/R33/sft/checkpoints/checkpoint-100/x"]                              # another run's
+    for k in keys:
+        s3.put_object(Bucket="runs-bucket", Key=k, Body=b"x")
+    ex = SkyExecutor(adapter=object())
+    run = RunContext(run_id="R3", recipe={"filter": {"where": "local"}}, stage="sft", plan=None,
+                     artifacts=tmp_path, envs={}, bucket="s3://runs-bucket")
+    assert ex.discard(run, stage("sft").scratch) == 2
+    left = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="runs-bucket")["Contents"])
+    assert left == sorted(keys[2:])
+    assert ex.discard(run, stage("sft").scratch) == 0

@@ -33,7 +33,7 @@ def test_a_run_that_cannot_finish_stops_early_and_one_that_can_finishes(home, ca
     assert spent <= 450                                    # no run audits above its budget
     if code == 0:
         assert a["run"]["status"] == "finished"
-        assert slowdown <= 2                               # 2 x the $203 of compute + API (+ $22 bucket) fits $450
+        assert slowdown <= 2                               # 2 x the $203 of compute + API (+ $2 bucket) fits $450
     else:
         assert code == 3 and a["run"]["status"] == "stopped" and slowdown >= 2
         assert spent < 0.6 * 450                           # money without a model stays far below the budget

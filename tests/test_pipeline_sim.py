@@ -282,3 +282,27 @@ def test_sigterm_tears_down_and_records_like_ctrl_c(home):
         assert led.open_attempts(run_id) == []                # nothing left running unrecorded
         events = led.db.execute("SELECT event FROM stage_rows WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
         assert events[-1][0] == "cancelled"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_sft_deletes_its_checkpoints_once_it_succeeds_unless_the_recipe_keeps_them(home, capsys, monkeypatch, keep):
+    """The checkpoints only resume a preempted sft: once it succeeds the executor deletes them (a sim has no
+    bucket: here it records the call), and the bucket bill is the model's month plus the checkpoints' hours."""
+    from reproduce.executors.sim import SimExecutor
+
+    calls = []
+    monkeypatch.setattr(SimExecutor, "discard", lambda self, run, prefixes: calls.append((run.stage, prefixes)) or 7)
+    extra = ["--set", "sft.keep_checkpoints=true"] if keep else []
+    code, _, err = cli(capsys, "all", "--budget", "450", "--backend", "sim", *extra, "-y")
+    assert code == 0, err
+    a = audit_json(capsys)
+    run_id = a["run"]["run_id"]
+    with Ledger() as led:
+        events = led.events(run_id, "discarded")
+        sft = led.storage(run_id)["sft"]
+    if keep:
+        assert calls == [] and events == [] and sft["scratch_gb"] == 0 and sft["gb_written"] > 900
+    else:
+        assert calls == [("sft", ("checkpoints/checkpoint-",))] and events[0]["numbers"]["objects"] == 7
+        assert "keep_checkpoints keeps them" in err
+        assert sft["gb_written"] < 70 and sft["scratch_gb"] > 900 and sft["usd"] < 3

@@ -17,17 +17,26 @@ def test_golden_numbers_for_the_published_recipe(full):
     assert list(rows) == ["generate", "filter", "rewrite", "convert", "sft", "eval"]
     # 16,401 x 3 epochs / (1 x 12 x 8) = 513 steps -> checkpoints at 100..500, two kept (save_total_limit)
     assert storage.checkpoints(full) == 2
-    assert rows["sft"]["gb_written"] == pytest.approx((2 * 32.8e9 * 14 + 32.8e9 * 2) / 1e9)      # 984 GB
-    assert rows["sft"]["storage_usd"] == pytest.approx(984.0 * 30 * 24 / 730 * 0.023)           # $22.32
+    # the model stays; the two checkpoints (2 x 32.8B x 14 B = 918.4 GB) are deleted when sft succeeds
+    assert rows["sft"]["gb_written"] == pytest.approx(32.8e9 * 2 / 1e9)                        # 65.6 GB
+    assert rows["sft"]["scratch_gb"] == pytest.approx(2 * 32.8e9 * 14 / 1e9)
+    assert rows["sft"]["storage_usd"] == pytest.approx(65.6 * 30 * 24 / 730 * 0.023)          # $1.49, no hours given
+    kept = storage.estimate({**full, "sft": {**full["sft"], "keep_checkpoints": True}})
+    assert {r["stage"]: r for r in kept["stages"]}["sft"]["gb_written"] == pytest.approx(984.0)
+    assert {r["stage"]: r for r in kept["stages"]}["sft"]["storage_usd"] == pytest.approx(984.0 * 30 * 24 / 730 * 0.023)
+    timed = {r["stage"]: r for r in storage.estimate(full, hours={"sft": 21.28})["stages"]}["sft"]
+    assert timed["storage_usd"] == pytest.approx((65.6 * 30 + 918.4 * 21.28 / 24) * 24 / 730 * 0.023)  # $2.10
     # 21,914 traces x (350 + 4,500) tokens x 4 B
     assert rows["generate"]["gb_written"] == pytest.approx(21914 * 4850 * 4 / 1e9)
     assert rows["generate"]["gb_pulled"] == rows["generate"]["gb_written"]     # the local filter reads them
     assert rows["rewrite"]["gb_pulled"] == rows["convert"]["gb_pulled"] == 0   # written on the controller
     assert rows["sft"]["gb_pulled"] == storage.SFT_PULLED_GB                   # weights are never pulled
-    assert e["total_usd"] == pytest.approx(22.41, abs=0.005)
+    assert e["total_usd"] == pytest.approx(1.58, abs=0.005)
     assert e["total_usd"] == pytest.approx(sum(r["usd"] for r in e["stages"]))
     assert e["egress_usd"] == pytest.approx(e["gb_pulled"] * 0.09)
-    assert rows["sft"]["arithmetic"] == "984.00 GB x 30 d x 24/730 x $0.023/GB-month + 0.01 GB pulled x $0.09/GB = $22.32"
+    assert rows["sft"]["arithmetic"] == "65.60 GB x 30 d x 24/730 x $0.023/GB-month + 0.01 GB pulled x $0.09/GB = $1.49"
+    assert timed["arithmetic"] == ("65.60 GB x 30 d x 24/730 x $0.023/GB-month + 0.01 GB pulled x $0.09/GB + 918.40 GB "
+                                   "scratch x 21.28 h/24 x 24/730 x $0.023/GB-month = $2.10")
     assert "aws.amazon.com/s3/pricing" in e["price_source"] and e["price_date"]
 
 

@@ -86,6 +86,7 @@ class Executor(Protocol):
     def render(self, run: RunContext) -> str | None: ...
     def reattach(self, handle: str, run: RunContext) -> str | None: ...
     def written_gb(self, run: RunContext, share: float = 1.0) -> tuple[float, str] | None: ...
+    def discard(self, run: RunContext, prefixes: tuple) -> int | None: ...
 
 
 class BaseExecutor:
@@ -112,4 +113,9 @@ class BaseExecutor:
     def written_gb(self, run: RunContext, share: float = 1.0) -> tuple[float, str] | None:
         """(GB the stage left where the run keeps its artifacts, how that was known), measured after it
         ended; `share`: the part of its work done. None: nothing is kept in a bucket, or it cannot be measured."""
+        return None
+
+    def discard(self, run: RunContext, prefixes: tuple) -> int | None:
+        """Delete what a stage that succeeded kept only to resume itself (keys under <stage>/ starting with
+        PREFIXES) from where the run keeps its artifacts; how many objects. None: nothing billed to delete."""
         return None

@@ -109,6 +109,21 @@ def stored_bytes(url: str, sub: str, client=None) -> int | None:
         return None
 
 
+def delete_prefixes(url: str, sub: str, prefixes: tuple, client=None) -> int:
+    """Delete the objects under URL/SUB/ whose key (relative to it) starts with one of PREFIXES; how many."""
+    sub = sub.strip("/")
+    if url.startswith("gs://"):
+        for p in prefixes:
+            _gcloud("rm", "--recursive", f"{url.rstrip('/')}/{sub}/{p}*")
+        return -1
+    bucket, prefix = _split(url)
+    s3 = client or _s3()
+    keys = [f"{prefix}/{sub}/{rel}" for rel in _s3_sizes(s3, bucket, f"{prefix}/{sub}") if rel.startswith(prefixes)]
+    for i in range(0, len(keys), 1000):     # delete_objects takes at most 1,000 keys a request
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+    return len(keys)
+
+
 def _split(url: str) -> tuple[str, str]:
     bucket, _, prefix = check(url, strict=False)[len("s3://"):].partition("/")
     return bucket, prefix.strip("/")

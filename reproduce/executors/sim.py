@@ -195,10 +195,12 @@ class SimExecutor(BaseExecutor):
 
     def written_gb(self, run: RunContext, share: float = 1.0) -> tuple[float, str] | None:
         """The plan's GB for the stage, times the part of its work done: a simulated stage writes no bucket."""
-        gb = (run.plan.storage or {}).get("gb_written")
-        if gb is None:
+        st = run.plan.storage or {}
+        if st.get("gb_written") is None:
             return None
-        return gb * min(max(share, 0.0), 1.0), f"simulated: the plan's {gb:,.2f} GB x {share:.0%} of the work done"
+        share = min(max(share, 0.0), 1.0)
+        gb = st["gb_written"] + (st.get("scratch_gb") or 0.0 if share < 1 else 0.0)   # a stopped stage keeps its scratch
+        return gb * share, f"simulated: the plan's {gb:,.2f} GB x {share:.0%} of the work done"
 
     # ---- what a real stage program would leave behind -------------------------------------------------
     def _pay(self, sim: _Sim, usd: float, share: float) -> None:

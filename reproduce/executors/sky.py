@@ -292,6 +292,14 @@ class SkyExecutor(BaseExecutor):
         size = bucket.stored_bytes(url, run.stage)
         return None if size is None else (size / 1e9, f"measured: {url}/{run.stage}/")
 
+    def discard(self, run: RunContext, prefixes: tuple) -> int | None:
+        from reproduce.executors import bucket
+
+        url = bucket_url(run)
+        if url is None or self._runs_here(run):
+            return None
+        return bucket.delete_prefixes(url, run.stage, prefixes)
+
     def _runs_here(self, run: RunContext) -> bool:
         return stagetable.stage(run.stage).on_controller(run.recipe or {})
 
