@@ -127,8 +127,10 @@ def render_plan(p) -> str:
     lines += ["", f"Total: {money(p.total_usd)} = compute {money(p.compute_usd)} + API {money(p.api_usd)}{bucket}"
                   f"  ({p.gpu_hours:,.1f} GPU-hours)"]
     if p.storage:
-        st = p.storage
-        lines.append(f"Bucket ({st['store']}, kept {st['days_kept']:g} days): {st['arithmetic']}   "
+        st, left = p.storage, [s.storage for s in p.stages if s.storage]
+        how = st["arithmetic"] if len(left) == len(st["stages"]) else (   # a resume: only the stages left
+            " + ".join(f"{r['stage']} ${r['usd']:,.2f}" for r in left) + f" = {money(p.storage_usd)} (the stages left)")
+        lines.append(f"Bucket ({st['store']}, kept {st['days_kept']:g} days): {how}   "
                      f"[{st['price_source']}, {st['price_date']}]")
     if p.spent_usd:
         lines.append(f"Already spent by this run: {money(p.spent_usd)}; spent + plan = {money(p.spent_usd + p.total_usd)}")

@@ -91,6 +91,7 @@ def test_resume_admits_what_is_left_against_what_is_left(home, capsys):
     code, out, err = cli(capsys, "all", "--resume", run, "--budget", str(budget), "--sim-slowdown", "0.8", "-y")
     assert code == 0, err
     assert "Already spent by this run" in out
+    assert "(the stages left)" in out and "generate $" not in out.split("Bucket")[1]   # its bucket is spent
     assert audit(capsys, run)["run"]["status"] == "finished"
     assert json.loads(cli(capsys, "runs", "--json")[1])[-1]["budget"] == budget   # runs and audit agree
 

@@ -1,4 +1,5 @@
 """The pipeline on the sim executor: the budget guard, resume, Ctrl-C and SIGKILL, through the real CLI."""
+import csv
 import io
 import json
 from pathlib import Path
@@ -306,3 +307,10 @@ def test_sft_deletes_its_checkpoints_once_it_succeeds_unless_the_recipe_keeps_th
         assert calls == [("sft", ("checkpoints/checkpoint-",))] and events[0]["numbers"]["objects"] == 7
         assert "keep_checkpoints keeps them" in err
         assert sft["gb_written"] < 70 and sft["scratch_gb"] > 900 and sft["usd"] < 3
+    # where the money went, per stage, bucket included: the text, the CSV and the JSON agree
+    text = cli(capsys, "audit")[1]
+    assert "bucket $" in text and f"+ bucket ${a['totals']['storage_usd']:,.2f}" in text and "  bucket: " in text
+    rows = list(csv.DictReader(io.StringIO(cli(capsys, "audit", "--csv")[1])))
+    assert sum(float(r["storage_usd"]) for r in rows[:-1]) == pytest.approx(a["totals"]["storage_usd"], abs=1e-6)
+    assert float(rows[-1]["total_usd"]) == pytest.approx(a["totals"]["actual_usd"])
+    assert_adds_up(a)
