@@ -378,3 +378,23 @@ def test_a_torn_last_line_is_cut_before_appending(tmp_path):
     assert [x["usd"] for x in lines] == [0.5, 0.25]
     assert rewrite.logged_usage(str(log)) == [{"model": "m", "batch": False, "prompt_tokens": 10,
                                                "cached_tokens": 0, "completion_tokens": 5, "usd": 0.75}]
+
+
+def test_what_was_paid_stops_it_when_the_estimate_was_wrong(tmp_path, server, monkeypatch, capsys):
+    """The estimate said $0 (wrong), the cap is a hair above $0: the first paid request reaches it, no second
+    is sent, exit 3, and what was paid is logged and cached; a rerun with room finishes and pays only the rest."""
+    records = kept_records(3, 0)
+    args = artifacts(tmp_path, records, batch=False) + ["--workers", "1"]
+    real = rewrite.estimate_tokens
+    monkeypatch.setattr(rewrite, "estimate_tokens", lambda recs, recipe: dict(real(recs, recipe), usd=0.0))
+    monkeypatch.setenv("REPRODUCE_API_BUDGET_USD", "0.0000001")
+    assert rewrite.main(args) == 3
+    err = capsys.readouterr().err
+    assert "REPRODUCE_API_BUDGET_USD=$1e-07 left for it; stopped before the next request" in err, err
+    assert server.requests["chat"] == 1
+    paid = [json.loads(x) for x in (tmp_path / "rewrite" / "usage.jsonl").read_text().splitlines()]
+    assert len(paid) == 1 and paid[0]["usd"] > 1e-7
+    monkeypatch.setenv("REPRODUCE_API_BUDGET_USD", "5")
+    assert rewrite.main(args) == 0
+    assert server.requests["chat"] == 3                      # the cached one is not asked again
+    assert len(outputs(tmp_path)[0]) == 3

@@ -18,6 +18,8 @@ Reads ARTIFACTS/filter/kept.jsonl; writes ARTIFACTS/rewrite/rewritten.jsonl (eac
   result is never appended again (`usd_this_run` is what this invocation paid).
 - Before anything is sent the cost is estimated (chars/4 tokens, completion = `rewrite.output_ratio` x the
   trace); if env REPRODUCE_API_BUDGET_USD is set and the estimate exceeds it, exit 3 with nothing submitted.
+  An estimate can be wrong: once what this run paid reaches it, no further request (sync) or resubmission
+  (batch) is sent, and the stage exits 3 with what it has cached.
 - After rewriting, each record is graded again (`rewrite.recheck`), as NovaSky did (sky-t1.md, Step 3).
 - The client reads OPENAI_API_KEY / OPENAI_BASE_URL. With `rewrite.model: local-formatter` and no base URL,
   the deterministic formatter of `reproduce.stages.smoke.local_openai` is started in this process.
@@ -137,14 +139,29 @@ def estimate_tokens(records: list[dict], recipe: dict) -> dict:
             "usd": round(usd, 6), "model": cfg["model"], "batch": bool(cfg.get("batch"))}
 
 
-def budget_guard(estimate: dict) -> None:
+def api_budget() -> float | None:
+    """REPRODUCE_API_BUDGET_USD: what the pipeline leaves this stage to pay, or None (no cap)."""
     raw = os.environ.get("REPRODUCE_API_BUDGET_USD")
     if raw in (None, ""):
-        return
+        return None
     try:
-        budget = float(raw)
+        return float(raw)
     except ValueError:
         raise StageError(f"REPRODUCE_API_BUDGET_USD={raw!r}: expected a number of dollars") from None
+
+
+def over_budget(usage: "Usage", cap: float | None, before: str) -> None:
+    """An estimate can be wrong; what was paid decides: OverBudget once this run has paid the cap (a free model,
+    the smoke formatter, never reaches it)."""
+    if cap is not None and usage.usd() > 0 and usage.usd() >= cap:
+        raise OverBudget(f"paid ${usage.usd():.4f} this run, the REPRODUCE_API_BUDGET_USD=${cap:g} left for it; "
+                         f"stopped before {before} (results so far are cached: run again with more budget to finish)")
+
+
+def budget_guard(estimate: dict) -> None:
+    budget = api_budget()
+    if budget is None:
+        return
     if estimate["usd"] > budget:
         raise OverBudget(
             f"estimated ${estimate['usd']:.4f} for {estimate['requests']} requests ({estimate['prompt_tokens']:,} "
@@ -251,6 +268,10 @@ class Usage:
     def as_list(self) -> list[dict]:
         return [dict(r, usd=round(r["usd"], 12)) for r in self.rows.values()]
 
+    def usd(self) -> float:
+        with self.lock:
+            return sum(r["usd"] for r in self.rows.values())
+
 
 def _open_log(path: str) -> int:
     """The usage log for appending. A torn last line (killed mid-write) is cut first: appended to, it would
@@ -331,9 +352,10 @@ def with_retries(call, attempts: int | None = None, sleep=time.sleep):
 
 def run_sync(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dict, workers: int) -> set:
     """Chat completions, `workers` at a time. -> keys that failed."""
-    failed = set()
+    failed, cap = set(), api_budget()
 
     def one(body):
+        over_budget(usage, cap, "the next request")
         completion, retries = with_retries(lambda: client.chat.completions.create(**body).model_dump())
         paid(usage, cfg["model"], completion, False)     # logged in this thread: a crash now hides nothing
         return completion, retries
@@ -344,7 +366,7 @@ def run_sync(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dict, 
             key = futures[future]
             try:
                 completion, retries = future.result()
-            except StageError:
+            except (StageError, OverBudget):
                 for f in futures:
                     f.cancel()
                 raise
@@ -395,8 +417,11 @@ def run_batches(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dic
         _log(f"resuming batch {batch_id} ({len(open_batches[batch_id])} requests) left in flight by an earlier run")
     in_flight = {k for keys in open_batches.values() for k in keys}
     to_submit = [k for k in pending if k not in in_flight]
-    given_up = set()
+    given_up, cap, first = set(), api_budget(), True
     while to_submit or open_batches:
+        if to_submit and not first:   # the first round was priced by its estimate; a resubmission by what was paid
+            over_budget(usage, cap, f"resubmitting {len(to_submit)} failed requests")
+        first = False
         for chunk in chunk_lines([(k, batch_line(k, pending[k])) for k in to_submit]):
             data = b"".join(line for _, line in chunk)
             file, r1 = with_retries(lambda: client.files.create(file=("rewrite.jsonl", data), purpose="batch"))
