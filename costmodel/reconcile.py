@@ -209,6 +209,7 @@ def _run_level(aws_rows: dict, bill: dict | None, storage_plan: dict | None, pre
     measured = {s: c for s, c in kept.items() if not c.get("correction")}
     correction = sum(c.get("usd") or 0.0 for c in kept.values() if c.get("correction"))
     to_date = sum(storage_to_date(c, now) for c in measured.values())
+    committed = sum(c.get("usd") or 0.0 for c in measured.values())
     if not rows and not planned and not measured:
         return None
     billed = sum(r["usd"] for r in rows) if rows else None
@@ -218,8 +219,8 @@ def _run_level(aws_rows: dict, bill: dict | None, storage_plan: dict | None, pre
            "drift_usd": None, "drift_pct": None, "flagged": False, "estimated": any(r["estimated"] for r in rows),
            "sources": [bill["name"]] if rows else [], "services": {}, "parts": {},
            "status": "billed" if rows else "no billing data",
-           "note": f"bucket storage and egress: recorded to date ${to_date:,.2f} of ${sum(c.get('usd') or 0.0 for c in measured.values()):,.2f} "
-                   "committed (GB x days so far, up to the days kept, + egress)"}
+           "note": f"bucket storage and egress: recorded to date ${to_date:,.2f} of ${committed:,.2f} committed "
+                   "(GB x days so far, up to the days kept, + egress)"}
     for r in rows:
         row["services"][r["service"]] = row["services"].get(r["service"], 0.0) + r["usd"]
     if rows:

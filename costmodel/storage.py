@@ -79,10 +79,7 @@ def cost(recipe: dict, stage: str, gb_written: float, store: str = "s3", days_ke
     month = 24 / HOURS_PER_MONTH * price["storage_gb_month"]   # $ per GB-day
     kept_usd, scratch_usd = gb_written * days * month, scratch * hours / 24 * month
     storage_usd, egress_usd = kept_usd + scratch_usd, pulled * price["egress_gb"]
-    arithmetic = _arith(gb_written, days, price, pulled, storage_usd + egress_usd)
-    if scratch and hours:
-        arithmetic = arithmetic.replace(" = $", f" + {scratch:,.2f} GB scratch x {hours:,.2f} h/24 x "
-                                                f"24/{HOURS_PER_MONTH} x ${price['storage_gb_month']}/GB-month = $")
+    arithmetic = _arith(gb_written, days, price, pulled, storage_usd + egress_usd, scratch, hours)
     return {"stage": stage, "gb_written": gb_written, "gb_pulled": pulled, "scratch_gb": scratch,
             "scratch_hours": hours, "storage_usd": storage_usd, "egress_usd": egress_usd,
             "usd": storage_usd + egress_usd, "store": store, "days_kept": days,
@@ -146,6 +143,9 @@ def checkpoints(recipe: dict) -> int:
     return min(steps // max(1, int(sft["save_steps"])), int(sft.get("save_total_limit", SAVE_TOTAL_LIMIT)))
 
 
-def _arith(gb: float, days: float, price: dict, pulled: float, usd: float) -> str:
-    return (f"{gb:,.2f} GB x {days:g} d x 24/{HOURS_PER_MONTH} x ${price['storage_gb_month']}/GB-month + "
-            f"{pulled:,.2f} GB pulled x ${price['egress_gb']}/GB = ${usd:,.2f}")
+def _arith(gb: float, days: float, price: dict, pulled: float, usd: float, scratch: float = 0.0,
+           hours: float = 0.0) -> str:
+    month = f"24/{HOURS_PER_MONTH} x ${price['storage_gb_month']}/GB-month"
+    extra = f" + {scratch:,.2f} GB scratch x {hours:,.2f} h/24 x {month}" if scratch and hours else ""
+    return (f"{gb:,.2f} GB x {days:g} d x {month} + {pulled:,.2f} GB pulled x ${price['egress_gb']}/GB{extra} "
+            f"= ${usd:,.2f}")

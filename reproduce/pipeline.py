@@ -464,7 +464,8 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
             gone = ex.discard(ctx, row.scratch)
         except Exception as e:   # noqa: BLE001 - the stage's accounting must survive a failed delete
             gone = None
-            w.progress.note(name, f"could not delete its checkpoints from the bucket ({e}); they stay, and are paid for")
+            w.progress.note(name, f"could not delete its checkpoints from the bucket ({e}); they stay, and are "
+                                  "paid for")
         if gone:
             what = f"{name} succeeded: deleted its checkpoints from the bucket ({gone if gone > 0 else 'all'} " \
                    f"object(s) under {name}/{', '.join(row.scratch)}*; {row.section}.keep_checkpoints keeps them)"

@@ -199,7 +199,8 @@ class SimExecutor(BaseExecutor):
         if st.get("gb_written") is None:
             return None
         share = min(max(share, 0.0), 1.0)
-        gb = st["gb_written"] + (st.get("scratch_gb") or 0.0 if share < 1 else 0.0)   # a stopped stage keeps its scratch
+        kept_scratch = (st.get("scratch_gb") or 0.0) if share < 1 else 0.0   # a stopped stage keeps its scratch
+        gb = st["gb_written"] + kept_scratch
         return gb * share, f"simulated: the plan's {gb:,.2f} GB x {share:.0%} of the work done"
 
     # ---- what a real stage program would leave behind -------------------------------------------------
