@@ -349,6 +349,23 @@ def test_with_billing_scales_one_market_and_keeps_the_catalog_price():
 
 # ---------------------------------------------------------------- the lag, and a real run's clock
 
+def test_periods_run_from_the_first_attempt_to_the_last_row_whatever_the_hour(home):
+    """Pinned clocks across midnight: the plan rows (no spend) do not widen the window, and it never reaches
+    past tomorrow. (A `time.time()` version of this passed or failed with the hour of day.)"""
+    t = lambda day, hour: dt.datetime(2026, 11, day, hour, tzinfo=dt.timezone.utc).timestamp()
+    with Ledger() as led:
+        led.create_run("r1", recipe="x", scale="full", backend="sky", budget=100.0)
+        led.add_stage_row("r1", "sft", "planned", at=t(20, 23), kind="gpu", compute_usd=10.0)
+        attempt = led.add_stage_row("r1", "sft", "started", at=t(21, 1), kind="gpu", cloud="aws",
+                                    accelerator="H100:8", spot=True)
+        led.finish_stage("r1", "sft", attempt, at=t(23, 22), state="SUCCEEDED", kind="gpu", cloud="aws",
+                         accelerator="H100:8", spot=True, gpus=8, nodes=1, hours=69.0, price_per_hour=2.0,
+                         compute_usd=138.0, started_at=t(21, 1), ended_at=t(23, 22))
+        assert reconcile.periods(led, "r1", t(25, 12))["aws"] == (dt.date(2026, 11, 21), dt.date(2026, 11, 24))
+        # asked the same evening it ended: the end is capped at tomorrow, still one day past the last row
+        assert reconcile.periods(led, "r1", t(23, 23))["aws"] == (dt.date(2026, 11, 21), dt.date(2026, 11, 24))
+
+
 def test_stage_inside_the_lag_is_pending_and_not_recorded(home):
     now = time.time()
     with Ledger() as led:
@@ -362,7 +379,8 @@ def test_stage_inside_the_lag_is_pending_and_not_recorded(home):
                              price_per_hour=2.0, compute_usd=10.0, started_at=now - (ended_h_ago + 5) * 3600,
                              ended_at=now - ended_h_ago * 3600)
         window = reconcile.periods(led, "r1", now)["aws"]
-        assert window[0] == dt.datetime.fromtimestamp(now - 80 * 3600, dt.timezone.utc).date()
+        # from the first attempt (generate started 77 h ago), not the plan rows: nothing is spent before it
+        assert window[0] == dt.datetime.fromtimestamp(now - 77 * 3600, dt.timezone.utc).date()
         ce, stub = stubbed_ce([[period("2026-11-28", [group("generate", 12.0)]),
                                 period("2026-12-01", [group("sft", 4.0)], estimated=True)]])
         bill = billing.aws_costs(ce, "r1", *window)
