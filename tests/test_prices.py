@@ -268,7 +268,7 @@ def test_offline_nothing_hangs(home, monkeypatch):
         t = time.monotonic()
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         assert prices.cheapest("H100:8", spot=True).spot == 6.84
-        assert time.monotonic() - t < 0.5  # backed off: no second wait for the catalog
+        assert time.monotonic() - t < 2.0  # backed off: no second 3 s wait for the catalog (slack for a busy box)
     finally:
         silent.close()
 
