@@ -87,6 +87,69 @@ def test_api_teacher_against_the_local_openai_server(tmp_path, monkeypatch):
     assert len(traces) == sources * 2 * 2 and calls == len(traces)   # 2 problems x 2 samples per source
     assert all(t["response"] and t["response_tokens"] > 0 and "<|im_start|>" not in t["prompt"] for t in traces)
     usage = [json.loads(x) for x in (out / "usage.jsonl").read_text().splitlines()]
-    assert len(usage) == len(traces) and all(u["model"] == "local-formatter" for u in usage)
+    assert len(usage) == len(traces) and all(u["model"] == "local-formatter" and u["usd"] == 0 for u in usage)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "api" and summary["records"] == len(traces)
+
+
+def paid_teacher(tmp_path, monkeypatch, server, cap=None):
+    """generate with a priced API teacher (gpt-4o-mini's token prices) against the local server: 3 problems of
+    one source, 2 samples each, one problem a shard. -> (exit code, requests so far, usage lines, shards)"""
+    from reproduce.stages import generate
+
+    r = recipes.load(scale="smoke", sets=["generate.backend=api", "generate.model=gpt-4o-mini",
+                                          "generate.samples_per_problem=2"])
+    r["sources"] = r["sources"][:1]
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(r))
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    if cap is None:
+        monkeypatch.delenv("REPRODUCE_API_BUDGET_USD", raising=False)
+    else:
+        monkeypatch.setenv("REPRODUCE_API_BUDGET_USD", repr(cap))
+    code = generate.main(["--recipe", str(tmp_path / "recipe.yaml"), "--artifacts", str(tmp_path),
+                          "--limit", "3", "--shard-size", "1"])
+    log = tmp_path / "generate" / "usage.jsonl"
+    usage = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    return code, server.requests["chat"], usage, sorted((tmp_path / "generate").glob("shard-*.jsonl"))
+
+
+def test_the_api_teacher_prices_what_it_pays_and_the_ledger_counts_it(tmp_path, monkeypatch, home):
+    """Each paid response is logged at the model's token prices (it was logged with tokens only, so the ledger
+    counted a paid teacher as $0), and the pipeline's reader records exactly that."""
+    pytest.importorskip("openai")
+    from costmodel.ledger import Ledger
+    from reproduce.stages.smoke.local_openai import LocalOpenAI
+
+    with LocalOpenAI() as server:
+        code, calls, usage, shards = paid_teacher(tmp_path, monkeypatch, server)
+    assert code == 0 and calls == 6 and len(usage) == 6 and len(shards) == 3
+    for u in usage:
+        assert u["usd"] > 0 and u["usd"] == pytest.approx(
+            api_prices.api_cost("gpt-4o-mini", u["prompt_tokens"], u["completion_tokens"], u["cached_tokens"]))
+    with Ledger() as led:
+        led.create_run("r", recipe="x", scale="smoke", backend="local", budget=10.0)
+        assert led.add_usage_lines("r", "generate", usage, at=0.0) == 6
+        assert led.spent("r") == pytest.approx(sum(u["usd"] for u in usage))
+
+
+def test_the_api_teacher_stops_before_a_shard_it_cannot_pay_for(tmp_path, monkeypatch, capsys):
+    """REPRODUCE_API_BUDGET_USD caps what this run pays: once it is paid, or once the next shard at the $ per
+    problem paid so far would pass it, no further request is sent (exit 3, shards kept); a rerun with room
+    asks only for the problems left."""
+    pytest.importorskip("openai")
+    from reproduce.stages.smoke.local_openai import LocalOpenAI
+
+    with LocalOpenAI() as server:
+        code, calls, usage, shards = paid_teacher(tmp_path / "a", monkeypatch, server, cap=1e-7)
+        assert (code, calls, len(usage), len(shards)) == (3, 2, 2, 1)      # one shard paid, then stopped
+        assert "left for it; stopped before the next shard (1 problems)" in capsys.readouterr().err
+        first = sum(u["usd"] for u in usage)
+        # room for the paid shard and half another: the forecast, not the payment, stops it
+        code, calls, usage, shards = paid_teacher(tmp_path / "b", monkeypatch, server, cap=first * 1.5)
+        err = capsys.readouterr().err
+        assert (code, calls - 2, len(usage), len(shards)) == (3, 2, 2, 1), err
+        assert "the next shard of 1 would add" in err and "past the REPRODUCE_API_BUDGET_USD" in err
+        code, calls, usage, shards = paid_teacher(tmp_path / "b", monkeypatch, server, cap=5.0)
+        assert (code, calls - 4, len(usage), len(shards)) == (0, 4, 6, 3)   # the 2 problems left, not 3

@@ -13,6 +13,9 @@ Backends (one code path for this stage and `evaluate`, see `open_backend`):
 - vLLM when CUDA is there and vllm imports: `LLM(model, tensor_parallel_size=tp)`; with data_parallel > 1,
   one worker process per replica, each pinned to its slice of GPUs with CUDA_VISIBLE_DEVICES.
 - transformers otherwise (smoke scale on a CPU): batched `generate`.
+- an OpenAI-compatible API with recipe `generate.backend: api`: each response is priced and appended to
+  generate/usage.jsonl as it is paid; with REPRODUCE_API_BUDGET_USD set, it stops (exit 3, shards kept) once it
+  has paid that cap, or before a shard that would pass it at the $ per problem paid so far.
 At smoke scale the teacher is ARTIFACTS/models/tiny-teacher, built by `tinymodel` and taught the smoke
 problems (see `smoke_teacher`).
 
@@ -88,10 +91,11 @@ def vllm_available() -> bool:
 
 @contextlib.contextmanager
 def open_backend(model: str, tensor_parallel: int = 1, data_parallel: int = 1, backend: str = "auto",
-                 seed: int = 0):
+                 seed: int = 0, usage=None):
     """Yield `(info, complete)`; `complete(prompts, sampling) -> [[completion, ...n] per prompt]` where
     sampling = {n, temperature, top_p, max_tokens} and a completion is
-    {text, prompt_tokens, response_tokens, finish_reason ("stop" | "length")}."""
+    {text, prompt_tokens, response_tokens, finish_reason ("stop" | "length")}. `usage` (a rewrite.Usage): where
+    the API backend logs each response as it is paid."""
     if backend == "auto":
         backend = "vllm" if vllm_available() else "transformers"
     if backend == "vllm" and data_parallel > 1:
@@ -104,7 +108,7 @@ def open_backend(model: str, tensor_parallel: int = 1, data_parallel: int = 1, b
         complete, gpus = _transformers(model, seed)
         yield {"backend": "transformers", "gpus": gpus}, complete
     elif backend == "api":
-        with _api(model) as complete:
+        with _api(model, usage) as complete:
             yield {"backend": "api", "gpus": 0}, complete
     else:
         raise BadInput(f"--backend {backend!r}: expected auto, vllm, transformers or api")
@@ -114,28 +118,35 @@ API_WORKERS = 8   # requests in flight to the teacher's API
 
 
 @contextlib.contextmanager
-def _api(model: str):
+def _api(model: str, usage=None):
     """The teacher through an OpenAI-compatible API (recipe `generate.backend: api`; OPENAI_BASE_URL and
     OPENAI_API_KEY as for the rewrite). Prompts are message lists. One request per sample (DeepSeek's reasoner
-    takes no `n`); a reasoning model's `reasoning_content` is kept as the trace's <think> block. Every response's
-    usage is appended to generate/usage.jsonl by the caller (`usage` in each completion)."""
+    takes no `n`); a reasoning model's `reasoning_content` is kept as the trace's <think> block. Each response is
+    priced at the model's token prices and logged to `usage` (generate/usage.jsonl) from its thread as it is
+    paid, the rewrite's way, so the ledger and the guard see the spend while the shard is still running."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from costmodel.api_prices import token_price
     from reproduce.stages import rewrite
 
+    try:
+        token_price(model)          # a model with no price is refused before anything is paid
+    except BadInput as e:
+        raise BadInput(f"recipe generate.model: {e}") from None
     client, server = rewrite.make_client(model)
 
     def one(messages, sampling):
         resp, _ = rewrite.with_retries(lambda: client.chat.completions.create(
             model=model, messages=messages, temperature=sampling["temperature"], top_p=sampling["top_p"],
             max_tokens=sampling["max_tokens"]))
-        choice, usage = resp.choices[0], resp.usage
+        if usage is not None:
+            rewrite.paid(usage, model, resp.model_dump(), batch=False)
+        choice = resp.choices[0]
         thinking = getattr(choice.message, "reasoning_content", None)
         text = (f"<think>\n{thinking}\n</think>\n\n" if thinking else "") + (choice.message.content or "")
-        return {"text": text, "prompt_tokens": usage.prompt_tokens, "response_tokens": usage.completion_tokens,
-                "finish_reason": "length" if choice.finish_reason == "length" else "stop",
-                "usage": {"model": model, "prompt_tokens": usage.prompt_tokens,
-                          "completion_tokens": usage.completion_tokens}}
+        return {"text": text, "prompt_tokens": resp.usage.prompt_tokens,
+                "response_tokens": resp.usage.completion_tokens,
+                "finish_reason": "length" if choice.finish_reason == "length" else "stop"}
 
     def complete(prompts, sampling):
         jobs = [(i, m) for i, m in enumerate(prompts) for _ in range(sampling["n"])]
@@ -150,6 +161,38 @@ def _api(model: str):
     finally:
         if server is not None:
             server.stop()
+
+
+@contextlib.contextmanager
+def _paid_log(out_dir: Path):
+    """generate/usage.jsonl as the rewrite keeps its own: one priced line per paid response (rewrite.Usage)."""
+    from reproduce.stages import rewrite
+
+    usage = rewrite.Usage(str(out_dir / "usage.jsonl"))
+    try:
+        yield usage
+    finally:
+        usage.close()
+
+
+def _within_cap(usage, done: int, shard: int) -> None:
+    """Before each shard of the API teacher: OverBudget (exit 3, the shards written are kept) once this run has
+    paid REPRODUCE_API_BUDGET_USD, or when the next shard, at the $ per problem paid so far, would take it past.
+    (The pipeline admitted the first shard on the plan's estimate, and watches the run's forecast as well.)"""
+    from reproduce.errors import OverBudget
+    from reproduce.stages import rewrite
+
+    cap = rewrite.api_budget()
+    rewrite.over_budget(usage, cap, f"the next shard ({shard} problems)")
+    paid = usage.usd()
+    if cap is None or not done or paid <= 0:
+        return
+    ahead = paid / done * shard
+    if paid + ahead > cap:
+        raise OverBudget(f"paid ${paid:.4f} for {done} problems this run; the next shard of {shard} would add "
+                         f"~${ahead:.4f} (${paid / done:.6f} a problem), past the REPRODUCE_API_BUDGET_USD=${cap:g} "
+                         "left for it; stopped before it (the shards written are kept: run again with more budget "
+                         "to finish)")
 
 
 def node_share(records: list, environ=None) -> tuple[list, int, int]:
@@ -423,19 +466,18 @@ def run(args) -> int:
     if todo:
         # an API takes messages; a local model gets them through its own chat template
         render = (lambda msgs: msgs) if backend == "api" else chat_renderer(model)
-        with open_backend(model, tp, dp, backend) as (info, complete):
+        paid = _paid_log(out_dir) if backend == "api" else contextlib.nullcontext()
+        with paid as usage, open_backend(model, tp, dp, backend, usage=usage) as (info, complete):
             for start in range(0, len(todo), args.shard_size):
                 chunk = todo[start:start + args.shard_size]
+                if usage is not None:
+                    _within_cap(usage, start, len(chunk))
                 prompts = [render(messages(r, gen.get("system_prompt"), gen["user_templates"])) for r in chunk]
                 t0 = time.monotonic()
                 outs = complete(prompts, sampling)
                 dt = time.monotonic() - t0
                 gen_s += dt
                 rows = []
-                usage = [c["usage"] for s in outs for c in s if "usage" in c]
-                if usage:   # what the API billed, appended as paid (the guard reads it like the rewrite's)
-                    with open(out_dir / "usage.jsonl", "a", encoding="utf-8") as f:
-                        f.write("".join(json.dumps(u) + "\n" for u in usage))
                 for record, prompt, samples in zip(chunk, prompts, outs):
                     if isinstance(prompt, list):    # API messages: the user turn is what convert trains on
                         prompt = prompt[-1]["content"]
