@@ -1,4 +1,4 @@
-"""Artifacts between the controller and the bucket: boto3 against moto's S3."""
+"""Artifacts between the controller and the bucket: boto3 against moto's S3; gs:// through a fake `gcloud` on PATH."""
 import pytest
 
 moto = pytest.importorskip("moto")
@@ -96,3 +96,74 @@ def test_a_stage_that_succeeded_deletes_its_checkpoints_and_nothing_else(tmp_pat
     left = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="runs-bucket")["Contents"])
     assert left == sorted(keys[2:])
     assert ex.discard(run, stage("sft").scratch) == 0
+
+
+# ---------------------------------------------------------------- gs://: the gcloud CLI, faked at its boundary
+
+FAKE_GCLOUD = r'''#!/usr/bin/env python3
+"""`gcloud storage du --summarize` and `rm --recursive` over a folder ($FAKE_GCS/BUCKET/KEY), answering and
+failing as gcloud does (cloud.google.com/sdk/gcloud/reference/storage/du); every call is logged."""
+import os, pathlib, sys
+root = pathlib.Path(os.environ["FAKE_GCS"])
+with open(root / "calls", "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\n")
+group, verb, *rest = sys.argv[1:]
+url = rest[-1]
+bucket, _, key = url[len("gs://"):].partition("/")
+objects = {str(p.relative_to(root / bucket)): p for p in (root / bucket).rglob("*") if p.is_file()}
+match = {k: p for k, p in objects.items() if k.startswith(key.rstrip("*"))}
+if not match:
+    sys.exit(f"ERROR: (gcloud.storage.{verb}) The following URLs matched no objects or files:\n-{url}")
+if verb == "du":
+    print(f"{sum(p.stat().st_size for p in match.values())}  {url}")
+else:
+    for p in match.values():
+        p.unlink()
+'''
+
+
+@pytest.fixture
+def gcs(tmp_path, monkeypatch):
+    """A gs:// bucket as a folder, behind a fake `gcloud` on PATH: the CLI is the boundary we cannot run here."""
+    import os
+
+    root, bin_dir = tmp_path / "gcs", tmp_path / "bin"
+    (root / "runs-bucket").mkdir(parents=True)
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    monkeypatch.setenv("FAKE_GCS", str(root))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return root
+
+
+def test_a_gs_bucket_is_measured_and_its_checkpoints_deleted_through_gcloud(tmp_path, gcs):
+    from reproduce.executors.base import RunContext
+    from reproduce.executors.sky import SkyExecutor
+    from reproduce.stagetable import stage
+
+    files = {"runs/R4/sft/checkpoints/checkpoint-100/optim.pt": 3000, "runs/R4/sft/summary.json": 2,
+             "runs/R4/sft-old/x": 500, "runs/R44/sft/x": 700}           # another folder's, another run's
+    for rel, size in files.items():
+        write(gcs / "runs-bucket", rel, "x" * size)
+    url = bucket.run_url("gs://runs-bucket", "R4")
+    assert bucket.stored_bytes(url, "sft") == 3002
+    run = RunContext(run_id="R4", recipe={"filter": {"where": "local"}}, stage="sft", plan=None,
+                     artifacts=tmp_path, envs={}, bucket="gs://runs-bucket")
+    gb, how = SkyExecutor(adapter=object()).written_gb(run)
+    assert gb == pytest.approx(3002 / 1e9) and how == f"measured: {url}/sft/"
+    ex = SkyExecutor(adapter=object())
+    assert ex.discard(run, stage("sft").scratch) == -1                  # gcloud does not say how many
+    assert not (gcs / "runs-bucket/runs/R4/sft/checkpoints/checkpoint-100/optim.pt").exists()
+    assert (gcs / "runs-bucket/runs/R4/sft/summary.json").exists() and (gcs / "runs-bucket/runs/R44/sft/x").exists()
+    assert ex.discard(run, stage("sft").scratch) == -1                  # nothing left to match: not an error
+    assert bucket.stored_bytes(url, "sft") == 2
+    calls = (gcs / "calls").read_text().splitlines()
+    assert calls[0] == f"storage du --summarize {url}/sft/"
+    assert calls[2] == f"storage rm --recursive {url}/sft/checkpoints/checkpoint-*"
+
+
+def test_a_gs_listing_that_fails_is_unmeasured_not_an_error(gcs, monkeypatch):
+    assert bucket.stored_bytes(bucket.run_url("gs://runs-bucket", "NONE"), "sft") is None   # matched nothing
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert bucket.stored_bytes("gs://runs-bucket/runs/R4", "sft") is None                    # no gcloud

@@ -98,10 +98,10 @@ def read_json(url: str, rel: str, client=None) -> dict | None:
 
 
 def stored_bytes(url: str, sub: str, client=None) -> int | None:
-    """Bytes under URL/SUB/ in the bucket: what a stage left there, which is what storage bills. None for
-    gs:// (the gcloud CLI's listing is not parsed here) or when the listing fails."""
+    """Bytes under URL/SUB/ in the bucket: what a stage left there, which is what storage bills. None when
+    the listing fails (the caller then keeps the plan's figure and says so)."""
     if url.startswith("gs://"):
-        return None
+        return _gcs_bytes(f"{url.rstrip('/')}/{sub.strip('/')}/")
     bucket, prefix = _split(url)
     try:
         return sum(_s3_sizes(client or _s3(), bucket, f"{prefix}/{sub.strip('/')}").values())
@@ -114,7 +114,7 @@ def delete_prefixes(url: str, sub: str, prefixes: tuple, client=None) -> int:
     sub = sub.strip("/")
     if url.startswith("gs://"):
         for p in prefixes:
-            _gcloud("rm", "--recursive", f"{url.rstrip('/')}/{sub}/{p}*")
+            _gcloud("rm", "--recursive", f"{url.rstrip('/')}/{sub}/{p}*", none_is_fine=True)
         return -1
     bucket, prefix = _split(url)
     s3 = client or _s3()
@@ -149,8 +149,24 @@ def _s3_sizes(s3, bucket: str, prefix: str) -> dict[str, int]:
     return sizes
 
 
-def _gcloud(*args: str) -> int:
+def _gcloud(*args: str, none_is_fine: bool = False) -> int:
+    """`gcloud storage ARGS`; with `none_is_fine`, a wildcard that matched nothing (gcloud exits 1 and says
+    "matched no objects") is not an error: an sft that saved no checkpoint has none to delete."""
     if shutil.which("gcloud") is None:
         raise UserError("a gs:// bucket needs the gcloud CLI on this machine (or use an s3:// bucket)")
-    subprocess.run(["gcloud", "storage", *args], check=True, capture_output=True)
+    done = subprocess.run(["gcloud", "storage", *args], capture_output=True, text=True)
+    if done.returncode and not (none_is_fine and "matched no objects" in done.stderr):
+        raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
     return -1  # gcloud does not say how many
+
+
+def _gcs_bytes(prefix: str) -> int | None:
+    """`gcloud storage du --summarize gs://B/P/` prints "<bytes>  gs://B/P/"; None without gcloud or a total."""
+    if shutil.which("gcloud") is None:
+        return None
+    try:
+        done = subprocess.run(["gcloud", "storage", "du", "--summarize", prefix], capture_output=True, text=True,
+                              timeout=600, check=True)
+        return int(done.stdout.split()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
