@@ -163,18 +163,6 @@ def _api(model: str, usage=None):
             server.stop()
 
 
-@contextlib.contextmanager
-def _paid_log(out_dir: Path):
-    """generate/usage.jsonl as the rewrite keeps its own: one priced line per paid response (rewrite.Usage)."""
-    from reproduce.stages import rewrite
-
-    usage = rewrite.Usage(str(out_dir / "usage.jsonl"))
-    try:
-        yield usage
-    finally:
-        usage.close()
-
-
 def _within_cap(usage, done: int, shard: int) -> None:
     """Before each shard of the API teacher: OverBudget (exit 3, the shards written are kept) once this run has
     paid REPRODUCE_API_BUDGET_USD, or when the next shard, at the $ per problem paid so far, would take it past.
@@ -466,7 +454,11 @@ def run(args) -> int:
     if todo:
         # an API takes messages; a local model gets them through its own chat template
         render = (lambda msgs: msgs) if backend == "api" else chat_renderer(model)
-        paid = _paid_log(out_dir) if backend == "api" else contextlib.nullcontext()
+        paid = contextlib.nullcontext()
+        if backend == "api":   # its payments: one priced line each in generate/usage.jsonl, as the rewrite's
+            from reproduce.stages import rewrite
+
+            paid = rewrite.Usage(str(out_dir / "usage.jsonl"))
         with paid as usage, open_backend(model, tp, dp, backend, usage=usage) as (info, complete):
             for start in range(0, len(todo), args.shard_size):
                 chunk = todo[start:start + args.shard_size]

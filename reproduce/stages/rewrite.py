@@ -265,6 +265,12 @@ class Usage:
             os.close(self.fd)
             self.fd = None
 
+    def __enter__(self) -> "Usage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def as_list(self) -> list[dict]:
         return [dict(r, usd=round(r["usd"], 12)) for r in self.rows.values()]
 
