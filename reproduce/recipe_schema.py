@@ -103,6 +103,7 @@ RULES: dict[str, Check] = {
     "generate.max_tokens": whole(), "generate.tensor_parallel": whole(), "generate.data_parallel": whole(),
     "generate.system_prompt": ANY_TEXT, "generate.user_templates": MAPPING,
     "generate.user_templates.math": TEXT, "generate.user_templates.code": TEXT, "generate.user_templates.mcq": TEXT,
+    **{f"generate.user_templates.{k}": TEXT for k in ("code_call_based", "taco", "taco_call_based")},
     "generate.mean_prompt_tokens": POSITIVE, "generate.mean_response_tokens": POSITIVE,
     "generate.backend": one_of("vllm", "api"), "generate.model": Check(lambda v: v is None or TEXT(v), "an API model name, or null (no API)"), "generate.batch": BOOL,
     "generate.num_nodes": whole(1, 64),

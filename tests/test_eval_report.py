@@ -39,15 +39,18 @@ def test_published_protocol_per_benchmark_with_sources():
     recipe = recipes.load()
     by_name = {b["name"]: protocol.resolve(b, recipe) for b in recipe["eval"]["benchmarks"]}
     aime = by_name["aime24"]
-    assert aime["published"]["template"] == "{problem}\nReturn your final response within \\boxed{{}}"
+    # ST@#25's Sky-T1 AIME prompt, concatenated (not formatted): the model read \boxed{{}} (test_prompts_golden.py)
+    assert aime["published"]["template"].format(problem="P") == "P\nReturn your final response within \\boxed{{}}"
     assert aime["published"]["temperature"] == 0.7 and aime["published"]["n"] == 8
     assert aime["published"]["scorer"] == "math_equal" and aime["ours"]["scorer"] == "math_verify"
     assert by_name["gpqa_diamond"]["published"]["scorer"] == "last_letter"
     assert by_name["math500"]["published"]["max_tokens"] == 32768
     assert all(p["sources"][f] for p in by_name.values() for f in ("template", "temperature", "n", "scorer"))
-    assert by_name["math500"]["differs"] == []                  # full scale follows the published protocol
+    # full scale follows the published protocol, but for the system prompt's whitespace (the student is asked with
+    # the text it was trained with; SkyThought's eval had the same words indented)
+    assert by_name["math500"]["differs"] == ["system_prompt"]
     smoke = recipes.load(scale="smoke")
-    assert protocol.resolve(smoke["eval"]["benchmarks"][0], smoke)["differs"] == ["max_tokens"]
+    assert protocol.resolve(smoke["eval"]["benchmarks"][0], smoke)["differs"] == ["system_prompt", "max_tokens"]
     lcb = by_name["livecodebench_hard"]["ours"]
     assert lcb["template_call_based"].startswith("Generate an executable Python function") and \
         "Return the function body" in lcb["template_call_based"]
@@ -57,7 +60,8 @@ def test_an_unknown_benchmark_gets_the_defaults_and_the_recipe_template():
     recipe = {"generate": {"user_templates": {"math": "Q: {problem}"}}, "eval": {"max_tokens": 100}}
     p = protocol.resolve({"name": "amc23", "domain": "math", "temperature": 0.6}, recipe)
     assert p["ours"]["template"] == "Q: {problem}" and p["published"]["scorer"] == "math_equal"
-    assert p["sources"]["template"].startswith("not published") and set(p["differs"]) == {"temperature", "max_tokens"}
+    assert p["sources"]["template"].startswith("not published")
+    assert set(p["differs"]) == {"temperature", "max_tokens", "system_prompt"}   # this recipe has no system prompt
 
 
 def test_environment_reads_versions_without_importing():

@@ -97,9 +97,10 @@ def test_apps_rows_to_tests():
     recs = problems.apps_records(rows, "apps")
     assert [r["id"] for r in recs] == ["apps-4000", "apps-4001"]
     assert recs[0]["tests"] == {"inputs": ["1 2\n"], "outputs": ["3\n"]}
-    assert recs[0]["problem"].endswith("Use Standard Input format\nANSWER:\n")
-    assert recs[1]["tests"]["fn_name"] == "add" and "def add(a, b):" in recs[1]["problem"]
-    assert "Use Call-Based format" in recs[1]["problem"]
+    # SkyThought's APPS prompt: the instruction by fn_name, no QUESTION/ANSWER wrapper (tests/test_prompts_golden.py)
+    assert recs[0]["user_template"] == "code" and "QUESTION" not in recs[0]["problem"]
+    assert recs[1]["tests"]["fn_name"] == "add" and recs[1]["problem"].endswith("\ndef add(a, b):")
+    assert recs[1]["user_template"] == "code_call_based"
 
 
 def test_taco_medium_filter_and_the_grader_runs_its_tests():
@@ -169,9 +170,10 @@ def test_livecodebench_stdin_functional_and_difficulty():
     hard_row = {**stdin_row, "question_id": "x", "difficulty": "hard"}
     recs = problems.livecodebench_records([stdin_row, func_row, hard_row], "livecodebench_easy", "easy")
     assert [r["id"] for r in recs] == ["livecodebench_easy-abc001_a", "livecodebench_easy-2777"]
-    assert recs[0]["tests"] == {"inputs": ["1\n", "5\n"], "outputs": ["2\n", "6\n"]}
-    assert recs[1]["tests"] == {"fn_name": "add", "inputs": [[1, [2, 3]]], "outputs": [6]}
-    assert "class Solution" in recs[1]["problem"]
+    # SkyThought grades the private tests only, and asks without the starter code (map_to_example)
+    assert recs[0]["tests"] == {"inputs": ["5\n"], "outputs": ["6\n"]} and recs[0]["user_template"] == "code"
+    assert recs[1]["tests"] == {"fn_name": "add", "inputs": [], "outputs": []}
+    assert recs[1]["user_template"] == "code_call_based" and recs[1]["problem"] == "Print n+1."
 
 
 def test_livecodebench_refuses_pickles_that_import_code():

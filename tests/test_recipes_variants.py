@@ -54,7 +54,7 @@ def test_a_dataset_described_by_fields_needs_no_code():
     code = {"name": "c", "dataset": "someone/new-code", "split": "train", "domain": "code",
             "fields": {"problem": "prompt", "tests": "io"}}
     got = problems.table_records([{"prompt": "Add.", "io": '{"inputs": ["1 2\\n"], "outputs": ["3\\n"]}'}], code)
-    assert got[0]["tests"] == {"inputs": ["1 2\n"], "outputs": ["3\n"]} and "Standard Input" in got[0]["problem"]
+    assert got[0]["tests"] == {"inputs": ["1 2\n"], "outputs": ["3\n"]} and got[0]["user_template"] == "code"
 
 
 @pytest.mark.parametrize("item, needle", [

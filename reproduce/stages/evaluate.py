@@ -67,6 +67,11 @@ def _grade_one(args):
                                           limits.get("math_timeout_s", 5))
     elif scorer == "last_letter":
         published = math_equal.score_mcq(record.get("response"), record.get("answer"))
+    elif scorer == "lcb_unit_tests":            # SkyThought's LiveCodeBench comparison, on the private tests
+        from reproduce.stages.lib import livecodebench_scorer
+
+        published = livecodebench_scorer.score(record.get("response"), record,
+                                               memory_mb=limits.get("code_memory_mb", 1024))[0]
     else:                                       # unit tests: our sandbox runs the same rule
         published = ok
     return ok, reason, published
@@ -191,14 +196,17 @@ def _now() -> str:
 
 
 def prompt_messages(record: dict, ours: dict, system_prompt: str | None) -> list[dict]:
-    """The protocol's user template (the call-based one for functional code problems) and system prompt."""
+    """The protocol's user template (the call-based one for functional code problems, as the loader marked
+    them: `user_template`, else tests with fn_name) and system prompt."""
     template = ours["template"]
-    if ours.get("template_call_based") and (record.get("tests") or {}).get("fn_name"):
+    call_based = record.get("user_template", "").endswith("call_based") if record.get("user_template") \
+        else bool((record.get("tests") or {}).get("fn_name"))
+    if ours.get("template_call_based") and call_based:
         template = ours["template_call_based"]
     if not template:
         raise BadInput(f"no user template for {record['source']} ({record['domain']}): set the benchmark's "
                        "template or generate.user_templates")
-    return gen_stage.messages(record, system_prompt, {record["domain"]: template})
+    return gen_stage.messages({**record, "user_template": None}, system_prompt, {record["domain"]: template})
 
 
 def bench_scores(bench: dict, proto: dict, settings: dict, records: list, samples: list, gen_s: float) -> dict:

@@ -49,10 +49,13 @@ def log(msg: str) -> None:
 # ---- prompts ---------------------------------------------------------------------------------------------
 
 def messages(record: dict, system_prompt: str | None, templates: dict) -> list[dict]:
-    template = templates.get(record["domain"])
+    """The chat for one record: the system prompt, then the user template the record's loader picked (its
+    `user_template`, SkyThought's rule per dataset: problems.py), else its domain's, filled with the problem."""
+    key = record.get("user_template") or record["domain"]
+    template = templates.get(key)
     if template is None:
-        raise BadInput(f"no user template for domain {record['domain']!r}: expected generate.user_templates "
-                       f"to have one of {', '.join(templates)}")
+        raise BadInput(f"no user template {key!r} for {record.get('source')} ({record['domain']}): expected "
+                       f"generate.user_templates to have it (it has {', '.join(templates)})")
     user = template.format(problem=record["problem"])
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
         [{"role": "user", "content": user}]

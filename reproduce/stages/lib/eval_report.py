@@ -88,6 +88,27 @@ def _template(t: str | None) -> str:
     return "`" + t.replace("{{", "{").replace("}}", "}").replace("\n", "\\n").replace("|", "\\|") + "`"
 
 
+def _system_prompt(text: str | None) -> str:
+    """A system prompt by the name of the published one it is (prompts.yaml), else by its length."""
+    from reproduce.stages.lib import prompts
+
+    if not text:
+        return "none"
+    names = [k for k, v in prompts.published().items() if v["text"] == text]
+    return f"`{names[0]}`" if names else f"{len(text)} chars"
+
+
+def _prompt_verdict(protocol: dict) -> str:
+    """"identical", or each prompt field that differs and how (protocol.resolve computed it)."""
+    from reproduce.stages.lib.protocol import PROMPT_FIELDS
+
+    differences = protocol.get("differences") or {}
+    parts = [f"{field}: {differences[field]}" for field in PROMPT_FIELDS if field in differences]
+    if str((protocol.get("sources") or {}).get("template", "")).startswith("not published"):
+        parts.append("template: SkyThought published none for this benchmark (the recipe's is used)")
+    return "; ".join(parts) if parts else "identical"
+
+
 def table_md(result: dict) -> str:
     """Ours vs published, each score with its SE, both graders, then the protocol and what made the table."""
     made = result.get("made") or {}
@@ -123,7 +144,7 @@ def table_md(result: dict) -> str:
         def cell(field, fmt=str):
             text = fmt(o.get(field))
             return text + (f" [{fmt(pub.get(field))}]" if field in differs else "")
-        lines.append(f"| {name} | {cell('system_prompt')} | {cell('template', _template)} "
+        lines.append(f"| {name} | {cell('system_prompt', _system_prompt)} | {cell('template', _template)} "
                      f"| {cell('temperature', '{:g}'.format)} | {cell('top_p', '{:g}'.format)} | {cell('n')} "
                      f"| {cell('max_tokens')} | {pub['scorer']} |")
         for field, src in p["sources"].items():
@@ -131,6 +152,9 @@ def table_md(result: dict) -> str:
                 defaults.setdefault(src, set()).add(field)
             else:
                 own.setdefault(name, {}).setdefault(src, []).append(field)
+    lines += ["", "Prompts as the model reads them (system prompt, template rendered on a problem), compared byte for "
+              "byte with what SkyThought sent:"]
+    lines += [f"- {name}: " + _prompt_verdict(b["protocol"]) for name, b in result["benchmarks"].items()]
     lines += ["", "Sources of the published protocol:"]
     lines += [f"- every benchmark unless noted, {', '.join(sorted(f))}: {src}" for src, f in defaults.items()]
     lines += [f"- {name}: " + "; ".join(f"{', '.join(f)}: {src}" for src, f in by_src.items())

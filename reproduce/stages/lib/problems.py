@@ -1,9 +1,13 @@
 """Problems for the teacher (recipe `sources`) and the benchmarks (recipe `eval.benchmarks`), as records:
 
     {id, source, domain (math|code|mcq), problem, answer}          math, mcq (answer: the gold text / letter)
-    {id, source, domain: code, problem, tests}                      tests: {inputs, outputs[, fn_name]}
+    {id, source, domain: code, problem, tests, user_template}       tests: {inputs, outputs[, fn_name]}
 
-`tests` is the layout `grading.grade_code` runs: stdin strings and expected stdout (APPS/TACO), or with
+`problem` is the body SkyThought's handler put into its prompt (for code: the statement with the starter code
+joined as that handler joined it); `user_template` names the recipe's `generate.user_templates` entry the
+handler's rule picks for the row (APPS: `code` or `code_call_based` by fn_name; TACO: `taco` or
+`taco_call_based` by starter code or fn_name; LiveCodeBench: stdin or functional). The texts themselves are
+data: prompts.yaml, with their commits. `tests` is the layout `grading.grade_code` runs: stdin strings and expected stdout (APPS/TACO), or with
 `fn_name` argument lists and return values (call-based). At `scale: smoke` every source and benchmark comes
 from `smoke_data` (no hub). At full scale the rows come from the HF hub with `datasets`; each dataset has a
 *transform* (rows in the dataset's own columns -> records) kept apart from the download, so tests can run
@@ -130,8 +134,7 @@ def table_records(rows: Iterable[Mapping], src: dict) -> list[dict]:
             if tests is None:
                 continue
             starter = row.get(fields["starter_code"]) if "starter_code" in fields else None
-            out.append({"id": rid, "source": name, "domain": "code",
-                        "problem": _code_problem(str(problem), starter, "fn_name" in tests), "tests": tests})
+            out.append(_apps_record(rid, name, str(problem), starter, tests))
             continue
         answer = row.get(fields["answer"])
         answer = extract_boxed(str(answer)) if src.get("answer_from") == "boxed" else answer
@@ -221,13 +224,13 @@ def apps_tests(input_output) -> dict | None:
     return tests
 
 
-def _code_problem(question: str, starter_code: str | None, call_based: bool) -> str:
-    """SkyThought's APPS/TACO prompt body: the statement, the starter code, and the input format."""
-    text = "\nQUESTION:\n" + question.strip()
-    if starter_code and starter_code.strip():
-        text += "\n" + starter_code.rstrip()
-    text += "\nUse Call-Based format" if call_based else "\nUse Standard Input format"
-    return text + "\nANSWER:\n"
+def _apps_record(rid: str, name: str, question: str, starter_code, tests: dict) -> dict:
+    """SkyThought's APPS prompt (ST@init APPSTaskHandler.generate_prompt): the instruction by whether the tests
+    have fn_name, then the question, then "\n" + starter code whenever the row has the field (codeparrot/apps
+    stores "" for none, and "" still adds the newline). No QUESTION/ANSWER wrapper."""
+    body = question + ("\n" + starter_code if starter_code is not None else "")
+    return {"id": rid, "source": name, "domain": "code", "problem": body, "tests": tests,
+            "user_template": "code_call_based" if tests.get("fn_name") else "code"}
 
 
 def apps_records(rows: Iterable[Mapping], name: str) -> list[dict]:
@@ -238,14 +241,18 @@ def apps_records(rows: Iterable[Mapping], name: str) -> list[dict]:
         tests = apps_tests(row.get("input_output"))
         if tests is None:
             continue
-        out.append(_code_record(f"{name}-{row['problem_id']}", name, row, tests))
+        out.append(_apps_record(f"{name}-{row['problem_id']}", name, row["question"], row.get("starter_code"), tests))
     return out
 
 
-def _code_record(rid: str, name: str, row: Mapping, tests: dict) -> dict:
-    """An APPS-layout row (question, starter_code) with its parsed tests -> a code record."""
-    return {"id": rid, "source": name, "domain": "code",
-            "problem": _code_problem(row["question"], row.get("starter_code"), "fn_name" in tests), "tests": tests}
+def _taco_record(rid: str, name: str, row: Mapping, tests: dict) -> dict:
+    """SkyThought's TACO prompt (ST@init TACOTaskHandler.generate_prompt): "\nQUESTION:\n" + question + starter
+    code (joined as is) + "Use Standard Input format" only when there is neither starter code nor fn_name, else
+    "Use Call-Based format", + "\nANSWER:\n". No stdin instruction: the wrapper is the whole prompt."""
+    starter = row.get("starter_code") or ""
+    call_based = bool(starter) or bool(tests.get("fn_name"))
+    return {"id": rid, "source": name, "domain": "code", "problem": row["question"] + starter, "tests": tests,
+            "user_template": "taco_call_based" if call_based else "taco"}
 
 
 def taco_records(rows: Iterable[Mapping], name: str, flt: Mapping) -> list[dict]:
@@ -258,7 +265,7 @@ def taco_records(rows: Iterable[Mapping], name: str, flt: Mapping) -> list[dict]
         tests = apps_tests(row.get("input_output"))
         if tests is None:
             continue
-        out.append(_code_record(f"{name}-{i}", name, row, tests))
+        out.append(_taco_record(f"{name}-{i}", name, row, tests))
     return out
 
 
@@ -277,9 +284,10 @@ def aime_records(rows: Iterable[Mapping], name: str, year: str = "2024") -> list
 def gpqa_records(rows: Iterable[Mapping], name: str, seed: int = 0) -> list[dict]:
     """Idavidrein/gpqa rows (Question, Correct Answer, Incorrect Answer 1-3) -> mcq records.
 
-    The four answers are shuffled (SkyThought uses an unseeded random.shuffle; we seed it so reruns and
-    resumed runs ask the same question) and listed "A) .., B) .., C) .., D) .." after the question
-    (SkyThought gpqa_diamond_handler.py); the answer is the correct one's letter."""
+    The four answers are shuffled (SkyThought uses an unseeded random.shuffle of the same list; we seed it so
+    reruns and resumed runs ask the same question, and with the global RNG seeded alike both draw the same
+    orders) and listed "A) .., B) .., C) .., D) .." after the question and a newline, as they are, unstripped
+    (ST@init GPQADiamondTaskHandler.get_multiple_choice_answers); the answer is the correct one's letter."""
     rng = random.Random(seed)
     out = []
     for i, row in enumerate(rows):
@@ -287,9 +295,9 @@ def gpqa_records(rows: Iterable[Mapping], name: str, seed: int = 0) -> list[dict
                    row["Incorrect Answer 3"]]
         order = list(range(4))
         rng.shuffle(order)
-        listing = ", ".join(f"{letter}) {str(choices[k]).strip()}" for letter, k in zip("ABCD", order))
+        listing = ", ".join(f"{letter}) {choices[k]}" for letter, k in zip("ABCD", order))
         out.append({"id": f"{name}-{row.get('Record ID', i)}", "source": name, "domain": "mcq",
-                    "problem": f"{str(row['Question']).strip()}\n{listing}", "answer": "ABCD"[order.index(0)]})
+                    "problem": f"{row['Question']}\n{listing}", "answer": "ABCD"[order.index(0)]})
     return out
 
 
@@ -313,33 +321,32 @@ def decode_lcb_tests(blob) -> list[dict]:
 
 def livecodebench_records(rows: Iterable[Mapping], name: str, difficulty: str | None) -> list[dict]:
     """livecodebench/code_generation_lite rows (question_title, question_content, question_id, starter_code,
-    difficulty, public_test_cases, private_test_cases, metadata) -> code records, public + private tests.
+    difficulty, public_test_cases, private_test_cases, metadata) -> code records, as SkyThought scored them
+    (ST@init util/livecodebench/testing_util.py map_to_example): the prompt body is question_content alone
+    (no starter code), stdin vs functional is whether a *public* test has testtype stdin, and the tests graded
+    are the private ones only.
 
-    stdin problems: inputs/outputs as text. Functional (LeetCode) problems: each input is one JSON value per
-    line (the arguments), the output one JSON value; `fn_name` from metadata's func_name. The problem text is
-    the statement plus starter code; SkyThought's two LCB prompts differ by stdin vs functional
-    (ST@HEAD livecodebench yaml), our recipe has one code template."""
+    `lcb` keeps those tests as the dataset has them, for SkyThought's own comparison (livecodebench_scorer);
+    `tests` is the same cases in our layout for our grader: stdin text, or for functional problems each input
+    one JSON value per line (the arguments) and the output one JSON value, `fn_name` from metadata's func_name."""
     out = []
     for row in rows:
         if difficulty and row.get("difficulty") != difficulty:
             continue
-        cases = decode_lcb_tests(row["public_test_cases"]) + decode_lcb_tests(row["private_test_cases"])
-        if not cases:
-            continue
-        functional = cases[0].get("testtype") == "functional"
-        if functional:
+        is_stdin = any(c.get("testtype") == "stdin" for c in decode_lcb_tests(row["public_test_cases"]))
+        cases = decode_lcb_tests(row["private_test_cases"])
+        if is_stdin:
+            tests = {"inputs": [c["input"] for c in cases], "outputs": [c["output"] for c in cases]}
+        else:
             meta = json.loads(row.get("metadata") or "{}")
             tests = {"fn_name": meta.get("func_name"),
                      "inputs": [[json.loads(line) for line in c["input"].split("\n") if line.strip()]
                                 for c in cases],
                      "outputs": [json.loads(c["output"]) for c in cases]}
-        else:
-            tests = {"inputs": [c["input"] for c in cases], "outputs": [c["output"] for c in cases]}
-        problem = row["question_content"].strip()
-        if row.get("starter_code"):
-            problem += "\n\n" + row["starter_code"].rstrip()
-        out.append({"id": f"{name}-{row['question_id']}", "source": name, "domain": "code", "problem": problem,
-                    "tests": tests})
+        out.append({"id": f"{name}-{row['question_id']}", "source": name, "domain": "code",
+                    "problem": row["question_content"], "tests": tests,
+                    "user_template": "code" if is_stdin else "code_call_based",
+                    "lcb": {"is_stdin": is_stdin, "cases": cases}})
     return out
 
 
