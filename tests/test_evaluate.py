@@ -59,15 +59,19 @@ def test_taught_model_scores_and_the_table_compares_with_published(setup):
     g = b["gpqa_diamond"]
     assert g["scorer"] == "last_letter" and g["se"] is not None and g["se_sampling"] is not None
     assert 0 <= g["disagreement"]["fraction"] <= 1
-    assert b["livecodebench_easy"]["disagreement"] is None      # one rule for code: every test passes
-    assert m["protocol"]["differs"] == ["max_tokens"]           # smoke: 64, published 32,768
-    assert m["protocol"]["sources"]["template"] == "ST@HEAD tasks/math/math500.yaml (ST@#25)"
+    lcb = b["livecodebench_easy"]    # SkyThought's comparison (the headline) and our lenient one: both pass here
+    assert lcb["scorer"] == "lcb_unit_tests" and lcb["disagreement"] == {"samples": 0, "fraction": 0.0}
+    # smoke: 64 tokens, published 32,768; the system prompt is NovaSky's training text, SkyThought's eval had it
+    # indented (test_prompts_golden.py)
+    assert m["protocol"]["differs"] == ["system_prompt", "max_tokens"]
+    assert m["protocol"]["sources"]["template"].startswith("NovaSky-AI/SkyThought@54a495f:")
     assert scores["made"]["seed"] == 0 and scores["made"]["environment"]["torch"]
     table = (root / "artifacts" / "eval" / "table.md").read_text()
     assert "| math500 | 100.0 ± 0.0 (math_equal) | 100.0 ± 0.0 (math_verify) | 0.0% (0) | 86.4 | +13.6 ± 24.2 | no | " \
            "2 (2 x 1) |" in table
-    assert "| math500 | student | `Return your final response within \\boxed{}. {problem}` | 0 | 1 | 1 | 64 [32768] " \
-           "| math_equal |" in table
+    assert "| math500 | `sky_t1` [`sky_t1_eval`] | `Return your final response within \\boxed{{}}. {problem}` | 0 | 1 " \
+           "| 1 | 64 [32768] | math_equal |" in table
+    assert "- math500: system_prompt: whitespace only: ours 1310 chars, published 1454" in table
     assert "- every benchmark unless noted, max_tokens, n, system_prompt, temperature, top_p" not in table
     assert "max_tokens, n, temperature, top_p: ST@HEAD skythought/evals/cli.py SAMPLING_PARAMS_DEFAULT" in table
     assert "- gpqa_diamond: temperature, n: ST@#25/#67 README" in table
