@@ -168,7 +168,7 @@ def test_math500_aime_olympiadbench_user_turns(recipe):
     assert users(our_eval_chat(recipe, "math500", recs)) == \
         users(their_chat(PR25["MathTaskHandler"], math_rows, "S"))
     aime_rows = [{"id": 60, "problem": "Find the remainder when $2^{10}$ is divided by 7.", "solution": "",
-                  "answer": "2", "url": "https://artofproblemsolving.com/wiki/index.php/2024_AIME_I_Problems/Problem_1"}]
+                  "answer": "2", "url": "https://artofproblemsolving.com/wiki/index.php/2024_AIME_I_Problems/1"}]
     recs = problems.aime_records(aime_rows, "aime24")
     their = PR25["AIMETaskHandler"]().make_conversations([dict(r) for r in aime_rows], "S", model=SKY_T1)
     assert users(our_eval_chat(recipe, "aime24", recs)) == users(their)

@@ -102,7 +102,9 @@ def _prompt_verdict(protocol: dict) -> str:
     """"identical", or each prompt field that differs and how (protocol.resolve computed it)."""
     from reproduce.stages.lib.protocol import PROMPT_FIELDS
 
-    differences = protocol.get("differences") or {}
+    if "differences" not in protocol:
+        return "not compared (scored by an older version)"
+    differences = protocol["differences"]
     parts = [f"{field}: {differences[field]}" for field in PROMPT_FIELDS if field in differences]
     if str((protocol.get("sources") or {}).get("template", "")).startswith("not published"):
         parts.append("template: SkyThought published none for this benchmark (the recipe's is used)")

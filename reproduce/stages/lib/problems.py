@@ -7,11 +7,11 @@
 joined as that handler joined it); `user_template` names the recipe's `generate.user_templates` entry the
 handler's rule picks for the row (APPS: `code` or `code_call_based` by fn_name; TACO: `taco` or
 `taco_call_based` by starter code or fn_name; LiveCodeBench: stdin or functional). The texts themselves are
-data: prompts.yaml, with their commits. `tests` is the layout `grading.grade_code` runs: stdin strings and expected stdout (APPS/TACO), or with
-`fn_name` argument lists and return values (call-based). At `scale: smoke` every source and benchmark comes
-from `smoke_data` (no hub). At full scale the rows come from the HF hub with `datasets`; each dataset has a
-*transform* (rows in the dataset's own columns -> records) kept apart from the download, so tests can run
-the transforms on rows they build. Filters and splits follow SkyThought (shared/reference/sky-t1.md).
+data: prompts.yaml, with their commits. `tests` is the layout `grading.grade_code` runs: stdin strings and
+expected stdout (APPS/TACO), or with `fn_name` argument lists and return values (call-based). At
+`scale: smoke` every source and benchmark comes from `smoke_data` (no hub). At full scale the rows come from
+the HF hub with `datasets`; each dataset has a *transform* (rows in the dataset's own columns -> records) kept
+apart from the download, so tests can run the transforms on rows they build. Filters and splits follow SkyThought (shared/reference/sky-t1.md).
 """
 from __future__ import annotations
 
