@@ -43,6 +43,16 @@ INIT = skythought("task_handlers_0751518.py")
 PR25 = skythought("task_handlers_54a495f.py", MODEL_TO_NAME=MODEL_UTILS["MODEL_TO_NAME"])
 PR44 = skythought("task_handlers_446e95a.py")
 LCB_UTIL = skythought("testing_util_0751518.py")
+
+
+def numina_7b():
+    """ST@824b1cf's NUMINATaskHandler with its task config (the Sky-T1-7B distillation)."""
+    import types
+
+    config = yaml.safe_load((FIXTURES / "numina_824b1cf.yaml").read_text())
+    handler = skythought("numina_handler_824b1cf.py")["NUMINATaskHandler"]()
+    handler.task_config = types.SimpleNamespace(templating_parameters=config["templating_parameters"])
+    return handler
 INIT["has_test_type"] = LCB_UTIL["has_test_type"]
 
 
@@ -77,6 +87,7 @@ def test_prompts_yaml_is_what_skythought_renders():
     body = prompts.FIELD
     their = {
         "numina": INIT["NUMINATaskHandler"].generate_prompt(body),
+        "numina_sky_t1_7b": numina_7b().generate_prompt(body),
         "apps_stdin": INIT["APPSTaskHandler"].generate_prompt({}, body, None),
         "apps_call_based": INIT["APPSTaskHandler"].generate_prompt({"fn_name": "f"}, body, None),
         "taco_stdin": INIT["TACOTaskHandler"].generate_prompt(body, None, None),
@@ -157,6 +168,15 @@ def test_numina(recipe):
     ours = our_generate_chat(recipe, records)
     assert ours == their_chat(INIT["NUMINATaskHandler"], NUMINA_ROWS, MODEL_UTILS["SYSTEM_PROMPT"][QWQ])
     assert ours[0][1]["content"].startswith("Return your final response within \\boxed{{}}. ")  # as ST@init sent it
+
+
+def test_numina_sky_t1_7b_is_formatted():
+    """Sky-T1-7B's traces came from the refactored SkyThought, which formats the template: \\boxed{}."""
+    recipe = recipes.load("sky-t1-7b")
+    records = problems.numina_records(NUMINA_ROWS, "numina_amc_aime", {"source": "amc_aime"})
+    ours = our_generate_chat(recipe, records)
+    assert users(ours) == [numina_7b().generate_prompt(row["problem"]) for row in NUMINA_ROWS]
+    assert ours[0][0]["content"] == MODEL_UTILS["SYSTEM_PROMPT"][QWQ]
 
 
 # ---- evaluate: the benchmarks' prompts (the commits that made the published scores) -------------------------
