@@ -9,10 +9,10 @@ eval.max_tokens, eval.system_prompt; the student's system prompt is `convert.sys
 trained with). Generation is shared with the generate stage (vLLM on GPUs, transformers on a CPU), with
 `eval.seed` and, when `eval.batch_invariant`, vLLM's batch-invariant kernels (VLLM_BATCH_INVARIANT=1,
 docs.vllm.ai features/batch_invariance: the same output whatever the batch). Every sample is graded twice:
-by the published scorer (math_equal.py: SkyThought's `math_equal` for math, the last-letter pick for GPQA)
-and by ours (grading.grade: math-verify, our letter extraction, the sandbox for code). Score = pass@1
-averaged over n x 100, with its standard error (eval_report.py); the fraction of samples the two graders
-judge differently is reported.
+by the published scorer (math_equal.py: SkyThought's `math_equal` for math, the last-letter pick for GPQA;
+livecodebench_scorer.py: SkyThought's LiveCodeBench comparison on the private tests) and by ours
+(grading.grade: math-verify, our letter extraction, the sandbox for code). Score = pass@1 averaged over n x 100,
+with its standard error (eval_report.py); the fraction of samples the two graders judge differently is reported.
 
 Writes ARTIFACTS/eval/<benchmark>.jsonl (every graded sample), scores.json, table.md (ours vs published, the
 protocol, and what made it: model, versions, seed, date, command) and summary.json. Resumable: a benchmark
