@@ -318,3 +318,11 @@ def test_lcb_scores_private_tests_with_skythoughts_comparison():
     ok, reason = livecodebench_scorer.score(
         "```python\nclass Solution:\n    def add(self, a, b):\n        return a + sum(b)\n```", func)
     assert not ok and "KeyError" in reason            # a method is not found: SkyThought's rule, ported as is
+
+
+def test_a_recipe_without_the_template_a_loader_picked_is_told_which():
+    from reproduce.stages.lib.common import BadInput
+
+    record = problems.taco_records(TACO_ROWS[:1], "taco_test", {})[0]
+    with pytest.raises(BadInput, match="no user template 'taco' for taco_test \\(code\\).*it has math, code"):
+        generate.messages(record, None, {"math": "{problem}", "code": "{problem}"})
