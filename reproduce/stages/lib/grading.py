@@ -197,14 +197,17 @@ def _floats_close(a: str, b: str) -> bool:
 
 # Runs inside the sandbox. Reads the tests from stdin before the solution can, imports the solution as a
 # module (so `if __name__ == "__main__"` stays quiet), swallows its prints, and reports each call's result
-# on a line tagged with a nonce. Comparison happens outside, in the grader.
-_HARNESS = r'''
+# on a line tagged with a nonce. Comparison happens outside, in the grader. CALL_PRELUDE is shared with
+# livecodebench_scorer's harness.
+CALL_PRELUDE = r'''
 import io, json, signal, sys
 _tests = json.loads(sys.stdin.read())
 _out, _tag = sys.stdout, %(tag)r
 sys.stdin = io.StringIO("")
 def _report(obj):
     _out.write(_tag + json.dumps(obj, default=repr) + "\n"); _out.flush()
+'''
+_HARNESS = CALL_PRELUDE + r'''
 class _Timeout(BaseException): pass
 def _alarm(*_): raise _Timeout()
 def _limit(s): signal.setitimer(signal.ITIMER_PROF, s)   # CPU seconds of this process, not wall time

@@ -25,6 +25,7 @@ import re
 import secrets
 
 from reproduce.stages.lib import sandbox
+from reproduce.stages.lib.grading import CALL_PRELUDE, PASSED, _failure, _short
 
 _HAS_CODE = re.compile(r"```(?:[a-zA-Z]*)\n(.*?)```", re.DOTALL)          # task_handlers.py has_code
 
@@ -107,13 +108,7 @@ except BaseException as e:
 '''
 
 # run_test_func (is_extracted): exec the code, call the name before its first "(" with each argument list.
-_FUNC = r'''
-import io, json, sys
-_tests = json.loads(sys.stdin.read())
-_out, _tag = sys.stdout, %(tag)r
-sys.stdin = io.StringIO("")
-def _report(obj):
-    _out.write(_tag + json.dumps(obj, default=repr) + "\n"); _out.flush()
+_FUNC = CALL_PRELUDE + r'''
 _code = %(code)r
 try:
     sys.stdout = io.StringIO()
@@ -144,8 +139,6 @@ def _cases(record: dict) -> tuple[bool, list[dict]]:
 
 
 def score(response: str | None, record: dict, timeout_s: float = 6, memory_mb: int = 1024) -> tuple[bool, str]:
-    from reproduce.stages.lib.grading import PASSED, _failure, _short
-
     blocks = _HAS_CODE.findall(response or "")
     if not blocks:
         return False, "no code"
