@@ -134,10 +134,12 @@ def test_env_hash_follows_setup_and_referenced_envs():
 
 
 def test_env_hash_is_the_lock_the_real_setup_installs(tmp_path):
-    setup = tasks.load_task("generate")["setup"]          # the real text: it names the lock and build constraints
+    setup = tasks.load_task("generate")["setup"]          # the real text: the script and the lock it installs
     for name, text in (("smoke.txt", "pyyaml==6.0.2 --hash=sha256:aa\n"), ("build.txt", "setuptools==80 \\\n")):
         (tmp_path / "sky_tasks" / "locks").mkdir(parents=True, exist_ok=True)
         (tmp_path / "sky_tasks" / "locks" / name).write_text(text)
+    script = (tasks.TASKS_DIR / "setup.sh").read_text()    # it names the build constraints
+    (tmp_path / "sky_tasks" / "setup.sh").write_text(script)
     before = env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path)
     assert env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path) == before
     assert env_hash(setup, {"STAGE_EXTRAS": "sft"}, root=tmp_path) != before
@@ -145,7 +147,10 @@ def test_env_hash_is_the_lock_the_real_setup_installs(tmp_path):
     relocked = env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path)
     assert relocked != before
     (tmp_path / "sky_tasks" / "locks" / "build.txt").write_text("setuptools==81 \\\n")
-    assert env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path) != relocked
+    rebuilt = env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path)
+    assert rebuilt != relocked
+    (tmp_path / "sky_tasks" / "setup.sh").write_text(script + "echo one more step\n")     # the script edited
+    assert env_hash(setup, {"STAGE_EXTRAS": "smoke"}, root=tmp_path) != rebuilt
 
 
 def test_stage_envs_are_cached_per_user_not_per_home(env, monkeypatch):

@@ -85,9 +85,10 @@ def test_one_uv_version_everywhere():
     make = re.search(r"^UV_VERSION := (\S+)", (REPO / "Makefile").read_text(), re.M).group(1)
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"uv=={make}" in deps
-    for stage in ("generate", "sft", "eval", "filter"):
-        setup = yaml.safe_load((REPO / "sky_tasks" / f"{stage}.yaml").read_text())["setup"]
-        assert set(re.findall(r"uv[-=]+(\d+\.\d+\.\d+)", setup)) == {make}, stage
+    for stage in ("generate", "sft", "eval", "filter"):     # every task's setup runs the one script
+        assert "bash sky_tasks/setup.sh" in yaml.safe_load((REPO / "sky_tasks" / f"{stage}.yaml").read_text())["setup"]
+    script = (REPO / "sky_tasks" / "setup.sh").read_text()
+    assert set(re.findall(r"uv[-=]+(\d+\.\d+\.\d+)", script)) == {make}
 
 
 def test_controller_needs_what_its_commands_import():

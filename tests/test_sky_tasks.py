@@ -45,7 +45,20 @@ def test_setup_is_one_text_for_all_stages():
     setups = {raw(s)["setup"] for s in STAGES}
     assert len(setups) == 1
     setup = setups.pop()
-    assert "--require-hashes" in setup and "-r sky_tasks/locks/$STAGE_EXTRAS.txt" in setup   # the lock, hashed
+    assert "bash sky_tasks/setup.sh sky_tasks/locks/$STAGE_EXTRAS.txt" in setup    # one script, given the lock
+    script = (TASKS / "setup.sh").read_text()
+    assert "--require-hashes" in script and '-r "$lock"' in script                # the lock, hashed
+
+
+def test_setup_script_refuses_a_missing_lock_in_one_line(tmp_path):
+    import shutil
+    import subprocess
+
+    shutil.copytree(TASKS / "locks", tmp_path / "sky_tasks" / "locks")
+    out = subprocess.run(["bash", str(TASKS / "setup.sh"), "sky_tasks/locks/nope.txt"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("setup.sh: no lock sky_tasks/locks/nope.txt; locks: ") and "smoke.txt" in out.stderr
 
 
 @pytest.mark.parametrize("stage", GPU_STAGES)

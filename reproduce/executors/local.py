@@ -236,13 +236,17 @@ class LocalExecutor(BaseExecutor):
 
 def env_hash(setup: str, envs: dict, root: Path | None = None) -> str:
     """The cache key of a stage environment, 12 hex digits: sha256 of the setup text, the values of the envs
-    it references, and the contents of the repo files it names: the lock (sky_tasks/locks/$STAGE_EXTRAS.txt)
-    and the build constraints. A re-locked environment is a new one; the same lock is the same one."""
+    it references, and the contents of the repo files it names: the setup script, the lock
+    (sky_tasks/locks/$STAGE_EXTRAS.txt), and what the script names (the build constraints). A re-locked
+    environment is a new one; the same lock is the same one."""
     names = sorted(set(re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", setup)))
     text = setup + "\n" + "\n".join(f"{n}={envs.get(n, '')}" for n in names)
     root = Path(root or tasks.workdir())
     expanded = re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: str(envs.get(m.group(1), "")), setup)
-    for name in sorted({t for t in re.findall(r"[\w./-]+", expanded) if "/" in t}):
+    named = {t for t in re.findall(r"[\w./-]+", expanded) if "/" in t}
+    for script in [n for n in named if n.endswith(".sh") and (root / n).is_file()]:   # sky_tasks/setup.sh
+        named |= {t for t in re.findall(r"[\w./-]+", (root / script).read_text()) if "/" in t}  # names build.txt
+    for name in sorted(named):
         path = root / name
         if path.is_file():
             text += f"\n{name}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
