@@ -73,4 +73,8 @@ test: $(VENV)/.test-installed $(STAGE_VENV)/.installed
 bench: $(VENV)/.test-installed
 	$(VENV)/bin/python benchmarks/cli_speed.py --all
 
-.PHONY: install smoke test bench lock
+# The long kill-and-resume runs (twenty seeds of each drill; the suite keeps two): minutes, $0, sim backend.
+soak: $(VENV)/.test-installed
+	$(VENV)/bin/python benchmarks/kill_resume_soak.py
+
+.PHONY: install smoke test bench soak lock
