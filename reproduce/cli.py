@@ -19,6 +19,9 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Reproduce reasoning-model recipes (Sky-T1) on the cheapest cloud GPUs, within a budget."""
+    from reproduce.paths import check_home
+
+    check_home()
 
 
 COMMAND_MODULES = ("cli_prices", "cli_plan", "cli_run", "cli_audit", "cli_stages")

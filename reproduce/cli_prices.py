@@ -7,6 +7,9 @@ import typer
 
 from reproduce.output import JSON_OPTION, print_json, table
 
+# The most GPUs one node holds on any cloud SkyPilot prices: GCP's a2-megagpu-16g, 16 x A100 40GB
+# (cloud.google.com/compute/docs/gpus#a100-gpus, A100 machine types, 2024-12); the others stop at 8.
+MAX_GPUS_PER_NODE = 16
 COLUMNS = ["cloud", "region", "zone", "instance", "GPUs", "on-demand $/h", "spot $/h", "$/GPU-h", "source", "date"]
 
 
@@ -34,6 +37,9 @@ def prices(
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
     accel, count = price_sources.parse_accelerator(accelerator)
+    if count > MAX_GPUS_PER_NODE:
+        raise UserError(f"{accelerator}: no node holds {count} GPUs; use a count from 1 to {MAX_GPUS_PER_NODE} "
+                        "per node (e.g. H100:8; more nodes are a recipe's num_nodes)")
     offers = price_sources.gpu_offers(f"{accel}:{count}", clouds)
     market = True if spot else False if on_demand else None
     rows = _one_per_place(offers, market)

@@ -278,6 +278,7 @@ def test_offline_nothing_hangs(home, monkeypatch):
 @pytest.mark.parametrize("args, named", [
     (["X100:8"], "'X100'"), (["H100:0"], "'0'"), (["H100:two"], "'two'"),
     (["--cloud", "azurr"], "'azurr'"), (["--top", "0"], "got 0"), (["--spot", "--on-demand"], "--spot"),
+    (["H100:99999999999999999999"], "no node holds 99999999999999999999 GPUs; use a count from 1 to 16"),
 ])
 def test_bad_input_one_line_exit_2(home, capsys, args, named):
     code, out, err = cli(capsys, "prices", *args)
