@@ -1,6 +1,7 @@
 """Measured stage-environment setup time, for the startup part of a plan's estimate.
 
-    setup_seconds("sft")   # -> (41.0, "uv cold cache, benchmarks/env_build.py --record, 2026-12-01, ...") or None
+    setup_seconds("sft")   # -> (29.4, "uv cold cache, measured 2026-12-02: benchmarks/env_build.py --record: ...") or None
+    measured("sft")        # -> (29.4, "uv cold cache, measured 2026-12-02"); method() is the rest, the same for all
 
 Every GPU launch and every spot recovery lands on a fresh node: uv's cache is empty there, so the figure is
 the "uv cold cache" build of the stage's lock, measured by benchmarks/env_build.py --record on this project's
@@ -21,12 +22,22 @@ def _load() -> dict:
     return json.loads(DATA.read_text()) if DATA.is_file() else {"envs": {}}
 
 
-def setup_seconds(env_name: str) -> tuple[float, str] | None:
-    data = _load()
-    row = data["envs"].get(env_name)
+def measured(env_name: str) -> tuple[float, str] | None:
+    """(seconds, "uv cold cache, measured DATE"): the figure and its date; how it was measured is method()."""
+    row = _load()["envs"].get(env_name)
     if row is None:
         return None
-    return float(row["uv_cold_s"]), f"uv cold cache, measured {row['measured']}: {data['source']}"
+    return float(row["uv_cold_s"]), f"uv cold cache, measured {row['measured']}"
+
+
+def method() -> str:
+    """How every figure here was measured (script, uv version, machine): the same for each, so a plan says it once."""
+    return _load().get("source", "")
+
+
+def setup_seconds(env_name: str) -> tuple[float, str] | None:
+    got = measured(env_name)
+    return None if got is None else (got[0], f"{got[1]}: {method()}")
 
 
 def setup_hours(env_name: str) -> tuple[float, str] | None:

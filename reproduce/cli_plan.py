@@ -123,6 +123,8 @@ def render_plan(p) -> str:
                 lines.append(pad + f"fallback {f['accelerator']}: {f['cloud']} {f['region']} "
                                    f"{'spot' if f['spot'] else 'on-demand'} ${f['price_per_hour']:,.2f}/h x "
                                    f"{f['hours']:,.2f} h = {money(f['usd'])} if the planned placement has no capacity")
+    for how in dict.fromkeys(s.details["env_build"] for s in p.stages if s.details.get("env_build")):
+        lines.append(f"  environment builds (the startup lines above): {how}")
     bucket = f" + bucket {money(p.storage_usd)}" if p.storage else ""
     lines += ["", f"Total: {money(p.total_usd)} = compute {money(p.compute_usd)} + API {money(p.api_usd)}{bucket}"
                   f"  ({p.gpu_hours:,.1f} GPU-hours)"]

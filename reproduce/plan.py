@@ -198,7 +198,7 @@ def _setup_note(s, recipe: dict, row) -> None:
     from reproduce import tasks
 
     env = ((tasks.load_task(s.task).get("envs") or {}).get("STAGE_EXTRAS")) if s.task else None
-    found = setup_time.setup_seconds(env) if env else None
+    found = setup_time.measured(env) if env else None
     if env:
         from reproduce import locks
 
@@ -207,10 +207,11 @@ def _setup_note(s, recipe: dict, row) -> None:
             row.assumptions.append(f"environment: sky_tasks/locks/{env}.txt ({pins})")
         except Exception:   # noqa: BLE001 - a lock not written yet: the plan still prices
             pass
-    if found:
+    if found:   # how it was measured is the same for every stage: the plan says it once (details env_build)
         row.assumptions.append(f"startup {recipe['costs']['startup_hours']:g} h per launch (costs.startup_hours, "
                                f"provisioning + weights, assumed) holds the {env} environment's measured "
-                               f"{found[0]:.0f} s build ({found[1]})")
+                               f"{found[0]:.0f} s build ({found[1]}; how: below)")
+        row.details["env_build"] = setup_time.method()
 
 
 def needs(nodes: int, spot: bool = False) -> list[str]:

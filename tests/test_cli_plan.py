@@ -105,3 +105,6 @@ def test_the_startup_assumption_names_the_measured_environment_build(home, capsy
     sft = next(s for s in p["stages"] if s["stage"] == "sft")
     seconds, _ = setup_time.setup_seconds("sft")
     assert any(f"sft environment's measured {seconds:.0f} s build" in a for a in sft["assumptions"])
+    assert sft["details"]["env_build"] == setup_time.method() and "benchmarks/env_build.py" in setup_time.method()
+    text = cli(capsys, "plan", "--budget", "450")[1]      # how it was measured: once, not under every GPU stage
+    assert text.count(setup_time.method()) == 1 and text.count("s build (uv cold cache, measured 20") == 3

@@ -13,6 +13,7 @@ def test_every_lock_has_a_measured_setup_with_its_source():
         seconds, source = setup_time.setup_seconds(env)
         assert 0 < seconds < 3600, env                       # a fresh node's uv install, not an hour
         assert "benchmarks/env_build.py" in source and "measured 20" in source
+        assert setup_time.setup_seconds(env) == (seconds, f"{setup_time.measured(env)[1]}: {setup_time.method()}")
     hours, _ = setup_time.setup_hours("sft")
     assert hours == pytest.approx(setup_time.setup_seconds("sft")[0] / 3600)
 
