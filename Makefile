@@ -62,7 +62,8 @@ smoke: $(VENV)/.installed
 # those builds its stage environment from the tasks' `setup:` into the per-user cache: the same lock, so
 # seconds and a few MB (uv hard links from its cache). Two workers, each taking whole files (module
 # fixtures such as the smoke run stay one run): many tests wait on subprocesses and clocks, not the CPU.
-STAGE_TESTS = tests/test_generate.py tests/test_evaluate.py tests/test_convert.py tests/test_sft.py
+STAGE_TESTS = tests/test_generate.py tests/test_evaluate.py tests/test_convert.py tests/test_sft.py \
+	tests/test_gpu_check.py
 TEST_WORKERS ?= 2
 PYTEST = -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 test: $(VENV)/.test-installed $(STAGE_VENV)/.installed
