@@ -118,4 +118,5 @@ def test_a_plain_install_uploads_its_packages_not_the_folder_it_runs_in(plain):
     root = Path(workdirs.pop())
     assert root.parent == cwd / ".cache" / "reproduce" / "workdir", root     # the per-user cache (HOME is cwd)
     assert (root / "sky_tasks" / "locks" / "generate.txt").is_file()
+    assert (root / "sky_tasks" / "setup.sh").is_file()                      # what every task's setup: runs
     assert (root / "reproduce" / "stages" / "sft.py").is_file()
