@@ -8,8 +8,8 @@ Needs only torch and transformers (and this checkout's costmodel, plain Python +
 The model is a Qwen2 built from a shape in costmodel/data/models.yaml with random weights (the speed of a
 matmul does not depend on what the weights hold).
   train   full-parameter AdamW steps in bf16 autocast on packed sequences of --seq tokens, on a copy of the shape
-          cut to --train-layers layers (Qwen2.5-7B with AdamW states does not fit one 80 GB GPU; per-layer
-          throughput is what MFU measures). MFU = tokens/s x costmodel's FLOPs per token
+          cut to --train-layers layers (Qwen2.5-7B with AdamW states does not fit one 80 GB GPU; 8 layers,
+          3.0B parameters, need ~67 GB at the defaults; per-layer throughput is what MFU measures). MFU = tokens/s x costmodel's FLOPs per token
           (estimates.flops_per_token: 6 N + 6 L d S) / the GPU's dense BF16 peak (estimates.GPUS).
           Beside it: the MFU the estimator assumes for one process with packing, and for the recipe's
           ZeRO-3 + CPU-offload configuration.
@@ -162,8 +162,13 @@ def main(argv=None) -> int:
 
     print(f"{name} on {torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU'} "
           f"(torch {torch.__version__})", file=sys.stderr, flush=True)
-    tr = train(shape, args.train_layers, args.seq, args.batch, args.steps, device)
-    dec = decode(shape, shape["layers"], args.decode_batch, args.prompt, args.new_tokens, device)
+    try:
+        tr = train(shape, args.train_layers, args.seq, args.batch, args.steps, device)
+        dec = decode(shape, shape["layers"], args.decode_batch, args.prompt, args.new_tokens, device)
+    except torch.cuda.OutOfMemoryError:   # ~67 GB is the default's estimate: a smaller GPU needs a smaller run
+        print(f"error: out of GPU memory with --train-layers {args.train_layers} --batch {args.batch} --seq "
+              f"{args.seq} --decode-batch {args.decode_batch}: lower them", file=sys.stderr)
+        return 1
     peak = estimates.GPUS[gpu].bf16_tflops if gpu else None
     tr["mfu"] = tr["achieved_tflops"] / peak if peak else None
     one_process, why_one = estimates.sft_mfu(0, False, True, False)
