@@ -26,6 +26,12 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 DEFAULT_SEEDS = {"concurrent": "100-119", "sequential": "20-39"}   # what the suite's slow tests ran
 
 
+def bad(message: str):
+    """Bad input: one line, exit 2 (the project's rule)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def seed_range(text: str) -> list[int]:
     first, _, last = text.partition("-")
     try:
@@ -33,7 +39,7 @@ def seed_range(text: str) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds:
-        raise SystemExit(f"--seeds {text!r}: expected a seed or a range FIRST-LAST, e.g. 100-119")
+        bad(f"--seeds {text!r}: expected a seed or a range FIRST-LAST, e.g. 100-119")
     return seeds
 
 
@@ -67,7 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kills", type=int, default=3, help="SIGKILLs per seed before the run may finish (default 3)")
     args = ap.parse_args(argv)
     if args.kills < 0:
-        raise SystemExit(f"--kills {args.kills}: expected 0 or more")
+        bad(f"--kills {args.kills}: expected 0 or more")
     failed = 0
     for drill in (["concurrent", "sequential"] if args.drill == "both" else [args.drill]):
         seeds = seed_range(args.seeds or DEFAULT_SEEDS[drill])
