@@ -19,9 +19,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Reproduce reasoning-model recipes (Sky-T1) on the cheapest cloud GPUs, within a budget."""
-    from reproduce.paths import check_home
-
-    check_home()
 
 
 COMMAND_MODULES = ("cli_prices", "cli_plan", "cli_run", "cli_audit", "cli_stages")
@@ -48,6 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
+        args = sys.argv[1:] if argv is None else list(argv)
+        if args and "--help" not in args:     # before any command prints; help needs no home
+            from reproduce.paths import check_home
+
+            check_home()
         # Without standalone mode click returns a command's exit code instead of exiting with it.
         code = app(args=argv, standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

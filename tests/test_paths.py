@@ -20,6 +20,13 @@ def test_a_home_that_is_a_file_is_reported_first(home, tmp_path, monkeypatch, ca
     assert afile.read_text() == "x"
 
 
+def test_help_needs_no_home(home, tmp_path, monkeypatch, capsys):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("REPRODUCE_HOME", str(tmp_path / "afile"))
+    code, out, _ = cli(capsys, "plan", "--help")
+    assert code == 0 and "Usage:" in out
+
+
 def test_a_home_not_made_yet_is_fine_and_is_not_made_by_the_check(home, tmp_path, monkeypatch, capsys):
     from reproduce.paths import check_home
 
