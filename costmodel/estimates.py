@@ -116,7 +116,9 @@ class StageEstimate:
         """SkyPilot's `infra:` of the placement: cloud/region, or None (local)."""
         if not self.cloud or self.cloud == "local":
             return None
-        return f"{str(self.cloud).lower()}/{self.region}" if self.region else str(self.cloud).lower()
+        from costmodel.infra import infra_string
+
+        return infra_string(self.cloud, self.region)
 
 
 def gpu_spec(name: str) -> GpuSpec:
@@ -279,7 +281,9 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
     est.price_per_hour = offer.price(est.spot) * est.nodes
     # the cap is on what the catalog lists (what SkyPilot filters by), not a billing-calibrated price
     listed = offer.list_price(est.spot) if hasattr(offer, "list_price") else offer.price(est.spot)
-    est.max_hourly_cost = price_cap(listed)
+    # An own cluster (kubernetes/ssh) is priced at the user's declared rate, SkyPilot at its `kubernetes.pricing`
+    # config ($0 unset): a cap would compare two different figures, so none is set.
+    est.max_hourly_cost = None if str(offer.cloud).lower() in ("kubernetes", "ssh") else price_cap(listed)
     est.hours, preemptions = total_hours(est.spot)
     est.overhead_hours = est.hours - base_hours
     est.details["expected_preemptions"] = preemptions
