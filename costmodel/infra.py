@@ -107,15 +107,32 @@ class Knowledge:
                 f"{s / 3600:.0f} h" if s < 172800 else f"{s / 86400:.0f} days")
 
 
-def _from_skypilot() -> tuple[list[str], dict]:
-    """(enabled compute clouds, {cloud: {context: {enabled, reason}}}) through SkyPilot's own functions."""
-    from sky import global_user_state, skypilot_config
-    from sky.clouds import cloud as sky_cloud
+# Runs in a child: SkyPilot binds its state database to the first HOME it sees in a process (db_utils.DatabaseManager
+# caches the engine), and importing it costs ~2.5 s the CLI need not pay when infra.json answers.
+READER = r"""
+import json
+from sky import global_user_state, skypilot_config
+from sky.clouds import cloud as sky_cloud
 
-    workspace = skypilot_config.get_active_workspace()
-    clouds = [str(c).lower() for c in global_user_state.get_cached_enabled_clouds(
-        sky_cloud.CloudCapability.COMPUTE, workspace)]
-    return clouds, global_user_state.get_cached_check_results(workspace)
+workspace = skypilot_config.get_active_workspace()
+clouds = [str(c).lower() for c in global_user_state.get_cached_enabled_clouds(
+    sky_cloud.CloudCapability.COMPUTE, workspace)]
+print(json.dumps({"clouds": clouds, "results": global_user_state.get_cached_check_results(workspace)}))
+"""
+
+
+def _from_skypilot() -> tuple[list[str], dict]:
+    """(enabled compute clouds, {cloud: {context: {enabled, reason}}}) through SkyPilot's own functions
+    (global_user_state.get_cached_enabled_clouds, get_cached_check_results), read in a child process."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SKYPILOT_DISABLE_USAGE_COLLECTION": "1"}
+    p = subprocess.run([sys.executable, "-c", READER], capture_output=True, text=True, timeout=60, env=env)
+    if p.returncode != 0:
+        raise RuntimeError((p.stderr.strip().splitlines() or ["SkyPilot failed"])[-1])
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    return out["clouds"], out["results"]
 
 
 def _contexts(clouds: list[str], results: dict) -> dict:
