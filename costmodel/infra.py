@@ -173,14 +173,19 @@ def enabled(refresh: bool = False) -> Knowledge:
         return Knowledge(False, why_unknown=f"SkyPilot's state ({_show(db)}) could not be read: {type(e).__name__}")
     entry = {"db": str(db), "stamp": stamp, "as_of": max(stamp[0], stamp[2] if len(stamp) > 2 else 0) / 1e9,
              "clouds": sorted(clouds), "contexts": {k: list(v) for k, v in _contexts(clouds, results).items()}}
+    write_json(cache, entry)
+    return _knowledge(entry)
+
+
+def write_json(path: Path, data) -> None:
+    """Atomically (a reader never sees half a file); a cache that cannot be written is no error."""
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".infra.json.{os.getpid()}")
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, cache)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
     except OSError:
         pass
-    return _knowledge(entry)
 
 
 def _knowledge(entry: dict) -> Knowledge:

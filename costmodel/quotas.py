@@ -87,17 +87,36 @@ def _remember(key: str, value: float) -> None:
     except ValueError:
         data = {}
     data[key] = {"value": value, "at": time.time()}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".quotas.json.{os.getpid()}")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    from costmodel.infra import write_json
+
+    write_json(path, data)
 
 
 def _live() -> bool:
     return os.environ.get("REPRODUCE_OFFLINE", "") in ("", "0")
+
+
+def _ask(q: Quota, key: str, source: str, blocked, ask) -> Quota:
+    """`q` with its limit from the day's cache, else from `ask()`; unknown (and not remembered) when offline, when
+    `blocked()` names what is missing, or when the source does not answer."""
+    hit = _cached(key)
+    if hit is not False:
+        q.limit = hit
+        return q
+    if not _live():
+        q.why_unknown = "not asked: REPRODUCE_OFFLINE=1"
+        return q
+    missing = blocked()
+    if missing:
+        q.why_unknown = missing
+        return q
+    try:
+        q.limit = ask()
+    except Exception as e:  # noqa: BLE001 - no permission, not logged in, no network: unknown
+        q.why_unknown = f"{source} did not answer: {type(e).__name__}"
+        return q
+    _remember(key, q.limit)
+    return q
 
 
 # ---------------------------------------------------------------- AWS
@@ -125,25 +144,10 @@ def aws_quota(region: str, instance_type: str, vcpus: int | None, nodes: int, sp
     if not vcpus:
         q.why_unknown = f"no vCPU figure for {instance_type}"
         return q
-    key = f"aws/{region}/{code}"
-    hit = _cached(key)
-    if hit is not False:
-        q.limit = hit
-        return q
-    if not _live():
-        q.why_unknown = "not asked: REPRODUCE_OFFLINE=1"
-        return q
-    if not aws_credentials_present():
-        q.why_unknown = "no AWS credentials"
-        return q
-    try:
-        resp = _service_quotas_client(region).get_service_quota(ServiceCode="ec2", QuotaCode=code)
-        q.limit = float(resp["Quota"]["Value"])
-    except Exception as e:  # noqa: BLE001 - no permission (servicequotas:GetServiceQuota), no network: unknown
-        q.why_unknown = f"Service Quotas did not answer: {type(e).__name__}"
-        return q
-    _remember(key, q.limit)
-    return q
+    return _ask(q, f"aws/{region}/{code}", "Service Quotas",
+                lambda: None if aws_credentials_present() else "no AWS credentials",
+                lambda: float(_service_quotas_client(region).get_service_quota(
+                    ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]))
 
 
 # ---------------------------------------------------------------- GCP
@@ -167,28 +171,15 @@ def gcp_quota(region: str, instance_type: str, gpus: int, nodes: int, spot: bool
     fix = (f"https://console.cloud.google.com/iam-admin/quotas?metric=compute.googleapis.com/{metric.lower()} "
            f"(region {region}): request {gpus * nodes}")
     q = Quota("gcp", region, metric, metric, "GPUs", float(gpus * nodes), None, fix)
-    key = f"gcp/{region}/{metric}"
-    hit = _cached(key)
-    if hit is not False:
-        q.limit = hit
-        return q
-    if not _live():
-        q.why_unknown = "not asked: REPRODUCE_OFFLINE=1"
-        return q
-    if shutil.which("gcloud") is None:
-        q.why_unknown = "gcloud not installed"
-        return q
-    try:
+
+    def ask() -> float:
         found = {x.get("metric"): x for x in _gcloud_region(region).get("quotas") or []}
-    except Exception as e:  # noqa: BLE001 - not logged in, no project, no network: unknown
-        q.why_unknown = f"gcloud did not answer: {type(e).__name__}"
-        return q
-    if metric not in found:
-        q.limit = 0.0     # GCP lists every quota a region has: a metric not there is a GPU this project cannot use
-    else:
-        q.limit = float(found[metric].get("limit", 0)) - float(found[metric].get("usage", 0))
-    _remember(key, q.limit)
-    return q
+        if metric not in found:
+            return 0.0   # GCP lists every quota a region has: a metric not there is a GPU this project cannot use
+        return float(found[metric].get("limit", 0)) - float(found[metric].get("usage", 0))
+
+    return _ask(q, f"gcp/{region}/{metric}", "gcloud",
+                lambda: None if shutil.which("gcloud") else "gcloud not installed", ask)
 
 
 def quota_for(offer, nodes: int, spot: bool) -> Quota | None:

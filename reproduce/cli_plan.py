@@ -85,6 +85,8 @@ def flag(suggestion: dict) -> str:
 
 
 def where(s) -> str:
+    if s.cloud in ("kubernetes", "ssh"):   # an own cluster: its infra name, k8s/CONTEXT or ssh/POOL
+        return s.infra
     if s.cloud:
         return f"{s.cloud} {s.region}" + (f" ({s.zone})" if s.zone else "")
     return {"none": "controller", "api": "API"}.get(s.kind, "local")
