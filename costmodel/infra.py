@@ -117,7 +117,8 @@ from sky.clouds import cloud as sky_cloud
 workspace = skypilot_config.get_active_workspace()
 clouds = [str(c).lower() for c in global_user_state.get_cached_enabled_clouds(
     sky_cloud.CloudCapability.COMPUTE, workspace)]
-print(json.dumps({"clouds": clouds, "results": global_user_state.get_cached_check_results(workspace)}))
+results = global_user_state.get_cached_check_results(workspace)
+print(json.dumps({"clouds": clouds, "results": results, "checked": bool(clouds or results)}))
 """
 
 
@@ -132,6 +133,8 @@ def _from_skypilot() -> tuple[list[str], dict]:
     if p.returncode != 0:
         raise RuntimeError((p.stderr.strip().splitlines() or ["SkyPilot failed"])[-1])
     out = json.loads(p.stdout.strip().splitlines()[-1])
+    if not out["checked"]:
+        raise LookupError("`sky check` has not run")
     return out["clouds"], out["results"]
 
 
@@ -168,6 +171,8 @@ def enabled(refresh: bool = False) -> Knowledge:
             pass
     try:
         clouds, results = _from_skypilot()
+    except LookupError:
+        return Knowledge(False, why_unknown=f"SkyPilot's state ({_show(db)}) has no `sky check` result: run `sky check`")
     except Exception as e:   # noqa: BLE001 - an old or foreign state.db, sky not importable: unknown, not a crash
         log.debug("skypilot state: %s", e)
         return Knowledge(False, why_unknown=f"SkyPilot's state ({_show(db)}) could not be read: {type(e).__name__}")

@@ -232,6 +232,9 @@ def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool, where=None
             options[spot], checked[spot] = offer, quota
     if not options:
         market = {True: "spot ", False: "on-demand "}.get(pinned, "")
+        if not where.places:
+            raise CannotPlace(f"{s.name}: SkyPilot has no infra enabled ({where.knowledge.source}): run `sky check`, "
+                              f"or declare an own cluster with --infra k8s/CONTEXT")
         reason = (f"{s.name}: no {market}price for {cfg['accelerator']}{_nodes(nodes)} on "
                   + (f"{where.describe()}" if (where.pinned or where.knowledge.known) else "a cloud")
                   + f" that can run its task (bucket mounts{', several nodes' if nodes > 1 else ''})")
@@ -261,7 +264,7 @@ def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool, where=None
         best.details["market"] = f"{'spot' if best.spot else 'on-demand'}: the only market offered"
     chosen = options[best.spot]
     best.memory = _with_host(s, recipe, mem, chosen)
-    best.details["node"] = node_resources(chosen)
+    best.details["node"] = node_resources(chosen, s.task)
     if excluded:
         best.details["excluded"] = excluded
     quota = checked.get(best.spot)
@@ -280,12 +283,21 @@ def _unable(where, nodes: int) -> dict:
                                              needs(nodes))[1].items()}
 
 
-def node_resources(offer) -> dict:
-    """The priced node's own figures for the preflight: instance, vcpus, host_ram_gib, local_disk_gb (None: unknown),
-    and the disk SkyPilot gives the task (its `disk_size`, SkyPilot's default 256 GB when unset)."""
+# sky/resources.py DEFAULT_DISK_SIZE_GB (SkyPilot 0.14.1): the boot disk of a task that sets no disk_size
+SKY_DEFAULT_DISK_GB = 256
+
+
+def node_resources(offer, task: str | None = None) -> dict:
+    """The priced node's own figures for the preflight: instance, vcpus, host_ram_gib, local_disk_gb (the catalog's
+    or the snapshot's; None: unknown), and disk_gib, the disk SkyPilot gives the task (its `disk_size`)."""
     from costmodel import prices
 
-    return {**prices.node_resources(offer), "disk_gib": 256}
+    disk = SKY_DEFAULT_DISK_GB
+    if task:
+        from reproduce import tasks
+
+        disk = int(((tasks.load_task(task).get("resources") or {}).get("disk_size")) or SKY_DEFAULT_DISK_GB)
+    return {**prices.node_resources(offer), "disk_gib": disk}
 
 
 def _host_ram_need(s, recipe: dict) -> float | None:

@@ -305,7 +305,21 @@ def test_node_figures_come_from_the_priced_instance(home, capsys):
     sft = gpu_rows(p)["sft"]
     assert sft["instance_type"] == "p5.48xlarge"
     assert sft["details"]["node"] == {"instance": "p5.48xlarge", "vcpus": 192, "host_ram_gib": 2048.0,
-                                      "local_disk_gb": 30720.0, "disk_gib": 256}
+                                      "local_disk_gb": 30720.0, "disk_gib": 2048}    # sky_tasks/sft.yaml disk_size
     # ZeRO-3 offload checked against that node's own RAM (DeepSpeed's 1.5 x 18 B x 32.8B = 825 GiB <= 2,048)
     assert sft["memory"]["host_ram_gib"] == 2048 and sft["memory"]["fits_host"]
     assert "GiB on the priced instance" in sft["memory"]["arithmetic"]
+
+
+def test_a_state_without_sky_check_is_unknown_and_a_check_that_found_nothing_refuses(home, capsys):
+    from costmodel import infra
+
+    env = {**os.environ, "SKYPILOT_DISABLE_USAGE_COLLECTION": "1"}
+    subprocess.run([sys.executable, "-c", "from sky import global_user_state as g; g.get_cluster_names_start_with('x')"],
+                   env=env, check=True, capture_output=True, timeout=120)      # SkyPilot made its state, no check
+    assert infra.sky_state_db().is_file()
+    known = infra.enabled()
+    assert not known.known and "no `sky check` result" in known.why_unknown
+    sky_check(home, [], {"AWS": {"": False}})      # `sky check` ran and found nothing enabled
+    code, _, err = cli(capsys, "plan")
+    assert code == 3 and "SkyPilot has no infra enabled" in err and err.count("\n") == 1, err
