@@ -84,12 +84,14 @@ def stage(
     sim_seed: int = SEED_OPTION,
     sim_pace: float = PACE_OPTION,
     bucket: Optional[str] = BUCKET_OPTION,
+    infra: Optional[List[str]] = INFRA_OPTION,
 ) -> None:
     """Run one stage (of a new run, or of run --run RUN), admitted by the budget guard."""
     from reproduce import stagetable
+    from reproduce.plan import infra_sets
 
     name = stagetable.by_program(name)   # `stage evaluate` is the eval stage; exit 2 on an unknown name
-    execute(recipe, budget, backend, scale, sets or [], dry_run, run_id, yes,
+    execute(recipe, budget, backend, scale, (sets or []) + infra_sets(infra), dry_run, run_id, yes,
             dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
             only=[name], bucket=bucket)
 

@@ -88,6 +88,10 @@ def test_all_backend_sky_refuses_an_unpinned_what_if_but_not_a_pinned_one(home, 
 
     pinned = build_plan(recipes.load(sets=["placement.infra=[aws]"]), 100000, "sky")
     refuse_whatif(pinned)                                      # named: launchable as priced
+    from reproduce.plan import placement_problems
+
+    problems = placement_problems(pinned)                      # ... but the preflight says what is not confirmed
+    assert len(problems) == 3 and all("is not known to be enabled" in x and "sky check aws" in x for x in problems)
     assert {s.cloud for s in pinned.stages if s.kind == "gpu"} == {"aws"}
     # the dry run of a what-if still renders (it launches nothing)
     code, out, err = cli(capsys, "all", "--budget", "100000", "--backend", "sky", "--bucket", "s3://x", "-y",
