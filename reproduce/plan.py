@@ -181,7 +181,7 @@ def refuse_whatif(plan) -> None:
 
 def placement_problems(plan) -> list[str]:
     """Each planned GPU placement's launchability problems, one line each with its fix: not enabled in SkyPilot,
-    over quota, quota unknown; for the preflight (`reproduce all` runs it before the first launch). Empty: none."""
+    over quota, quota unknown; for the preflight to check before the first launch. Empty: none."""
     out = []
     info = plan.infra or {}
     enabled = set(info.get("enabled") or [])

@@ -327,3 +327,21 @@ def test_a_state_without_sky_check_is_unknown_and_a_check_that_found_nothing_ref
     sky_check(home, [], {"AWS": {"": False}})      # `sky check` ran and found nothing enabled
     code, _, err = cli(capsys, "plan")
     assert code == 3 and "SkyPilot has no infra enabled" in err and err.count("\n") == 1, err
+
+
+def test_infra_names_round_trip_as_skypilot_spells_them():
+    from costmodel import infra
+    from costmodel.errors import BadInput
+
+    for text, place in (("aws", infra.Place("aws")), ("gcp/us-central1", infra.Place("gcp", "us-central1")),
+                        ("k8s/lab", infra.Place("kubernetes", "lab")), ("kubernetes/lab", infra.Place("kubernetes", "lab")),
+                        ("ssh/pool", infra.Place("ssh", "pool"))):
+        assert infra.parse(text) == place
+    assert str(infra.parse("kubernetes/lab")) == "k8s/lab" and infra.infra_string("ssh", "pool") == "ssh/pool"
+    for bad in ("k8s", "aws/", "gcp/a/b", "", "moon"):
+        with pytest.raises(BadInput):
+            infra.parse(bad)
+    # SkyPilot names an SSH node pool's context ssh-<pool> (sky/clouds/ssh.py); disabled contexts are not offered
+    got = infra._contexts(["ssh", "kubernetes"], {"SSH": {"ssh-rack1": {"enabled": True}, "ssh-rack2": {"enabled": False}},
+                                                   "Kubernetes": {"lab": {"enabled": True}}})
+    assert got == {"ssh": ("rack1",), "kubernetes": ("lab",)}
