@@ -96,6 +96,9 @@ def _live() -> bool:
     return os.environ.get("REPRODUCE_OFFLINE", "") in ("", "0")
 
 
+_silent: set = set()   # sources that did not answer in this process: not asked again (a dead network costs once)
+
+
 def _ask(q: Quota, key: str, source: str, blocked, ask) -> Quota:
     """`q` with its limit from the day's cache, else from `ask()`; unknown (and not remembered) when offline, when
     `blocked()` names what is missing, or when the source does not answer."""
@@ -106,6 +109,9 @@ def _ask(q: Quota, key: str, source: str, blocked, ask) -> Quota:
     if not _live():
         q.why_unknown = "not asked: REPRODUCE_OFFLINE=1"
         return q
+    if source in _silent:
+        q.why_unknown = f"{source} did not answer earlier in this run"
+        return q
     missing = blocked()
     if missing:
         q.why_unknown = missing
@@ -114,9 +120,16 @@ def _ask(q: Quota, key: str, source: str, blocked, ask) -> Quota:
         q.limit = ask()
     except Exception as e:  # noqa: BLE001 - no permission, not logged in, no network: unknown
         q.why_unknown = f"{source} did not answer: {type(e).__name__}"
+        if not _is_refusal(e):
+            _silent.add(source)
         return q
     _remember(key, q.limit)
     return q
+
+
+def _is_refusal(e: Exception) -> bool:
+    """An answer that says no (AccessDenied, NoSuchResource): the service is there, other quotas may be readable."""
+    return hasattr(e, "response") and isinstance(getattr(e, "response"), dict)
 
 
 # ---------------------------------------------------------------- AWS
@@ -174,9 +187,11 @@ def gcp_quota(region: str, instance_type: str, gpus: int, nodes: int, spot: bool
 
     def ask() -> float:
         found = {x.get("metric"): x for x in _gcloud_region(region).get("quotas") or []}
-        if metric not in found:
+        # Spot VMs use the PREEMPTIBLE_ quota where the project has one, else the standard one (GCP's quota docs)
+        name = metric if metric in found or not spot else metric.removeprefix("PREEMPTIBLE_")
+        if name not in found:
             return 0.0   # GCP lists every quota a region has: a metric not there is a GPU this project cannot use
-        return float(found[metric].get("limit", 0)) - float(found[metric].get("usage", 0))
+        return float(found[name].get("limit", 0)) - float(found[name].get("usage", 0))
 
     return _ask(q, f"gcp/{region}/{metric}", "gcloud",
                 lambda: None if shutil.which("gcloud") else "gcloud not installed", ask)

@@ -255,6 +255,31 @@ def test_gcp_quota_through_gcloud_counts_preemptible_gpus_for_spot(home, tmp_pat
     assert "console.cloud.google.com/iam-admin/quotas" in spot.line()
     on_demand = quotas.quota_for(offer, nodes=2, spot=False)
     assert on_demand.limit == 16 and on_demand.needs == 16 and on_demand.ok is True
+    # a project without a preemptible quota: spot VMs count against the standard one
+    answer["quotas"] = answer["quotas"][:1]
+    (bin_dir / "gcloud").write_text(f"#!/bin/sh\necho '{json.dumps(answer)}'\n")
+    east = Offer("gcp", "us-east4", "us-east4-b", "a3-highgpu-8g", "H100", 8, 88.0, 30.0, "test", "2026-12-07")
+    assert quotas.quota_for(east, nodes=1, spot=True).limit == 16
+
+
+def test_a_quota_source_that_does_not_answer_is_asked_once(home, monkeypatch):
+    from costmodel import quotas
+    from costmodel.prices import Offer
+
+    calls = []
+
+    def dead(region):
+        calls.append(region)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(quotas, "_live", lambda: True)
+    monkeypatch.setattr(quotas, "_gcloud_region", dead)
+    monkeypatch.setattr("shutil.which", lambda name: "/bin/gcloud")
+    monkeypatch.setattr(quotas, "_silent", set())
+    for region in ("us-central1", "us-east4", "europe-west4"):
+        q = quotas.quota_for(Offer("gcp", region, None, "a3-highgpu-8g", "H100", 8, 88.0, 30.0, "t", "d"), 1, True)
+        assert q.ok is None
+    assert calls == ["us-central1"] and "did not answer earlier" in q.why_unknown
 
 
 # ---- own clusters ----------------------------------------------------------------------------------------------
