@@ -22,6 +22,9 @@ UNSUPPORTED = {
     "seeweb": (MULTI_NODE, SPOT, STORAGE_MOUNTING),
     "shadeform": (MULTI_NODE, SPOT, STORAGE_MOUNTING),
     "hyperbolic": (AUTODOWN, AUTOSTOP, MULTI_NODE, SPOT, STORAGE_MOUNTING),
+    # Own clusters (sky/clouds/kubernetes.py, ssh.py): no spot unless the cluster labels spot nodes (a live check we
+    # do not make: a lab's GPUs are on-demand), no autostop (`_unsupported_features_for_resources` adds it).
+    "kubernetes": (AUTOSTOP, SPOT), "ssh": (AUTOSTOP, SPOT),
 }
 
 

@@ -50,6 +50,15 @@ MFU = {
     (0, False, False): (0.30, "single process / DDP (assumption)"),
     (0, False, True): (0.38, "single process / DDP with packing (assumption)"),
 }
+# Preference training (dpo/simpo) calibrated the same way from NovaSky's Sky-T1-32B-Flash: SimPO on 10k pairs, 1 epoch,
+# ZeRO-3 + CPU offload, "about 2.5 h on 8xH100" (recipes/sky-t1-32b-flash.yaml: FLASH-BLOG, SkyThought
+# recipes/sky-t1-flash/README.md). At the SFT figure that recipe plans 4.26 h; 0.0764 x 4.26 / 2.5 = 0.130. Why higher:
+# a pair is one batch of two sequences, so each offloaded CPU Adam step is paid over twice the tokens.
+# Configurations without offload are compute-bound: the SFT figures hold (assumption).
+MFU_PREFERENCE = {
+    (3, True, False): (0.130, "calibrated: NovaSky's ~2.5 h on 8xH100 for Sky-T1-32B-Flash SimPO (FLASH-BLOG) "
+                              "for ZeRO-3 + CPU offload"),
+}
 LIGER_SPEEDUP = 1.10    # Liger-Kernel README claims ~20% throughput; we take half (assumption)
 NODE_SCALING = 0.85     # each doubling of nodes keeps 85% per-GPU efficiency over the network (assumption)
 # The launch may not take a node dearer than this over the planned $/h: spot prices move between plan and launch
@@ -107,7 +116,9 @@ class StageEstimate:
         """SkyPilot's `infra:` of the placement: cloud/region, or None (local)."""
         if not self.cloud or self.cloud == "local":
             return None
-        return f"{str(self.cloud).lower()}/{self.region}" if self.region else str(self.cloud).lower()
+        from costmodel.infra import infra_string
+
+        return infra_string(self.cloud, self.region)
 
 
 def gpu_spec(name: str) -> GpuSpec:
@@ -123,8 +134,9 @@ def decode_key(params_b: float, gpu: str, tp: int) -> str:
     return f"decode_tok_s_per_gpu/{params_b:g}B/{gpu}/tp{tp}"
 
 
-def mfu_key(zero_stage: int, cpu_offload: bool, packing: bool, liger: bool) -> str:
-    return f"mfu/zero{zero_stage}/offload={cpu_offload}/packing={packing}/liger={liger}"
+def mfu_key(zero_stage: int, cpu_offload: bool, packing: bool, liger: bool, method: str = "sft") -> str:
+    suffix = "" if method == "sft" else f"/{method}"
+    return f"mfu/zero{zero_stage}/offload={cpu_offload}/packing={packing}/liger={liger}{suffix}"
 
 
 def flops_per_token(params_b: float, layers: int, hidden: int, seq: float, method: str = "sft") -> float:
@@ -164,14 +176,15 @@ def generation_hours(prompt_tokens: float, output_tokens: float, params_b: float
 
 
 def sft_mfu(zero_stage: int, cpu_offload: bool, packing: bool, liger: bool,
-            calibration: dict | None = None) -> tuple[float, str]:
-    key = mfu_key(zero_stage, cpu_offload, packing, liger)
+            calibration: dict | None = None, method: str = "sft") -> tuple[float, str]:
+    key = mfu_key(zero_stage, cpu_offload, packing, liger, method)
     if calibration and key in calibration:
         return calibration[key], f"calibrated from finished runs ({key})"
     if (zero_stage, cpu_offload, packing) not in MFU:
         raise BadInput(f"no MFU figure for ZeRO-{zero_stage} offload={cpu_offload} packing={packing}: "
                        f"expected one of {sorted(MFU)}")
-    mfu, why = MFU[(zero_stage, cpu_offload, packing)]
+    table = MFU_PREFERENCE if method in ("dpo", "simpo") and (zero_stage, cpu_offload, packing) in MFU_PREFERENCE else MFU
+    mfu, why = table[(zero_stage, cpu_offload, packing)]
     if liger:
         mfu, why = mfu * LIGER_SPEEDUP, why + f"; x{LIGER_SPEEDUP} Liger kernels"
     return mfu, why
@@ -212,7 +225,7 @@ def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int
                               sft["cutoff_len"], sft["num_train_epochs"], method)
     packing = bool(sft["packing"]) and method == "sft"   # LLaMA-Factory packs SFT only (neat_packing: "except SFT")
     mfu, why = sft_mfu(sft["zero_stage"], sft["cpu_offload"], packing, sft.get("liger_kernel", False),
-                       calibration)
+                       calibration, method)
     gpus = gpus_per_node * nodes
     scaling = NODE_SCALING ** math.log2(nodes) if nodes > 1 else 1.0
     peak = gpu_spec(gpu).bf16_tflops * 1e12
@@ -268,7 +281,9 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
     est.price_per_hour = offer.price(est.spot) * est.nodes
     # the cap is on what the catalog lists (what SkyPilot filters by), not a billing-calibrated price
     listed = offer.list_price(est.spot) if hasattr(offer, "list_price") else offer.price(est.spot)
-    est.max_hourly_cost = price_cap(listed)
+    # An own cluster (kubernetes/ssh) is priced at the user's declared rate, SkyPilot at its `kubernetes.pricing`
+    # config ($0 unset): a cap would compare two different figures, so none is set.
+    est.max_hourly_cost = None if str(offer.cloud).lower() in ("kubernetes", "ssh") else price_cap(listed)
     est.hours, preemptions = total_hours(est.spot)
     est.overhead_hours = est.hours - base_hours
     est.details["expected_preemptions"] = preemptions

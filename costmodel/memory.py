@@ -44,9 +44,15 @@ SFT_OVERHEAD = 4 * GIB
 HEADROOM = 0.05
 # fp32 logits for the loss: transformers' ForCausalLMLoss upcasts logits to float before cross-entropy.
 LOGIT_BYTES = 4
-# Host RAM of 8-GPU nodes: AWS p5.48xlarge 2,048 GiB, p4de.24xlarge 1,152 GiB, GCP a3-highgpu-8g 1,872 GB,
-# DataCrunch 8xH100 1,480 GB (instance name in the SkyPilot catalog): we assume at least 1,000 GiB.
+# Host RAM of 8-GPU nodes when the priced instance's own figure is not known (`node_ram_gib` in sft_config
+# carries the catalog row's MemoryGiB): AWS p5.48xlarge 2,048 GiB, p4de.24xlarge 1,152 GiB, GCP a3-highgpu-8g
+# 1,872 GB, DataCrunch 8xH100 1,480 GB (SkyPilot catalog): we assume at least 1,000 GiB.
 NODE_RAM = 1000 * GIB
+# DeepSpeed's own estimate of ZeRO-3 offload host memory (deepspeed/runtime/zero/stage3.py,
+# estimate_zero3_model_states_mem_needs, zero_init on as under LLaMA-Factory): 18 B x Psi / nodes x
+# additional_buffer_factor 1.5 (pinned buffers, partition copies). With it, LLaMA-Factory issue #6755 (Qwen2.5-32B,
+# ZeRO-3 offload, one H100 NVL, 744 GB host RAM: killed by the kernel OOM killer) is refused, as it should be.
+OFFLOAD_BUFFER_FACTOR = 1.5
 # vLLM: --gpu-memory-utilization 0.9 (its default); runtime = activations of the profile run, CUDA graphs and
 # sampler buffers, ~3 GiB for a 32B model (our estimate from vLLM's startup log lines "model weights took ...").
 VLLM_UTILIZATION = 0.9
@@ -96,7 +102,7 @@ def sft_config(recipe: dict, **changes) -> dict:
             "cutoff_len": int(sft["cutoff_len"]), "batch": int(sft["per_device_train_batch_size"]),
             "gradient_checkpointing": bool(sft.get("gradient_checkpointing", True)),
             "liger_kernel": bool(sft.get("liger_kernel", False)), "shape": shape(recipe["models"]["student"]),
-            "method": sft.get("method", "sft")}
+            "method": sft.get("method", "sft"), "node_ram_gib": sft.get("node_ram_gib")}
 
 
 def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
@@ -122,11 +128,13 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
     if config["gradient_checkpointing"]:
         checkpoints = s["layers"] * tokens * s["hidden"] * 2
         # backward recomputes one layer and holds its activations and their gradients at once
-        activations, act_why = checkpoints + 2 * per_layer, (
-            f"{s['layers']} layers x {tokens:,} tok x {s['hidden']} x 2 B checkpoints + 2 x one layer "
-            f"({per_layer / GIB:.2f} GiB) recomputed")
+        held, recompute = checkpoints, 2 * per_layer
+        act_why = (f"{s['layers']} layers x {tokens:,} tok x {s['hidden']} x 2 B checkpoints + 2 x one layer "
+                   f"({per_layer / GIB:.2f} GiB) recomputed")
     else:
-        activations, act_why = s["layers"] * per_layer, f"{s['layers']} layers x {per_layer / GIB:.2f} GiB saved"
+        held, recompute = s["layers"] * per_layer, 0.0
+        act_why = f"{s['layers']} layers x {per_layer / GIB:.2f} GiB saved"
+    activations = held + recompute
     if config["liger_kernel"]:  # fused linear cross-entropy: one chunk of ~tokens x hidden fp32
         logits, logit_why = tokens * s["hidden"] * 4, "Liger fused linear cross-entropy (chunked, no logits)"
     else:
@@ -137,16 +145,26 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
         ref = PARAM_BYTES * psi / (d if zero == 3 else 1)
     parts = {"params": params, "gathered_params": gathered, "grads": grads, "optimizer": optim,
              "reference_model": ref, "activations": activations, "logits": logits, "overhead": SFT_OVERHEAD}
-    total = sum(parts.values())
+    # The loss's fp32 logits live at the end of the forward (and their gradient at the start of the backward),
+    # freed before the first layer is recomputed: the peak is the larger of the two phases, not their sum.
+    # Without it s1's published run (Qwen2.5-32B, 32,768-token blocks, 16 H100s, no offload; arXiv 2501.19393)
+    # would need 93 GiB per GPU; it trained.
+    overlap = min(recompute, logits)
+    total = sum(parts.values()) - overlap
     cpu = 0.0
     ref_cpu = PARAM_BYTES if (method == "dpo" and zero == 3 and offload) else 0
     if offload:
         cpu = (CPU_OFFLOAD_BYTES + (PARAM_BYTES if zero == 3 else 0) + ref_cpu) * psi / config["nodes"]
+    cpu_peak = cpu * OFFLOAD_BUFFER_FACTOR if zero == 3 else cpu
+    node_ram = config["node_ram_gib"] * GIB if config.get("node_ram_gib") else NODE_RAM
+    ram_source = (f"{node_ram / GIB:,.0f} GiB on the priced instance" if config.get("node_ram_gib")
+                  else f"{NODE_RAM / GIB:,.0f} GiB assumed per node")
     usable = capacity * (1 - HEADROOM)
-    ok_gpu, ok_cpu = total <= usable, cpu <= NODE_RAM
+    ok_gpu, ok_cpu = total <= usable, cpu_peak <= node_ram
     breakdown = {**{k: v / GIB for k, v in parts.items()}, "total_gib": total / GIB, "capacity_gib": capacity / GIB,
-                 "usable_gib": usable / GIB, "node_cpu_ram_gib": cpu / GIB,
-                 "node_ram_assumed_gib": NODE_RAM / GIB, "gpu": gpu,
+                 "usable_gib": usable / GIB, "node_cpu_ram_gib": cpu / GIB, "node_cpu_ram_peak_gib": cpu_peak / GIB,
+                 "node_ram_assumed_gib": NODE_RAM / GIB, "node_ram_gib": node_ram / GIB, "gpu": gpu,
+                 "phase_overlap_gib": overlap / GIB,
                  "fits_gpu": ok_gpu, "fits_cpu": ok_cpu}
     lines = [
         f"ZeRO-{zero}{' + CPU offload' if offload else ''}, {d} x {gpu}, {psi / 1e9:.1f}B params, "
@@ -163,14 +181,16 @@ def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:
         f"  activations {act_why} = {activations / GIB:6.1f} GiB",
         f"  logits    {logit_why} = {logits / GIB:6.1f} GiB",
         f"  overhead  CUDA/NCCL/buckets/fragmentation = {SFT_OVERHEAD / GIB:6.1f} GiB",
+        *([f"  peak      logits and the recomputed layer never coexist: - {overlap / GIB:6.1f} GiB"] if overlap else []),
         f"  total {total / GIB:.1f} GiB {'<=' if ok_gpu else '>'} {usable / GIB:.1f} GiB = {1 - HEADROOM:.0%} of "
         f"{capacity / GIB:.1f} GiB ({capacity_source})"
         f" -> {'fits' if ok_gpu else 'does NOT fit'}",
     ]
     if offload:
+        factor = f" x {OFFLOAD_BUFFER_FACTOR} DeepSpeed buffers" if zero == 3 else ""
         lines.append(f"  node CPU RAM {CPU_OFFLOAD_BYTES + (PARAM_BYTES if zero == 3 else 0) + ref_cpu} B x Psi / "
-                     f"{config['nodes']} node(s) = {cpu / GIB:,.0f} GiB {'<=' if ok_cpu else '>'} "
-                     f"{NODE_RAM / GIB:,.0f} GiB assumed per node")
+                     f"{config['nodes']} node(s){factor} = {cpu_peak / GIB:,.0f} GiB {'<=' if ok_cpu else '>'} "
+                     f"{ram_source}")
     return ok_gpu and ok_cpu, breakdown, "\n".join(lines)
 
 

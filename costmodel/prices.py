@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from costmodel.errors import BadInput
@@ -76,6 +76,10 @@ class Offer:
     # so a `max_hourly_cost` cap must come from them, not from a price calibrated below the catalog's.
     list_on_demand: float | None = None
     list_spot: float | None = None
+    # The node's own figures, from the catalog row (vCPUs, MemoryGiB) or the snapshot's columns; None: unknown.
+    vcpus: int | None = None
+    host_ram_gib: float | None = None
+    local_disk_gb: float | None = None
 
     def price(self, spot: bool) -> float | None:
         return self.spot if spot else self.on_demand
@@ -177,6 +181,7 @@ def read_catalog(path: Path, cloud: str) -> list[dict]:
         col = {name: i for i, name in enumerate(header)}
         i_type, i_acc, i_count = col["InstanceType"], col["AcceleratorName"], col["AcceleratorCount"]
         i_region, i_zone, i_price = col["Region"], col.get("AvailabilityZone"), col["Price"]
+        i_vcpus, i_mem = col.get("vCPUs"), col.get("MemoryGiB")
         i_spot = None if cloud == "vast" else col.get("SpotPrice")  # Vast's SpotPrice is a minimum bid (fetch_vast.py)
         width = len(header)
         for r in reader:
@@ -188,15 +193,18 @@ def read_catalog(path: Path, cloud: str) -> list[dict]:
             zone = (r[i_zone].strip() or None) if i_zone is not None else None
             on_demand = _num(r[i_price])
             spot = _num(r[i_spot]) if i_spot is not None else None
+            vcpus = _num(r[i_vcpus]) if i_vcpus is not None else None
+            mem = _num(r[i_mem]) if i_mem is not None else None
             if not acc:  # a GCP host VM: its price is added to the GPUs it carries
-                hosts[(itype, r[i_region].strip(), zone)] = (on_demand, spot)
+                hosts[(itype, r[i_region].strip(), zone)] = (on_demand, spot, vcpus, mem)
                 continue
             try:
                 count = int(float(r[i_count]))
             except ValueError:
                 continue
             gpus.append({"cloud": cloud, "region": r[i_region].strip(), "zone": zone, "instance_type": itype,
-                         "accelerator": acc, "count": count, "on_demand": on_demand, "spot": spot})
+                         "accelerator": acc, "count": count, "on_demand": on_demand, "spot": spot,
+                         "vcpus": vcpus, "host_ram_gib": mem})
     if cloud == "gcp":
         gpus = [_gcp_with_host(g, hosts) for g in gpus]
         gpus = [g for g in gpus if g is not None]
@@ -210,8 +218,8 @@ def _gcp_with_host(g: dict, hosts: dict) -> dict | None:
     host = GCP_HOSTS.get((g["accelerator"], g["count"]))
     if host is None or (host, g["region"], g["zone"]) not in hosts:
         return None  # no host VM known for this GPU here: SkyPilot drops these too
-    h_od, h_spot = hosts[(host, g["region"], g["zone"])]
-    return g | {"instance_type": host,
+    h_od, h_spot, h_vcpus, h_mem = hosts[(host, g["region"], g["zone"])]
+    return g | {"instance_type": host, "vcpus": h_vcpus, "host_ram_gib": h_mem,
                 "on_demand": g["on_demand"] + h_od if g["on_demand"] and h_od else None,
                 "spot": g["spot"] + h_spot if g["spot"] and h_spot else None}
 
@@ -225,7 +233,9 @@ def _snapshot_rows() -> tuple[str, list[dict]]:
             rows = [{"cloud": r["cloud"], "region": r["region"], "zone": r["zone"] or None,
                      "instance_type": r["instance_type"], "accelerator": r["accelerator"], "count": int(r["count"]),
                      "on_demand": _num(r["price"]), "spot": _num(r["spot_price"]),
-                     "commit": r["catalog_commit"]} for r in csv.DictReader(f)]
+                     "commit": r["catalog_commit"], "vcpus": _num(r.get("vcpus")),
+                     "host_ram_gib": _num(r.get("memory_gib")), "local_disk_gb": _num(r.get("local_disk_gb"))}
+                    for r in csv.DictReader(f)]
         _rows_cache[key] = [built, rows]
     built, rows = _rows_cache[key]
     return built, rows
@@ -238,8 +248,11 @@ def _offers(rows: list[dict], accel: str, count: int, source, date: str) -> list
             continue
         if r["on_demand"] is None and r["spot"] is None:
             continue
+        vcpus = r.get("vcpus")
         out.append(Offer(r["cloud"], r["region"], r["zone"], r["instance_type"], accel, count, r["on_demand"],
-                         r["spot"], source(r) if callable(source) else source, date))
+                         r["spot"], source(r) if callable(source) else source, date,
+                         vcpus=int(vcpus) if vcpus else None, host_ram_gib=r.get("host_ram_gib"),
+                         local_disk_gb=r.get("local_disk_gb")))
     return out
 
 
@@ -391,8 +404,7 @@ def _with_live_spot(offers: list[Offer], deadline: float) -> list[Offer]:
     for o in offers:
         hit = live.get((o.region, o.instance_type, o.zone or "")) if o.cloud == "aws" else None
         if hit:
-            o = Offer(o.cloud, o.region, o.zone, o.instance_type, o.accelerator, o.count, o.on_demand,
-                      hit[0], "aws spot history (live)", hit[1])
+            o = replace(o, spot=hit[0], source="aws spot history (live)", date=hit[1])
         out.append(o)
     return out
 
@@ -487,10 +499,9 @@ def with_billing(offers: list[Offer], factors: dict | None = None) -> list[Offer
             continue
         notes = [f"{market} x{f['factor']:.3f} calibrated from billing, {f['runs']} run{'s' if f['runs'] > 1 else ''}"
                  for market, f, price in (("spot", fs, o.spot), ("on-demand", fo, o.on_demand)) if f and price]
-        out.append(Offer(o.cloud, o.region, o.zone, o.instance_type, o.accelerator, o.count,
-                         o.on_demand * fo["factor"] if fo and o.on_demand else o.on_demand,
-                         o.spot * fs["factor"] if fs and o.spot else o.spot,
-                         f"{o.source}; {'; '.join(notes)}", o.date, o.on_demand, o.spot))
+        out.append(replace(o, on_demand=o.on_demand * fo["factor"] if fo and o.on_demand else o.on_demand,
+                           spot=o.spot * fs["factor"] if fs and o.spot else o.spot,
+                           source=f"{o.source}; {'; '.join(notes)}", list_on_demand=o.on_demand, list_spot=o.spot))
     return sorted(out, key=_order)
 
 
@@ -516,6 +527,24 @@ def _billing_factors() -> dict:
             log.debug("billing calibration: %s", e)
             return {}
     return _billing_cache[key]
+
+
+def regions(cloud: str) -> set[str]:
+    """The regions a cloud's catalog lists (any GPU), from the same sources prices come from; empty when none."""
+    cloud = cloud.lower()
+    path = _cached_file(cloud)
+    if path is not None:
+        try:
+            return {r["region"] for r in read_catalog(path, cloud)}
+        except Exception as e:  # noqa: BLE001 - unreadable: the snapshot's
+            log.debug("catalog %s: %s", path, e)
+    return {r["region"] for r in _snapshot_rows()[1] if r["cloud"] == cloud}
+
+
+def node_resources(offer) -> dict:
+    """What the priced node has, for the preflight and the memory model: instance, vCPUs, host RAM, local disk."""
+    return {"instance": offer.instance_type, "vcpus": offer.vcpus, "host_ram_gib": offer.host_ram_gib,
+            "local_disk_gb": offer.local_disk_gb}
 
 
 def cheapest(accelerator: str, spot: bool, clouds: list[str] | None = None) -> Offer | None:

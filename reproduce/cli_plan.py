@@ -14,6 +14,16 @@ SET_OPTION = typer.Option(None, "--set", metavar="KEY=VALUE",
 SCALE_OPTION = typer.Option(None, "--scale", show_default="full", metavar="full|smoke",
                             help="full: the real recipe; smoke: every stage on a CPU in minutes.")
 BUDGET_OPTION = typer.Option(None, "--budget", metavar="USD", help="Budget in US dollars.")
+INFRA_OPTION = typer.Option(None, "--infra", metavar="INFRA",
+                            help="Only here (repeatable): CLOUD, CLOUD/REGION, k8s/CONTEXT or ssh/POOL; default: what "
+                                 "SkyPilot has enabled (`sky check`). Sets the recipe's placement.infra.")
+
+
+def with_infra(resolved: dict, infra) -> dict:
+    """`--infra` into the recipe (placement.infra), so every plan made from it (suggestions, --optimize) sees it."""
+    if infra:
+        resolved.setdefault("placement", {})["infra"] = [x for item in infra for x in str(item).split(",") if x.strip()]
+    return resolved
 
 
 def examples(*lines: str) -> str:
@@ -25,6 +35,7 @@ def register(app: typer.Typer) -> None:
     app.command("plan", epilog=examples(
         "reproduce plan --budget 450",
         "reproduce plan --optimize --budget 100",
+        "reproduce plan --infra aws --infra k8s/lab",
         "reproduce plan --recipe sky-t1-32b-flash --set sft.num_nodes=2 --json"))(plan)
 
 
@@ -36,6 +47,7 @@ def plan(
     backend: str = typer.Option("auto", "--backend", metavar="auto|sky|local|sim",
                                 help="Where it would run: local prices GPUs at $0."),
     optimize: bool = typer.Option(False, "--optimize", metavar="", help="Also search for the cheapest feasible configuration."),
+    infra: Optional[List[str]] = INFRA_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Price every stage of a recipe at the cheapest placement; exit 3 if it does not fit the budget."""
@@ -43,7 +55,7 @@ def plan(
     from reproduce.errors import OverBudget
     from reproduce.plan import build_plan
 
-    resolved = recipes.load(recipe, sets or [], scale or "full")
+    resolved = with_infra(recipes.load(recipe, sets or [], scale or "full"), infra)
     p = build_plan(resolved, budget, backend)
     if optimize:
         from reproduce import cli_optimize
@@ -73,6 +85,8 @@ def flag(suggestion: dict) -> str:
 
 
 def where(s) -> str:
+    if s.cloud in ("kubernetes", "ssh"):   # an own cluster: its infra name, k8s/CONTEXT or ssh/POOL
+        return s.infra
     if s.cloud:
         return f"{s.cloud} {s.region}" + (f" ({s.zone})" if s.zone else "")
     return {"none": "controller", "api": "API"}.get(s.kind, "local")
@@ -93,7 +107,8 @@ def render_plan(p) -> str:
             **({"bucket $": s.storage_usd} if p.storage else {}), "stage $": s.total_usd,
             "on-demand $": s.on_demand_usd,
         })
-    lines = [f"Plan: {p.recipe} ({p.scale} scale, backend {p.backend})", ""]
+    lines = ([p.infra["first_line"]] if p.infra.get("first_line") else []) + [
+        f"Plan: {p.recipe} ({p.scale} scale, backend {p.backend})", ""]
     if not p.stages:
         lines.append("Nothing left to run: every stage is finished.")
     else:
@@ -109,6 +124,11 @@ def render_plan(p) -> str:
             lines.append(pad + f"bucket: {s.storage['what']}: {s.storage['arithmetic']}")
         if s.details.get("market"):
             lines.append(pad + f"market: {s.details['market']}")
+        for why in s.details.get("excluded") or []:
+            lines.append(pad + f"excluded {why}")
+        if (s.details.get("quota") or {}).get("ok") is None and s.details.get("quota"):
+            q = s.details["quota"]
+            lines.append(pad + f"quota {q['name']!r} ({q['code']}) in {q['region']}: unknown ({q['why_unknown']})")
         if s.max_hourly_cost:
             lines.append(pad + f"launch capped at ${s.max_hourly_cost:,.2f}/h per node (max_hourly_cost: plan "
                                f"${s.price_per_hour / max(s.nodes, 1):,.2f}/h + 5%)")

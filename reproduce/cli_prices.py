@@ -26,6 +26,9 @@ def prices(
     on_demand: bool = typer.Option(False, "--on-demand", metavar="", help="On-demand prices only, cheapest on-demand first."),
     clouds: Optional[List[str]] = typer.Option(None, "--cloud", metavar="CLOUD", help="Only this cloud (repeatable)."),
     top: int = typer.Option(20, "--top", metavar="N", help="Show the N cheapest rows."),
+    enabled: bool = typer.Option(False, "--enabled", metavar="",
+                                 help="Only the clouds SkyPilot has enabled (`sky check`), and own clusters at their "
+                                      "declared rates."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """GPU node prices across clouds, cheapest first: one row per cloud/region/zone."""
@@ -40,7 +43,16 @@ def prices(
     if count > MAX_GPUS_PER_NODE:
         raise UserError(f"{accelerator}: no node holds {count} GPUs; use a count from 1 to {MAX_GPUS_PER_NODE} "
                         "per node (e.g. H100:8; more nodes are a recipe's num_nodes)")
-    offers = price_sources.gpu_offers(f"{accel}:{count}", clouds)
+    where = _enabled_scope(clouds) if enabled else None
+    if where is not None:
+        from costmodel import infra
+
+        clouds = list(where.clouds)
+        typer.echo(where.first_line(), err=True)
+        own, _ = infra.own_offers(f"{accel}:{count}", where)
+        offers = (price_sources.gpu_offers(f"{accel}:{count}", clouds) if clouds else []) + own
+    else:
+        offers = price_sources.gpu_offers(f"{accel}:{count}", clouds)
     market = True if spot else False if on_demand else None
     rows = _one_per_place(offers, market)
     shown = rows[:top]
@@ -56,6 +68,17 @@ def prices(
     typer.echo(table([_row(o, market) for o in shown], COLUMNS, floatfmt=",.2f"))
     if len(rows) > top:
         typer.echo(f"... {len(rows) - top} more (--top {len(rows)} shows all)")
+
+
+def _enabled_scope(clouds):
+    """What SkyPilot has enabled, narrowed by --cloud; exit 2 when SkyPilot's answer is not known."""
+    from costmodel import infra
+    from reproduce.errors import UserError
+
+    known = infra.enabled()
+    if not known.known:
+        raise UserError(f"--enabled: {known.why_unknown}; without it, prices of every cloud are shown (drop --enabled)")
+    return infra.scope(known, clouds or None)
 
 
 def _price(o, market: bool | None) -> float | None:

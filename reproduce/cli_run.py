@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from reproduce.cli_plan import BUDGET_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_OPTION
+from reproduce.cli_plan import BUDGET_OPTION, INFRA_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_OPTION
 from reproduce.errors import OverBudget, UserError
 from reproduce.output import JSON_OPTION, money, print_json, table
 
@@ -58,9 +58,12 @@ def all_stages(
     sim_seed: int = SEED_OPTION,
     sim_pace: float = PACE_OPTION,
     bucket: Optional[str] = BUCKET_OPTION,
+    infra: Optional[List[str]] = INFRA_OPTION,
 ) -> None:
     """Plan, confirm, run every stage within --budget (exit 3 before crossing it), then audit."""
-    execute(recipe, budget, backend, scale, sets or [], dry_run, resume, yes,
+    from reproduce.plan import infra_sets
+
+    execute(recipe, budget, backend, scale, (sets or []) + infra_sets(infra), dry_run, resume, yes,
             dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
             bucket=bucket)
 
@@ -81,12 +84,14 @@ def stage(
     sim_seed: int = SEED_OPTION,
     sim_pace: float = PACE_OPTION,
     bucket: Optional[str] = BUCKET_OPTION,
+    infra: Optional[List[str]] = INFRA_OPTION,
 ) -> None:
     """Run one stage (of a new run, or of run --run RUN), admitted by the budget guard."""
     from reproduce import stagetable
+    from reproduce.plan import infra_sets
 
     name = stagetable.by_program(name)   # `stage evaluate` is the eval stage; exit 2 on an unknown name
-    execute(recipe, budget, backend, scale, sets or [], dry_run, run_id, yes,
+    execute(recipe, budget, backend, scale, (sets or []) + infra_sets(infra), dry_run, run_id, yes,
             dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
             only=[name], bucket=bucket)
 
@@ -167,6 +172,10 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if chosen == "sky" and not bucket and not dry_run:
         raise UserError("--bucket is required with SkyPilot: s3://NAME or gs://NAME holds the run's artifacts "
                         "(or set REPRODUCE_BUCKET)")
+    if chosen == "sky" and not dry_run:
+        from reproduce.plan import refuse_whatif
+
+        refuse_whatif(plan)
     if not dry_run:
         executor.preflight([s.stage for s in plan.stages])
     if dry_run:

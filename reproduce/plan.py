@@ -8,9 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reproduce import stagetable
-from reproduce.errors import UserError
+from reproduce.errors import OverBudget, UserError
 
 BACKENDS = ("auto", "sky", "local", "sim")
+
+
+class CannotPlace(OverBudget):
+    """The infra the plan may use cannot run a stage (not enabled, over quota, no capacity of that GPU). Exit 3."""
 
 
 @dataclass
@@ -23,6 +27,7 @@ class Plan:
     suggestions: list = field(default_factory=list)   # knobs that would make an over-budget plan fit
     spent_usd: float = 0.0                             # already spent by the run (a resumed run's finished stages)
     storage: dict = field(default_factory=dict)       # the run's bucket: storage + egress (costmodel.storage)
+    infra: dict = field(default_factory=dict)         # where it may run (costmodel.infra.Scope.to_dict), first_line
 
     @property
     def total_usd(self) -> float:
@@ -64,7 +69,7 @@ class Plan:
     def only(self, names) -> "Plan":
         """The same plan restricted to `names` (a resumed run's unfinished stages, `reproduce stage`)."""
         return Plan(self.recipe, self.scale, self.backend, self.budget, [s for s in self.stages if s.stage in names],
-                    self.suggestions, self.spent_usd, self.storage)
+                    self.suggestions, self.spent_usd, self.storage, self.infra)
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe, "scale": self.scale, "backend": self.backend, "budget": self.budget,
@@ -73,7 +78,7 @@ class Plan:
                            "total_usd": self.total_usd, "on_demand_total_usd": self.on_demand_usd,
                            "spent_usd": self.spent_usd, "headroom_usd": self.headroom, "fits": self.fits,
                            "storage_usd": self.storage_usd},
-                "storage": self.storage,
+                "storage": self.storage, "infra": self.infra,
                 "suggestions": self.suggestions}
 
 
@@ -115,8 +120,9 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
     remote = priced_remotely(recipe, backend)
     rows = []
     try:
+        where = placement_scope(recipe) if remote else None
         for s in stagetable.STAGES:
-            rows.append(place_gpu_stage(s, recipe, calibration, remote) if s.runs_on(recipe) == stagetable.GPU
+            rows.append(place_gpu_stage(s, recipe, calibration, remote, where) if s.runs_on(recipe) == stagetable.GPU
                         else s.estimator(recipe)(recipe))
     except BadInput as e:
         raise UserError(str(e)) from None
@@ -127,6 +133,8 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
                 row.arithmetic = "this machine's CPU at $0 (tiny model; GPU throughput figures do not apply)"
                 row.assumptions, row.memory, row.fallbacks = [], {}, []
     plan = Plan(recipe["name"], recipe["scale"], backend, budget, rows)
+    if where is not None:
+        plan.infra = {**where.to_dict(), "first_line": where.first_line()}
     if remote:   # what each stage leaves in the run's bucket is paid for as long as it is kept: in the total
         from costmodel import storage
 
@@ -142,10 +150,67 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
     return plan
 
 
-def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool):
-    """The cheapest (offer, market) for a GPU stage among the clouds that can run its task, the fallbacks
-    it may take (each priced, only those that fit in memory), and its memory arithmetic."""
-    from costmodel import clouds, estimates, prices
+_knowledge_cache: list = []
+
+
+def placement_scope(recipe: dict):
+    """Where this recipe's stages may run (costmodel.infra.Scope): SkyPilot's enabled infra (read once per process),
+    narrowed by `placement.infra` (`--infra`) and `placement.exclude`."""
+    from costmodel import infra, prices
+
+    if not _knowledge_cache:
+        _knowledge_cache.append(infra.enabled())
+    placement = recipe.get("placement") or {}
+    return infra.scope(_knowledge_cache[0], placement.get("infra"), placement.get("exclude"),
+                       regions_of=prices.regions)
+
+
+def infra_sets(infra) -> list[str]:
+    """`--infra a --infra b,c` as the recipe override `placement.infra=[a, b, c]` (so a run's recipe keeps it)."""
+    names = [x.strip() for item in (infra or []) for x in str(item).split(",") if x.strip()]
+    return [f"placement.infra=[{', '.join(names)}]"] if names else []
+
+
+def refuse_whatif(plan) -> None:
+    """A plan priced without knowing what SkyPilot has enabled, over every cloud, is not launched (exit 2): it may
+    place a stage where the user has no account. Naming the infra (--infra) or `sky check` makes it launchable."""
+    if plan.infra.get("whatif") and not plan.infra.get("pinned"):
+        raise UserError("the plan is a what-if (" + plan.infra.get("why_unknown", "enabled infra unknown")
+                        + "): name where to launch with --infra (e.g. --infra aws), or run `sky check`")
+
+
+def placement_problems(plan) -> list[str]:
+    """Each planned GPU placement's launchability problems, one line each with its fix: not enabled in SkyPilot,
+    over quota, quota unknown; for the preflight to check before the first launch. Empty: none."""
+    out = []
+    info = plan.infra or {}
+    enabled = set(info.get("enabled") or [])
+    for s in plan.stages:
+        if s.kind != "gpu" or not s.cloud or s.cloud == "local":
+            continue
+        place = s.infra
+        cloud = place.split("/")[0]
+        if not info.get("known"):
+            out.append(f"{s.stage}: {place} is not known to be enabled ({info.get('why_unknown', 'no SkyPilot state')})"
+                       f": run `sky check {'kubernetes' if cloud == 'k8s' else cloud}`")
+        elif cloud not in enabled and place not in enabled:
+            out.append(f"{s.stage}: {place} is not enabled in SkyPilot: run `sky check "
+                       f"{'kubernetes' if cloud == 'k8s' else cloud}`, or plan with --infra naming an enabled one")
+        q = s.details.get("quota")
+        if q and q.get("ok") is False:
+            out.append(f"{s.stage}: {q['cloud']} {q['region']} quota {q['name']!r} ({q['code']}) is {q['limit']:g} "
+                       f"{q['unit']}, needs {q['needs']:g}: raise it: {q['fix']}")
+        elif q and q.get("ok") is None:
+            out.append(f"{s.stage}: {q['cloud']} {q['region']} quota {q['name']!r} ({q['code']}) unknown "
+                       f"({q['why_unknown']}); needs {q['needs']:g} {q['unit']}: check it at {q['fix']}")
+    return out
+
+
+def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool, where=None):
+    """The cheapest (offer, market) for a GPU stage among the places that can run its task (enabled, within quota,
+    the node's host RAM enough), the fallbacks it may take (each priced, only those that fit in memory), and its
+    memory arithmetic."""
+    from costmodel import estimates
 
     cfg = recipe[s.section]
     mem = s.memory(recipe)
@@ -157,17 +222,30 @@ def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool):
         return est
     nodes = int(cfg.get("num_nodes", 1))
     pinned = cfg.get("use_spot", "auto")
-    options = {}
+    where = where if where is not None else placement_scope(recipe)
+    host_need = _host_ram_need(s, recipe)
+    options, excluded, checked = {}, [], {}
     for spot in ((True, False) if pinned == "auto" else (bool(pinned),)):
-        offer = _cheapest(cfg["accelerator"], spot, nodes)
+        offer, why, quota = _choose(cfg["accelerator"], spot, nodes, where, recipe, host_need)
+        excluded += [w for w in why if w not in excluded]
         if offer is not None:
-            options[spot] = offer
+            options[spot], checked[spot] = offer, quota
     if not options:
         market = {True: "spot ", False: "on-demand "}.get(pinned, "")
-        raise UserError(f"{s.name}: no {market}price for {cfg['accelerator']}{_nodes(nodes)} on a cloud that can run "
-                        f"its task (bucket mounts{', several nodes' if nodes > 1 else ''}): try "
-                        f"`reproduce prices {cfg['accelerator']}`" + (f" or --set {s.section}.use_spot=auto"
-                                                                       if pinned != "auto" else ""))
+        if not where.places:
+            raise CannotPlace(f"{s.name}: SkyPilot has no infra enabled ({where.knowledge.source}): run `sky check`, "
+                              f"or declare an own cluster with --infra k8s/CONTEXT")
+        reason = (f"{s.name}: no {market}price for {cfg['accelerator']}{_nodes(nodes)} on "
+                  + (f"{where.describe()}" if (where.pinned or where.knowledge.known) else "a cloud")
+                  + f" that can run its task (bucket mounts{', several nodes' if nodes > 1 else ''})")
+        if excluded:
+            reason += "; excluded: " + "; ".join(excluded[:3]) + (f"; and {len(excluded) - 3} more" if len(excluded) > 3
+                                                                   else "")
+        hint = (f": try `reproduce prices {cfg['accelerator']}`" + (f" or --set {s.section}.use_spot=auto"
+                                                                    if pinned != "auto" else ""))
+        if where.pinned or where.knowledge.known:   # the set the user can launch on cannot run it
+            raise CannotPlace(reason + f"{hint}, or another --infra")
+        raise UserError(reason + hint)
     priced = {spot: s.estimate(recipe, offer, calibration, spot=spot) for spot, offer in options.items()}
     best = min(priced.values(), key=lambda e: (e.total_usd, not e.spot))
     best.spot_usd = priced[True].total_usd if True in priced else None
@@ -184,11 +262,63 @@ def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool):
                                   f"the cheaper wins")
     else:
         best.details["market"] = f"{'spot' if best.spot else 'on-demand'}: the only market offered"
-    best.memory = mem
-    best.fallbacks = fallbacks(s, recipe, calibration, best, nodes)
+    chosen = options[best.spot]
+    best.memory = _with_host(s, recipe, mem, chosen)
+    best.details["node"] = node_resources(chosen, s.task)
+    if excluded:
+        best.details["excluded"] = excluded
+    quota = checked.get(best.spot)
+    if quota is not None:
+        best.details["quota"] = quota.to_dict()
+    best.fallbacks = fallbacks(s, recipe, calibration, best, nodes, where)
     _setup_note(s, recipe, best)
-    best.details["clouds_unable"] = {c: why for c, why in clouds.able(prices.DEFAULT_CLOUDS, needs(nodes))[1].items()}
+    best.details["clouds_unable"] = _unable(where, nodes)
     return best
+
+
+def _unable(where, nodes: int) -> dict:
+    from costmodel import clouds
+
+    return {c: why for c, why in clouds.able(list(where.clouds) + sorted({p.cloud for p in where.own}),
+                                             needs(nodes))[1].items()}
+
+
+# sky/resources.py DEFAULT_DISK_SIZE_GB (SkyPilot 0.14.1): the boot disk of a task that sets no disk_size
+SKY_DEFAULT_DISK_GB = 256
+
+
+def node_resources(offer, task: str | None = None) -> dict:
+    """The priced node's own figures for the preflight: instance, vcpus, host_ram_gib, local_disk_gb (the catalog's
+    or the snapshot's; None: unknown), and disk_gib, the disk SkyPilot gives the task (its `disk_size`)."""
+    from costmodel import prices
+
+    disk = SKY_DEFAULT_DISK_GB
+    if task:
+        from reproduce import tasks
+
+        disk = int(((tasks.load_task(task).get("resources") or {}).get("disk_size")) or SKY_DEFAULT_DISK_GB)
+    return {**prices.node_resources(offer), "disk_gib": disk}
+
+
+def _host_ram_need(s, recipe: dict) -> float | None:
+    """GiB of host RAM one node needs (ZeRO offload), None when the stage keeps everything on the GPUs."""
+    if s.name != "sft" or not recipe["sft"].get("cpu_offload"):
+        return None
+    from costmodel import memory
+
+    _, parts, _ = memory.fits(memory.sft_config(recipe))
+    return parts["node_cpu_ram_peak_gib"] or None
+
+
+def _with_host(s, recipe: dict, mem: dict, offer) -> dict:
+    """The memory verdict with the priced node's own host RAM where the catalog gives it."""
+    if not mem or s.name != "sft" or not recipe["sft"].get("cpu_offload") or not getattr(offer, "host_ram_gib", None):
+        return mem
+    from costmodel import memory
+
+    ok, parts, arithmetic = memory.fits(memory.sft_config(recipe, node_ram_gib=offer.host_ram_gib))
+    return {**mem, "host_ram_gib": offer.host_ram_gib, "host_ram_needed_gib": parts["node_cpu_ram_peak_gib"],
+            "fits_host": parts["fits_cpu"], "arithmetic": arithmetic}
 
 
 def _setup_note(s, recipe: dict, row) -> None:
@@ -221,14 +351,44 @@ def needs(nodes: int, spot: bool = False) -> list[str]:
     return [clouds.STORAGE_MOUNTING] + ([clouds.MULTI_NODE] if nodes > 1 else []) + ([clouds.SPOT] if spot else [])
 
 
-def _cheapest(accelerator: str, spot: bool, nodes: int):
-    from costmodel import clouds, prices
+def _choose(accelerator: str, spot: bool, nodes: int, where, recipe: dict, host_need: float | None = None):
+    """(the cheapest offer in that market that can launch, [one line per cheaper place excluded and why], its Quota
+    or None). Places: the scope's catalog clouds able to run the task (SkyPilot's features) and regions, plus its own
+    clusters at their declared rates. Excluded: a node whose host RAM is below `host_need` GiB, a known quota below
+    the need (SkyPilot's answer known: quotas matter only where the user can launch)."""
+    from costmodel import clouds, infra, prices, quotas
 
-    able, _ = clouds.able(prices.DEFAULT_CLOUDS, needs(nodes, spot))
-    return prices.cheapest(accelerator, spot, able) if able else None
+    able, _ = clouds.able(list(where.clouds), needs(nodes, spot))
+    offers = [o for o in (prices.gpu_offers(accelerator, able) if able else [])
+              if o.price(spot) is not None and where.allows(o.cloud, o.region)]
+    own_able = [p for p in where.own if clouds.supports(p.cloud, clouds.SPOT) or not spot]
+    if own_able:
+        own, problems = infra.own_offers(accelerator, where, (recipe.get("placement") or {}).get("rates"))
+        offers += [o for o in own if o.price(spot) is not None and clouds.able([o.cloud], needs(nodes, spot))[0]]
+    else:
+        problems = []
+    offers.sort(key=lambda o: (o.price(spot), o.cloud, o.region, o.zone or ""))
+    excluded = list(problems) if not offers else []
+    for o in offers:
+        if host_need and o.host_ram_gib and o.host_ram_gib < host_need:
+            excluded.append(f"{o.cloud} {o.region} {o.instance_type}: {o.host_ram_gib:,.0f} GiB host RAM < "
+                            f"{host_need:,.0f} GiB the offloaded optimizer needs")
+            continue
+        quota = quotas.quota_for(o, nodes, spot) if where.knowledge.known else None
+        if quota is not None and quota.ok is False:
+            excluded.append(quota.line())
+            continue
+        return o, excluded, quota
+    return None, excluded, None
 
 
-def fallbacks(s, recipe: dict, calibration: dict, best, nodes: int) -> list[dict]:
+def _cheapest(accelerator: str, spot: bool, nodes: int, where=None, recipe: dict | None = None):
+    """The offer `_choose` takes (for callers that only want the offer)."""
+    recipe = recipe or {}
+    return _choose(accelerator, spot, nodes, where if where is not None else placement_scope(recipe), recipe)[0]
+
+
+def fallbacks(s, recipe: dict, calibration: dict, best, nodes: int, where=None) -> list[dict]:
     """The recipe's fallback accelerators in its order, each priced in the chosen market where it is cheapest;
     one the memory model rejects is listed as dropped, never rendered."""
     import copy
@@ -240,7 +400,8 @@ def fallbacks(s, recipe: dict, calibration: dict, best, nodes: int) -> list[dict
         mem = s.memory(recipe, accel)
         entry = {"accelerator": accel, "fits": mem["fits"], "per_gpu_gib": mem["per_gpu_gib"],
                  "usable_gib": mem["usable_gib"]}
-        offer = _cheapest(accel, best.spot, nodes) if mem["fits"] else None
+        offer = (_choose(accel, best.spot, nodes, where if where is not None else placement_scope(recipe), recipe,
+                         _host_ram_need(s, recipe))[0] if mem["fits"] else None)
         if not mem["fits"]:
             entry["dropped"] = f"does not fit: {mem['per_gpu_gib']:.1f} > {mem['usable_gib']:.1f} GiB per GPU"
         elif offer is None:

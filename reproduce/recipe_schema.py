@@ -78,6 +78,8 @@ MARKET = Check(lambda v: v in (True, False, "auto"), "true (spot), false (on-dem
 DOMAIN_LIST = Check(lambda v: isinstance(v, list) and all(x in DOMAINS for x in v),
                     f"a list of domains from {', '.join(DOMAINS)}")
 MAPPING = Check(lambda v: isinstance(v, dict), "a mapping")
+INFRA_LIST = Check(lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)),
+                   "a list of infra names, e.g. [aws, gcp/us-central1, k8s/lab]")
 
 # A model entry: an id (costmodel/data/models.yaml), a local config.json, figures overriding either.
 _MODEL = {"id": TEXT, "config": TEXT, "params_b": POSITIVE, "active_params_b": POSITIVE, "layers": whole(),
@@ -141,10 +143,12 @@ RULES: dict[str, Check] = {
     "costs.spot_preemptions_per_hour": number(0, 10), "costs.recovery_hours": number(0, 48),
     "costs.startup_hours": number(0, 48), "costs.cpu_node_usd_per_hour": NON_NEGATIVE,
     "costs.filter_cpus_local": whole(), "costs.bucket_days": number(0, 3650),
+    # where stages may be placed (costmodel.infra): infra names narrow what SkyPilot has enabled
+    "placement.infra": INFRA_LIST, "placement.exclude": INFRA_LIST, "placement.rates": MAPPING,
 }
 SECTIONS = ("name", "models", "sources", "generate", "filter", "rewrite", "convert", "sft", "eval", "costs")
 LISTS = ("sources", "eval.benchmarks")         # lists of named mappings
-OPEN_MAPPINGS = ("sources.*.filter",)          # dataset filters: the stage program checks them
+OPEN_MAPPINGS = ("sources.*.filter", "placement.rates")          # dataset filters: the stage program checks them
 
 
 def check(recipe: dict, origin=lambda key: "the recipe") -> None:

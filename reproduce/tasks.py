@@ -132,11 +132,15 @@ def place(res: dict, row, mode: str | None) -> dict:
     region) would contradict the pin, so a managed job recovers with FAILOVER (same region, then the next
     candidate of `ordered`, each capped at its own price)."""
     from costmodel import clouds
+    from costmodel.infra import infra_string
 
     res = {k: v for k, v in res.items() if k not in PLACED}
     first = {"accelerators": row.accelerator, "infra": row.infra, "max_hourly_cost": row.max_hourly_cost}
-    rest = [{"accelerators": f["accelerator"], "infra": f"{str(f['cloud']).lower()}/{f['region']}",
+    rest = [{"accelerators": f["accelerator"], "infra": infra_string(f["cloud"], f["region"]),
              "max_hourly_cost": f["max_hourly_cost"]} for f in (row.fallbacks or []) if not f.get("dropped")]
+    # an own cluster has no cap (costmodel.estimates.price_gpu_stage): no `max_hourly_cost: null` for SkyPilot
+    first = {k: v for k, v in first.items() if v is not None}
+    rest = [{k: v for k, v in o.items() if v is not None} for o in rest]
     res["use_spot"] = bool(row.spot)
     if rest:
         res["ordered"] = [first, *rest]

@@ -155,7 +155,7 @@ def test_a_pinned_market_renders_that_market(home, capsys):
 # ---- refused: one line, exit 2 --------------------------------------------------------------------------
 BAD_SETS = {
     # does not fit in memory (plan and all refuse it, naming the knob that would fit)
-    "sft no offload on H100": (["sft.cpu_offload=false"], "stage sft does not fit in memory: needs 95.4 GiB"),
+    "sft no offload on H100": (["sft.cpu_offload=false"], "stage sft does not fit in memory: needs 86.2 GiB"),
     "sft no offload on A100": (["sft.cpu_offload=false", "sft.accelerator=A100-80GB:8"], "A100-80GB:8 has 76.0 GiB"),
     "generate TP=1": (["generate.tensor_parallel=1", "generate.data_parallel=8"], "stage generate does not fit"),
     "eval TP=1": (["eval.tensor_parallel=1", "eval.data_parallel=8"], "stage eval does not fit"),

@@ -33,22 +33,13 @@ COLUMNS = ["InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "Memo
            "Region", "AvailabilityZone", "GpuInfo"]
 GPU_MEMORY_GB = {"H100": 80, "H100-SXM": 80, "H100-MEGA": 80, "H200": 141, "H200-SXM": 141, "A100-80GB": 80}  # NVIDIA datasheets
 
-# The snapshot carries no vCPU or memory figures. SkyPilot asserts one value per instance type and uses them
-# only to match a task's `cpus:` / `memory:`, which no GPU task of ours sets, so any single value serves;
-# these are the catalog's own figures where we have them (SkyPilot catalog v8 at the snapshot's commits).
-HOST = {"p5.48xlarge": (192, 2048), "p5e.48xlarge": (192, 2048), "p5en.48xlarge": (192, 2048),
-        "p4de.24xlarge": (96, 1152), "h100-80gb.sxm.8x": (168, 1814), "ccs-h200.sxm.8x": (168, 1600)}
 
 
-def host(instance_type: str) -> tuple[int, int]:
-    """vCPUs and GiB: from HOST, or from names that carry them (Prime Intellect `..__176__1480`, Nebius
-    `..-128vcpu-1600gb`), else a placeholder (see HOST)."""
-    import re
-
-    if instance_type in HOST:
-        return HOST[instance_type]
-    m = re.search(r"__(\d+)__(\d+)(?:__|$)", instance_type) or re.search(r"(\d+)vcpu-(\d+)gb", instance_type)
-    return (int(m[1]), int(m[2])) if m else (8, 64)
+def host(row: dict) -> tuple[int, int]:
+    """vCPUs and GiB of the snapshot row (its vcpus, memory_gib columns), else a placeholder: SkyPilot asserts one
+    value per instance type and uses them only to match a task's `cpus:` / `memory:`, which no GPU task of ours
+    sets, so any single value serves."""
+    return (int(row["vcpus"]), int(float(row["memory_gib"]))) if row.get("vcpus") and row.get("memory_gib") else (8, 64)
 
 
 def write_catalog(home: Path) -> list[str]:
@@ -76,11 +67,11 @@ def write_catalog(home: Path) -> list[str]:
                     # carries it all and the host VM costs $0 in that zone.
                     w.writerow({"AcceleratorName": r["accelerator"], "AcceleratorCount": r["count"],
                                 "Price": r["price"], "SpotPrice": r["spot_price"], **where})
-                    vcpus, mem = host(r["instance_type"])
+                    vcpus, mem = host(r)
                     w.writerow({"InstanceType": r["instance_type"], "vCPUs": vcpus, "MemoryGiB": mem,
                                 "Price": 0 if r["price"] else "", "SpotPrice": 0 if r["spot_price"] else "", **where})
                 else:
-                    vcpus, mem = host(r["instance_type"])
+                    vcpus, mem = host(r)
                     w.writerow({"InstanceType": r["instance_type"], "AcceleratorName": r["accelerator"],
                                 "AcceleratorCount": r["count"], "vCPUs": vcpus, "MemoryGiB": mem, "Price": r["price"],
                                 "SpotPrice": r["spot_price"], **where})
@@ -110,9 +101,16 @@ from sky.utils import registry
 jobs = json.load(open(sys.argv[1]))
 enabled = []
 sky.check.get_cached_enabled_clouds_or_refresh = lambda *a, **k: list(enabled)
+# A Kubernetes cluster's API server is the one live boundary: whether a pod of that shape fits, whether nodes carry
+# a spot label. Its contexts come from the kubeconfig SkyPilot reads (written under HOME, server unreachable).
+from sky.provision.kubernetes import utils as kubernetes_utils
+contexts = []
+kubernetes_utils.check_instance_fits = lambda *a, **k: (True, None)
+kubernetes_utils.get_spot_label = lambda *a, **k: (None, None)
 out = {"catalog_dir": common._ABSOLUTE_VERSIONED_CATALOG_DIR, "results": {}}
 for job in jobs:
     enabled[:] = [registry.CLOUD_REGISTRY.from_str(c) for c in job["clouds"]]
+    contexts[:] = job.get("contexts") or []
     dag = sky.Dag()
     dag.add(sky.Task.from_yaml_config(job["task"]))
     try:
@@ -130,11 +128,27 @@ json.dump(out, open(sys.argv[2], "w"))
 """
 
 
-def sky_optimize(tmp_path: Path, jobs: list[dict]) -> dict:
-    """SkyPilot's choice for each job, from a child process whose HOME is a fresh catalog."""
+def sky_optimize(tmp_path: Path, jobs: list[dict], sky_config: dict | None = None, empty: tuple = ()) -> dict:
+    """SkyPilot's choice for each job, from a child process whose HOME is a fresh catalog (plus header-only
+    catalogs for `empty` clouds: enabled, with no 8-GPU rows in the snapshot) and `sky_config` as its
+    ~/.sky/config.yaml."""
     home = tmp_path / "skyhome"
     home.mkdir()
     write_catalog(home)
+    for cloud in empty:
+        path = home / ".sky" / "catalogs" / "v8" / cloud / "vms.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(",".join(COLUMNS) + "\n")
+    if sky_config:
+        (home / ".sky" / "config.yaml").write_text(yaml.safe_dump(sky_config))
+    contexts = sorted({c for job in jobs for c in job.get("contexts") or []})
+    if contexts:   # a kubeconfig naming them, its server unreachable (nothing may be asked of it)
+        (home / ".kube").mkdir()
+        (home / ".kube" / "config").write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": contexts[0],
+            "clusters": [{"name": c, "cluster": {"server": "https://127.0.0.1:9"}} for c in contexts],
+            "users": [{"name": c, "user": {"token": "test"}} for c in contexts],
+            "contexts": [{"name": c, "context": {"cluster": c, "user": c}} for c in contexts]}))
     before = sorted(p.relative_to(home) for p in (home / ".sky" / "catalogs").rglob("*"))
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     dead = "http://127.0.0.1:9"      # nothing listens: a download or server call fails at once
@@ -260,3 +274,104 @@ def test_skypilots_price_ranking_is_ours_for_every_gpu_market_and_node_count(hom
     got = {j: chosen(r) for j, r in results.items()}
     assert {j for j in want if not same(want[j], got[j])} == set(), json.dumps({"plan": want, "skypilot": got},
                                                                                  indent=1)
+
+
+# Users with only some infra: the plan made with `--infra` set to exactly what they have enabled, rendered, and
+# SkyPilot's optimizer with exactly that set enabled. Azure has no 8-GPU rows in the snapshot: enabled, it offers
+# nothing, and the plan must not count on it.
+ENABLED_SETS = {"aws": ["aws"], "gcp": ["gcp"], "lambda": ["lambda"], "aws+gcp+azure": ["aws", "gcp", "azure"],
+                "kubernetes": ["k8s/lab"]}
+LAB_RATES = {"H100": 1.10, "H200": 1.60, "A100-80GB": 0.70}     # declared $/GPU-hour of the test's lab
+
+
+def test_skypilot_lands_on_the_plan_row_for_each_enabled_set(home, capsys, tmp_path, monkeypatch):
+    from conftest import cli
+    from costmodel import infra
+    from reproduce import plan as planning
+
+    rates = Path(os.environ["REPRODUCE_HOME"]) / "rates.yaml"
+    rates.parent.mkdir(parents=True, exist_ok=True)
+    rates.write_text(yaml.safe_dump({"k8s/lab": LAB_RATES}))
+    monkeypatch.setattr(infra, "cluster_gpus", lambda place: {g: 8 for g in LAB_RATES})   # the cluster's API
+    planning._knowledge_cache.clear()
+    snapshot_clouds = write_catalog(tmp_path / "probe")
+    jobs, want, refused = [], {}, {}
+    for name, places in ENABLED_SETS.items():
+        infra_args = [a for p in places for a in ("--infra", p)]
+        sky_clouds = sorted({"kubernetes" if p.startswith("k8s/") else p.split("/")[0] for p in places})
+        for variant in ("default", "optimized"):
+            args = (*VARIANTS[variant], *infra_args)
+            code, out, err = cli(capsys, "plan", "--json", "--backend", "sky", *args)
+            if code == 3:       # refused: SkyPilot, with that set enabled, must find nowhere for that stage either
+                stage = err.split("error: ", 1)[1].split(":")[0]
+                accelerator = err.split(" for ", 1)[1].split()[0]
+                section = json.loads(plan_json_of(capsys, *VARIANTS[variant]))[stage]
+                for spot in (True, False):
+                    job_id = f"{name}/{variant}/{stage} refused/{'spot' if spot else 'on-demand'}"
+                    jobs.append({"id": job_id, "clouds": sky_clouds, "task": {
+                        "name": "probe", "num_nodes": section["nodes"], "run": "true",
+                        "file_mounts": {"/bucket": {"source": "s3://my-runs", "mode": "MOUNT"}},
+                        "resources": {"accelerators": accelerator, "use_spot": spot}}})
+                    refused[job_id] = err.strip()
+                continue
+            assert code == 0, err
+            rows = {r["stage"]: r for r in json.loads(out)["stages"] if r["kind"] == "gpu"}
+            _, docs = dry_run(capsys, *args)
+            for stage, row in rows.items():
+                job_id = f"{name}/{variant}/{stage}"
+                jobs.append({"id": job_id, "task": yaml.safe_load(docs[stage]), "clouds": sky_clouds,
+                             "contexts": [p.split("/", 1)[1] for p in places if p.startswith("k8s/")]})
+                want[job_id] = row
+    # SkyPilot prices a context from its own config (kubernetes.pricing, $ per accelerator-hour): the lab's rates
+    results = sky_optimize(tmp_path, jobs, sky_config={"kubernetes": {"pricing": {"accelerators": LAB_RATES}}},
+                           empty=tuple(c for c in ("azure",) if c not in snapshot_clouds))
+    disagree = {job_id: {"plan": refused[job_id], "skypilot": results[job_id]}
+                for job_id in refused if "error" not in results[job_id]}
+    assert len(refused) < len(jobs) / 4          # most sets run most stages
+    for job_id, row in want.items():
+        got = results[job_id]
+        if "error" in got:
+            disagree[job_id] = {"plan": row["infra"] if "infra" in row else row["cloud"], "skypilot": got["error"][:300]}
+            continue
+        plan_choice = expected(row, row["nodes"])
+        sky_choice = chosen(got)
+        if row["cloud"] == "kubernetes":    # SkyPilot names a pod by its shape (e.g. 64CPU--512GB--H100:8)
+            plan_choice["instance_type"] = sky_choice["instance_type"] = None
+            assert got["accelerators"] == accel_count(row["accelerator"]), job_id
+        if not same(plan_choice, sky_choice) or got["num_nodes"] != row["nodes"]:
+            disagree[job_id] = {"plan": plan_choice, "skypilot": sky_choice}
+    assert not disagree, json.dumps(disagree, indent=1)
+    clouds_used = {job_id.split("/")[0]: results[job_id]["cloud"] for job_id in want}
+    assert clouds_used["kubernetes"] == "kubernetes" and clouds_used["lambda"] == "lambda"
+    for job_id in want:      # with -s: what SkyPilot picked
+        r = results[job_id]
+        print(f"{job_id:40} {r['cloud']}/{r['region']}/{r['zone']} {r['instance_type']} "
+              f"{'spot' if r['spot'] else 'on-demand'} ${r['node_per_hour']}/h x {r['num_nodes']}")
+    for job_id in refused:
+        print(f"{job_id:40} refused by plan and by SkyPilot: {results[job_id]['error'][:100]}")
+
+
+def plan_json_of(capsys, *args) -> str:
+    """{stage: row} of the what-if plan (every cloud), as JSON: what a refused stage asks for."""
+    from conftest import cli
+
+    code, out, err = cli(capsys, "plan", "--json", "--backend", "sky", *args)
+    assert code == 0, err
+    return json.dumps({r["stage"]: r for r in json.loads(out)["stages"]})
+
+
+def accel_count(spec: str) -> dict:
+    name, _, count = spec.partition(":")
+    return {name: int(count)}
+
+
+def test_a_set_that_cannot_run_a_stage_is_refused_by_plan_before_anything_launches(home, capsys):
+    from conftest import cli
+
+    # RunPod cannot mount the run's bucket (SkyPilot's RunPod adapter: STORAGE_MOUNTING unsupported)
+    code, _, err = cli(capsys, "plan", "--infra", "runpod")
+    assert code == 3 and err.count("\n") == 1 and "on runpod that can run its task (bucket mounts)" in err, err
+    # Lambda sells no spot: a pinned spot stage cannot run there
+    code, _, err = cli(capsys, "all", "--budget", "100000", "--dry-run", "--backend", "sky", "--bucket", "s3://x",
+                       "-y", "--infra", "lambda", "--set", "sft.use_spot=true")
+    assert code == 3 and "sft: no spot price for H100:8 on lambda" in err, err
