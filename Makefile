@@ -38,6 +38,15 @@ $(STAGE_VENV)/.installed: sky_tasks/locks/smoke.txt sky_tasks/locks/build.txt py
 	$(UV) pip install -q --python $(STAGE_VENV)/bin/python --no-deps -e .
 	touch $@
 
+# The hub loaders' tests (tests/test_hub_loaders.py) run the real datasets / huggingface_hub at the versions the
+# GPU stages get: those of the generate lock (constraints), with pytest; they skip where datasets is missing.
+HUB_VENV ?= .venv-hub
+$(HUB_VENV)/.installed: sky_tasks/locks/generate.txt pyproject.toml | $(UV)
+	$(UV) venv -q --allow-existing --python 3.11 $(HUB_VENV)
+	$(UV) pip install -q --python $(HUB_VENV)/bin/python -c sky_tasks/locks/generate.txt datasets huggingface-hub pyyaml pytest
+	$(UV) pip install -q --python $(HUB_VENV)/bin/python --no-deps -e .
+	touch $@
+
 # One lock per stage environment, for the nodes: Python 3.11 on Linux x86_64 (CUDA wheels from PyPI).
 # --exclude-newer: PyPI as it stood on LOCK_DATE, so the same inputs give the same lock on any day; an
 # existing lock's pins are kept unless LOCK_FLAGS=--upgrade (with a later LOCK_DATE).
@@ -66,8 +75,9 @@ STAGE_TESTS = tests/test_generate.py tests/test_evaluate.py tests/test_convert.p
 	tests/test_gpu_check.py
 TEST_WORKERS ?= 2
 PYTEST = -m pytest -q -n $(TEST_WORKERS) --dist loadfile
-test: $(VENV)/.test-installed $(STAGE_VENV)/.installed
+test: $(VENV)/.test-installed $(STAGE_VENV)/.installed $(HUB_VENV)/.installed
 	$(STAGE_VENV)/bin/python $(PYTEST) $(STAGE_TESTS)
+	$(HUB_VENV)/bin/python -m pytest -q tests/test_hub_loaders.py
 	$(STAGE_VENV)/bin/python -m pytest -q tests/test_optimize.py -k llamafactory
 	$(VENV)/bin/python $(PYTEST)
 

@@ -333,14 +333,16 @@ def _total(est: StageEstimate) -> StageEstimate:
 def workload(recipe: dict) -> dict:
     """Problems, samples and tokens the recipe implies, before any pricing."""
     gen = recipe["generate"]
-    samples = sum(s["problems"] for s in recipe["sources"]) * gen["samples_per_problem"]
-    kept = sum(s["problems"] * s["keep_rate"] for s in recipe["sources"]) * gen["samples_per_problem"]
+    # a source with `traces: published` (STILL-2's) is used as published: no teacher, grader or rewrite to pay
+    sources = [s for s in recipe["sources"] if s.get("traces", "generate") != "published"]
+    samples = sum(s["problems"] for s in sources) * gen["samples_per_problem"]
+    kept = sum(s["problems"] * s["keep_rate"] for s in sources) * gen["samples_per_problem"]
     # Domains graded only after the rewrite (filter.grade_after_rewrite) are all rewritten, kept or not.
     later = set(recipe["filter"].get("grade_after_rewrite") or ()) if recipe["rewrite"].get("recheck") else set()
     rewritten = sum(s["problems"] * (1.0 if s["domain"] in later else s["keep_rate"])
-                    for s in recipe["sources"]) * gen["samples_per_problem"]
+                    for s in sources) * gen["samples_per_problem"]
     by_domain = {}
-    for s in recipe["sources"]:
+    for s in sources:
         by_domain[s["domain"]] = by_domain.get(s["domain"], 0) + s["problems"] * gen["samples_per_problem"]
     ev = recipe["eval"]
     eval_samples = sum(b["problems"] * b["n"] for b in ev["benchmarks"])

@@ -92,14 +92,20 @@ PREF_LOSSES = {"dpo": ("sigmoid", "hinge", "ipo"), "simpo": ("simpo",)}   # LLaM
 # A `sources` item must say these; the rest have defaults (an empty filter, the dataset's default subset).
 SOURCE_REQUIRED = ("name", "dataset", "split", "domain", "problems", "keep_rate")
 _GPU_SECTION = {"accelerator": ACCEL, "fallbacks": ACCELS, "use_spot": MARKET}
+# Where a source's or benchmark's rows are on the hub (reproduce/stages/lib/hub.py): never a loading script.
+_LAYOUT = {"revision": TEXT, "gated": BOOL, "format": one_of("json", "parquet", "arrow", "csv"),
+           "files": Check(lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v),
+                          "a non-empty list of paths or globs in the dataset's repository, e.g. [data/train-*.parquet]")}
 
 RULES: dict[str, Check] = {
     "name": TEXT, "description": ANY_TEXT, "scale": one_of("full", "smoke"), "source_file": TEXT, "bucket": TEXT,
     **{f"models.{m}.{k}": c for m in ("teacher", "student") for k, c in _MODEL.items()},
     "sources.*.name": TEXT, "sources.*.dataset": TEXT, "sources.*.split": TEXT, "sources.*.filter": MAPPING,
-    "sources.*.domain": one_of(*DOMAINS), "sources.*.problems": whole(), "sources.*.keep_rate": SHARE,
+    "sources.*.domain": one_of(*DOMAINS, "science"), "sources.*.problems": whole(), "sources.*.keep_rate": SHARE,
     "sources.*.subset": TEXT, "sources.*.fields": MAPPING, "sources.*.answer_from": one_of("column", "boxed"),
     **{f"sources.*.fields.{k}": TEXT for k in ("id", "problem", "answer", "tests", "starter_code")},
+    **{f"{where}.*.{k}": c for where in ("sources", "eval.benchmarks") for k, c in _LAYOUT.items()},
+    "sources.*.traces": one_of("generate", "published"),
     **{f"generate.{k}": c for k, c in _GPU_SECTION.items()},
     "generate.samples_per_problem": whole(), "generate.temperature": number(0, 2), "generate.top_p": SHARE,
     "generate.max_tokens": whole(), "generate.tensor_parallel": whole(), "generate.data_parallel": whole(),
@@ -263,6 +269,11 @@ def _cross(recipe: dict, origin) -> None:
         if dupes:
             raise UserError(f"{name} ({origin(name)}): item name {dupes[0]!r} appears twice; names must be unique")
     _cross_new(recipe, origin)
+    for src in recipe.get("sources") or []:      # science has no grader: only published traces (STILL-2) bring it
+        if src.get("domain") not in DOMAINS and src.get("traces") != "published":
+            key = f"sources.{src.get('name')}.domain"
+            raise UserError(f"{key}={src.get('domain')} ({origin(key)}): expected one of {', '.join(DOMAINS)}; "
+                            "science only with traces: published (no teacher, no grader)")
     if recipe["sft"]["cpu_offload"] and recipe["sft"]["zero_stage"] == 0:
         raise UserError(f"sft.cpu_offload=true ({origin('sft.cpu_offload')}): needs sft.zero_stage 3 (DeepSpeed); "
                         "set sft.cpu_offload=false or sft.zero_stage=3")

@@ -50,3 +50,67 @@ def home(tmp_path, monkeypatch):
 def no_cloud_metadata(monkeypatch):
     """boto3 without credentials fails at once instead of probing the EC2 metadata endpoint (seconds each)."""
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def _hub_standin(tmp_path_factory):
+    """One stand-in hub per session, serving the replicas tests/fixtures/hub/build.py writes."""
+    import importlib.util
+    from pathlib import Path
+
+    from hub_standin import HubStandin
+
+    spec = importlib.util.spec_from_file_location("hub_replicas", Path(__file__).parent / "fixtures/hub/build.py")
+    replicas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replicas)
+    with HubStandin(replicas.build(tmp_path_factory.mktemp("hub"))) as server:
+        yield server
+
+
+@pytest.fixture
+def hub(_hub_standin, tmp_path, monkeypatch):
+    """The hub stand-in (tests/hub_standin.py) with its variables set: `hub.url`, `hub.env` (set here; every
+    request of the real clients goes to it, none leaves loopback), `hub.requests` ((method, host, path), this
+    test's only), `hub.token` (has access to the gated replica). HF_TOKEN is unset and the HF cache is new."""
+    import socket
+    import sys
+
+    for k, v in _hub_standin.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    url = _hub_standin.url      # the libraries read HF_ENDPOINT once, at import
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "ENDPOINT", url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    if "datasets" in sys.modules:
+        from datasets import config
+
+        monkeypatch.setattr(config, "HF_ENDPOINT", url)
+        monkeypatch.setattr(config, "HUB_DATASETS_URL", url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    real_connect = socket.socket.connect
+
+    def loopback_only(sock, address):           # a second guard: no Python socket may leave loopback
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not str(address[0]).startswith(("127.", "::1")):
+            raise OSError(f"test traffic must stay on loopback, not {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+    _fresh_hf_session()
+    _hub_standin.clear()
+    yield _hub_standin
+    _fresh_hf_session()
+
+
+def _fresh_hf_session():
+    """huggingface_hub keeps one HTTP client, with the proxy variables it found when it made it: drop it."""
+    import sys
+
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import _http
+
+        _http.close_session()

@@ -28,14 +28,16 @@ def generated(smoke_recipe):
     artifacts = smoke_recipe.parent / "artifacts"
     args = ["--recipe", str(smoke_recipe), "--artifacts", str(artifacts)]
     assert generate.main(args + ["--limit", "2", "--shard-size", "5"]) == 0
-    first = {p.name: p.read_text() for p in (artifacts / "generate").glob("shard-*.jsonl")}
+    first = {p.name: p.read_text() for p in (artifacts / "generate").glob("shard-*.jsonl")
+             if not p.name.startswith("shard-published-")}          # STILL-2's traces as published, no teacher
     summary1 = json.loads((artifacts / "generate" / "summary.json").read_text())
     assert generate.main(args) == 0
     return artifacts, first, summary1
 
 
 def _records(artifacts):
-    return generate.read_shards(artifacts / "generate")
+    """The teacher's traces (a `traces: published` source's are written beside them, untouched)."""
+    return [r for r in generate.read_shards(artifacts / "generate") if not r.get("published")]
 
 
 def test_student_builds_offline_generates_and_is_cached(tmp_path):
@@ -63,7 +65,10 @@ def test_generate_writes_traces_for_every_problem(generated, smoke_recipe):
     artifacts, _, _ = generated
     recipe = recipes.load(scale="smoke")
     records = _records(artifacts)
-    assert len(records) == 4 * len(recipe["sources"]) and len({r["id"] for r in records}) == len(records)
+    teacher = [s for s in recipe["sources"] if s.get("traces") != "published"]
+    assert len(records) == 4 * len(teacher) and len({r["id"] for r in records}) == len(records)
+    published = [r for r in generate.read_shards(artifacts / "generate") if r.get("published")]
+    assert len(published) == 4 and all(r["response_tokens"] == 0 and r["source"] == "still2" for r in published)
     for r in records:
         assert set(r) >= {"id", "source", "domain", "prompt", "response", "prompt_tokens", "response_tokens",
                           "finish_reason"}
@@ -128,7 +133,7 @@ def test_samples_per_problem_makes_unique_ids(smoke_recipe, tmp_path):
     assert generate.main(["--recipe", str(path), "--artifacts", str(tmp_path / "a"), "--limit", "1",
                           "--model", str(student)]) == 0
     records = _records(tmp_path / "a")
-    assert len(records) == 3 * len(r["sources"])
+    assert len(records) == 3 * len([s for s in r["sources"] if s.get("traces") != "published"])
     assert len({x["id"] for x in records}) == len(records)
     assert {x["sample"] for x in records} == {0, 1, 2}
 

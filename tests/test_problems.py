@@ -22,8 +22,12 @@ def test_smoke_sources_follow_the_recipe_and_are_deterministic():
     assert len({p["id"] for p in first}) == len(first)
     assert {p["source"] for p in first} == {s["name"] for s in r["sources"]}
     for p in first:
+        if p.get("published"):          # STILL-2 (traces: published): a trace in the Sky-T1 format, no grader
+            assert p["domain"] == "science" and p["response"].startswith("<|begin_of_thought|>")
+            continue
         assert p["domain"] in ("math", "code", "mcq")
         assert ("tests" in p) == (p["domain"] == "code") and ("answer" in p) != (p["domain"] == "code")
+    assert {p["source"] for p in first if p.get("published")} == {"still2"}
     assert [p["id"] for p in problems.load_sources(r, limit=1)] == [f"{s['name']}-0000" for s in r["sources"]]
     # different sources ask different questions
     math_sources = [[p["problem"] for p in first if p["source"] == s["name"]] for s in r["sources"][:2]]
@@ -187,3 +191,52 @@ def test_unknown_dataset_is_a_bad_source():
         problems.load_hub_source({"name": "x", "dataset": "someone/else", "split": "train"})
     with pytest.raises(problems.BadSource, match="no loader"):
         problems.load_hub_benchmark({"name": "x", "dataset": "someone/else", "split": "test"})
+
+
+def test_recipe_layout_keys_are_checked():
+    """`files`, `format`, `gated`, `revision`: where a source's or benchmark's rows are (reproduce/stages/lib/hub.py)."""
+    from reproduce.errors import UserError
+
+    r = recipes.load()
+    assert r["sources"][3]["files"] == ["test.jsonl"]
+    gpqa = next(b for b in r["eval"]["benchmarks"] if b["name"] == "gpqa_diamond")
+    assert gpqa["gated"] is True and gpqa["files"] == ["gpqa_diamond.csv"]
+    with pytest.raises(UserError, match="sources.apps.files=.*non-empty list of paths"):
+        recipes.load(sets=["sources.apps.files=test.jsonl"])
+    import copy
+
+    from reproduce import recipe_schema
+
+    for key, value, accepted in (("format", "xml", "one of json, parquet, arrow, csv"),
+                                 ("gated", "yes", "true or false"), ("revision", "", "a non-empty string")):
+        bad = copy.deepcopy(r)
+        bad["sources"][3][key] = value
+        with pytest.raises(UserError, match=f"sources.apps.{key}=.*expected {accepted}"):
+            recipe_schema.check(bad)
+    assert "trust_remote_code" not in open(problems.__file__).read()
+
+
+def test_science_only_with_published_traces():
+    import copy
+
+    from reproduce import recipe_schema
+    from reproduce.errors import UserError
+
+    r = recipes.load()
+    still2 = next(s for s in r["sources"] if s["name"] == "still2")
+    assert still2["traces"] == "published" and still2["domain"] == "science"
+    bad = copy.deepcopy(r)
+    next(s for s in bad["sources"] if s["name"] == "still2")["traces"] = "generate"
+    with pytest.raises(UserError, match="science only with traces: published"):
+        recipe_schema.check(bad)
+
+
+def test_published_traces_cost_no_teacher_grader_or_rewrite():
+    import copy
+
+    from costmodel import estimates
+
+    r = recipes.load()
+    without = copy.deepcopy(r)
+    without["sources"] = [s for s in without["sources"] if s.get("traces") != "published"]
+    assert estimates.workload(r) == estimates.workload(without)

@@ -72,7 +72,7 @@ def smoke_teacher(recipe: dict, artifacts: str | Path) -> Path:
 
     gen = recipe["generate"]
     pairs = []
-    for i, record in enumerate(problems.load_sources(recipe)):
+    for i, record in enumerate(r for r in problems.load_sources(recipe) if not r.get("published")):
         right, wrong = smoke_data.reference_responses(record)
         prompt = messages(record, gen.get("system_prompt"), gen["user_templates"])
         pairs += [(prompt, wrong)] if i % 4 == 0 else [(prompt, right)] + ([(prompt, wrong)] if i % 8 == 2 else [])
@@ -432,7 +432,8 @@ def run(args) -> int:
         todo_all = problems.load_sources(recipe, args.limit)
     except problems.BadSource as e:
         raise BadInput(str(e)) from None
-    todo_all, rank, nodes = node_share(todo_all)
+    published = [r for r in todo_all if r.get("published")]     # `traces: published` (STILL-2): no teacher, $0
+    todo_all, rank, nodes = node_share([r for r in todo_all if not r.get("published")])
     prefix = f"shard-n{rank}-" if nodes > 1 else "shard-"
     done = {r.get("problem_id", r["id"]) for r in read_shards(out_dir)}
     todo = [r for r in todo_all if r["id"] not in done]
@@ -489,10 +490,14 @@ def run(args) -> int:
                 log(f"{path.name}: {len(chunk)} problems, {chunk_tokens:,} tokens in {dt:.1f} s "
                     f"({chunk_tokens / max(dt, 1e-9):,.0f} tok/s); {start + len(chunk)}/{len(todo)}")
 
+    if rank == 0 and [r for r in published if r["id"] not in done]:    # their own shards, beside the teacher's
+        write_shard(out_dir, [published_trace(r) for r in published if r["id"] not in done], "shard-published-")
     everything = read_shards(out_dir)
     summary = {
         "stage": "generate", "model": model, "scale": recipe.get("scale"),
-        "problems": len({r.get("problem_id", r["id"]) for r in everything}), "records": len(everything),
+        "problems": len({r.get("problem_id", r["id"]) for r in everything}),
+        "records": sum(not r.get("published") for r in everything),
+        "published": sum(bool(r.get("published")) for r in everything),
         "problems_this_run": len(todo), "records_this_run": new_records, "skipped_problems": len(todo_all) - len(todo),
         "prompt_tokens": sum(r["prompt_tokens"] for r in everything),
         "response_tokens": sum(r["response_tokens"] for r in everything),
@@ -508,6 +513,13 @@ def run(args) -> int:
     log(f"{summary['records']} traces ({summary['response_tokens']:,} response tokens) in {len(list(out_dir.glob('shard-*.jsonl')))} "
         f"shards; this run {new_records} traces" + (f" at {summary['tokens_per_s']:,} tok/s" if summary["tokens_per_s"] else ""))
     return 0
+
+
+def published_trace(record: dict) -> dict:
+    """A source's published trace as a generate record: the problem as the user turn, as NovaSky mixed STILL-2's
+    (ST@HEAD scripts/combine_data.py); no teacher tokens, so `summary.records` counts teacher traces only."""
+    return {**_trace_fields(record, 0, 1), "prompt": record["problem"], "response": record["response"],
+            "prompt_tokens": 0, "response_tokens": 0, "finish_reason": "stop", "published": True}
 
 
 def _trace_fields(record: dict, k: int, n: int) -> dict:

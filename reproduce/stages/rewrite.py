@@ -556,6 +556,8 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
     use_batch = bool(cfg.get("batch")) and not sync
     cfg = dict(cfg, batch=use_batch)
     records = _read_kept(os.path.join(artifacts, "filter", "kept.jsonl"))
+    published = [r for r in records if r.get("published")]   # already in the format: not sent, not re-checked
+    records = [r for r in records if not r.get("published")]
     out_dir = os.path.join(artifacts, "rewrite")
     os.makedirs(out_dir, exist_ok=True)
     conn = open_cache(os.path.join(out_dir, "cache.sqlite"))
@@ -615,7 +617,8 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
             record["recheck_correct"], record["recheck_reason"] = correct, reason
         path = os.path.join(out_dir, "rewritten.jsonl")
         with open(path + ".tmp", "w", encoding="utf-8") as f:
-            for record in out:
+            for record in out + [dict(r, recheck_correct=None, recheck_reason="published: used as-is")
+                                 for r in published]:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(path + ".tmp", path)
 
@@ -625,7 +628,8 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
         tokens = sum(r["prompt_tokens"] + r["completion_tokens"] for r in this_run)
         summary = {
             "stage": "rewrite", "model": cfg["model"], "batch": use_batch,
-            "records": len(records), "requests": len(set(keys)), "cached": len(done_before),
+            "records": len(records), "published": len(published), "requests": len(set(keys)),
+            "cached": len(done_before),
             "submitted": len(pending), "completed": stats["completed"], "failed": len(failed),
             "rewritten": len(out), "truncated": sum(r["rewrite_finish_reason"] == "length" for r in out),
             "format_ok": sum(r["format_ok"] for r in out),

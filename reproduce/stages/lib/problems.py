@@ -9,14 +9,18 @@ handler's rule picks for the row (APPS: `code` or `code_call_based` by fn_name; 
 `taco_call_based` by starter code or fn_name; LiveCodeBench: stdin or functional). The texts themselves are
 data: prompts.yaml, with their commits. `tests` is the layout `grading.grade_code` runs: stdin strings and
 expected stdout (APPS/TACO), or with `fn_name` argument lists and return values (call-based). At
-`scale: smoke` every source and benchmark comes from `smoke_data` (no hub). At full scale the rows come from
-the HF hub with `datasets`; each dataset has a *transform* (rows in the dataset's own columns -> records) kept
-apart from the download, so tests can run the transforms on rows they build. Filters and splits follow SkyThought (shared/reference/sky-t1.md).
+`scale: smoke` every source and benchmark comes from `smoke_data` (no hub). At full scale the rows are streamed
+from the HF hub's data files (reproduce.stages.lib.hub: never a loading script); each dataset has a *transform*
+(rows in the dataset's own columns -> records) kept apart from the download, so tests can run the transforms on
+rows they build. Filters and splits follow SkyThought (shared/reference/sky-t1.md). A source's `problems` is a
+cap: at most that many of the records its filter keeps are sent, the first in the dataset's order (the plan
+prices that many). A `traces: published` source's records carry their published trace as `response`.
 """
 from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import pickle
 import random
@@ -24,30 +28,50 @@ import sys
 import zlib
 from typing import Iterable, Mapping
 
+from reproduce.stages.lib import hub
 from reproduce.stages.lib.grading import extract_boxed
+from reproduce.stages.lib.hub import BadSource, Gated  # noqa: F401  (re-exported: stages catch problems.BadSource)
 from reproduce.stages.smoke import smoke_data
-
-
-
-class BadSource(Exception):
-    """A recipe names a dataset or filter this module does not know: one line, exit 2."""
 
 
 # ---- entry points --------------------------------------------------------------------------------------------
 
 def load_sources(recipe: dict, limit: int | None = None) -> list[dict]:
-    """Every teacher problem of the recipe, source by source (at most `limit` per source)."""
-    out = []
+    """Every teacher problem of the recipe, source by source: at most `problems` (the cap) and `limit` each.
+    At full scale each dataset is streamed once for all the sources that read it (the three NuminaMath ones)."""
+    caps = {}
     for src in recipe["sources"]:
         n = int(src.get("problems") or 0)
-        if limit is not None:
-            n = min(n, limit) if n else limit
-        if recipe.get("scale") == "smoke":
-            out += smoke_data.problems(src["name"], src["domain"], n)
-        else:
-            records = load_hub_source(src)
-            out += records[:limit] if limit is not None else records
+        caps[src["name"]] = (min(n, limit) if n else limit) if limit is not None else (n or None)
+    if recipe.get("scale") == "smoke":
+        return [p for src in recipe["sources"]
+                for p in (smoke_published(src["name"], src["domain"], caps[src["name"]] or 0)
+                          if src.get("traces") == "published"
+                          else smoke_data.problems(src["name"], src["domain"], caps[src["name"]] or 0))]
+    found: dict[str, list[dict]] = {}
+    for group in _groups(recipe["sources"]):
+        found.update(_load_group(group, caps))
+    out = []
+    for src in recipe["sources"]:
+        recs, cap = found[src["name"]], caps[src["name"]]
+        if cap is not None and len(recs) > cap:
+            print(f"problems: {src['name']}: {len(recs):,} pass its filter; sources.{src['name']}.problems caps "
+                  f"them at {cap:,}", file=sys.stderr)
+        elif cap is not None and len(recs) < cap and limit is None:
+            print(f"problems: {src['name']}: {len(recs):,} pass its filter, fewer than the "
+                  f"{cap:,} the plan priced", file=sys.stderr)
+        out += recs[:cap] if cap is not None else recs
     return out
+
+
+def smoke_published(name: str, domain: str, n: int) -> list[dict]:
+    """Smoke scale's stand-in for a `traces: published` source: records with a trace already in the Sky-T1
+    thought/solution format, as STILL-2's `combined_text` is."""
+    return [{"id": f"{name}-{k:04d}", "source": name, "domain": domain, "published": True,
+             "problem": f"Smoke {domain} question {k}: which is heavier, {k + 1} kg of iron or {k + 1} kg of wool?",
+             "response": f"<|begin_of_thought|>\n\nBoth weigh {k + 1} kg.\n\n<|end_of_thought|>\n\n"
+                         f"<|begin_of_solution|>\n\nNeither: both are {k + 1} kg.\n\n<|end_of_solution|>"}
+            for k in range(n)]
 
 
 def load_benchmark(bench: dict, scale: str = "full", limit: int | None = None) -> list[dict]:
@@ -59,35 +83,115 @@ def load_benchmark(bench: dict, scale: str = "full", limit: int | None = None) -
     return records[:limit] if limit is not None else records
 
 
-# ---- hub loaders (GPU/CPU nodes with internet; never in tests) ---------------------------------------------
+def peek_source(src: dict, n: int = 3, scan: int = 2000) -> list[dict]:
+    """The first `n` records of a source through its transform, reading at most `scan` rows (a preflight: no
+    full download). NuminaMath's difficulty filter is a second dataset: peek reads its first row (access and
+    columns) and does not apply it."""
+    if src["dataset"] == NUMINA:
+        labels = _label_item()
+        next(iter(hub.rows(labels, LABEL_COLUMNS)), None)
+        flt = {k: v for k, v in (src.get("filter") or {}).items() if k != "difficulty"}
+        rows = itertools.islice(hub.rows(_item(src), NUMINA_COLUMNS), scan)
+        return numina_records(rows, src["name"], flt)[:n]
+    return _source_records(src, itertools.islice(hub.rows(_item(src)), scan))[:n]
 
-def _hub(dataset: str, split: str, subset: str | None = None, **kwargs):
-    from datasets import load_dataset
 
-    print(f"problems: loading {dataset}" + (f"/{subset}" if subset else "") + f" [{split}]", file=sys.stderr)
-    return load_dataset(dataset, subset, split=split, **kwargs)
+def peek_benchmark(bench: dict, n: int = 3, scan: int = 2000) -> list[dict]:
+    """The first `n` problems of a benchmark, reading at most `scan` rows."""
+    return load_hub_benchmark(bench, lambda item: itertools.islice(hub.rows(item), scan))[:n]
 
 
-def numina_labels() -> dict[str, float]:
+def row_count(item: dict) -> int | None:
+    """Rows of a source's or benchmark's split as the hub reports them (parquet footers, the file's or the
+    parquet conversion's), None if unknown. Reads no rows."""
+    return hub.row_count(_item(item))
+
+
+# ---- where an item's rows are: recipe keys -> a hub item -----------------------------------------------------
+
+NUMINA = "AI-MO/NuminaMath-CoT"
+NUMINA_COLUMNS = ("source", "problem", "solution")
+LABELS = "NovaSky-AI/labeled_numina_difficulty_859K"    # ST@HEAD numina_handler.py get_difficulty_dict
+LABEL_COLUMNS = ("problem", "gpt_difficulty_parsed")
+# LiveCodeBench's version tags -> its files: the hub script code_generation_lite.py's ALLOWED_FILES (quoted by
+# opencompass/opencompass opencompass/datasets/livecodebench.py VERSION_FILES, read 2026-12-07); release_v2 is
+# 511 problems (LiveCodeBench/LiveCodeBench@28fef95 README).
+LCB_FILES = {f"release_v{k}": [f"test{i if i > 1 else ''}.jsonl" for i in range(1, k + 1)] for k in range(1, 7)}
+LCB_FILES["release_latest"] = LCB_FILES["release_v6"]
+ITEM_KEYS = ("dataset", "revision", "split", "subset", "files", "format", "gated")
+
+
+def _item(src: dict) -> dict:
+    """A recipe source/benchmark -> what hub.rows reads. LiveCodeBench's `version` names its files."""
+    item = {k: src[k] for k in ITEM_KEYS if src.get(k) is not None}
+    if src.get("dataset") == "livecodebench/code_generation_lite" and not item.get("files"):
+        version = src.get("version", "release_v2")
+        if version not in LCB_FILES:
+            raise BadSource(f"benchmark {src.get('name')!r}: version {version!r} unknown; expected one of "
+                            f"{', '.join(LCB_FILES)}")
+        item.update(files=LCB_FILES[version], format="json")
+    return item
+
+
+def _label_item() -> dict:
+    """NovaSky pushed it with push_to_hub: parquet under data/ (UNVERIFIED; if no file matches, the repo's own
+    layout is read, all columns)."""
+    return {"dataset": LABELS, "split": "train", "files": ["data/train-*.parquet"]}
+
+
+def _groups(sources: list[dict]) -> list[list[dict]]:
+    """Sources that read the same rows (NuminaMath's three), in recipe order: each group is streamed once."""
+    groups: dict[tuple, list[dict]] = {}
+    for src in sources:
+        key = tuple(str(_item(src).get(k)) for k in ITEM_KEYS) if src["dataset"] == NUMINA else (id(src),)
+        groups.setdefault(key, []).append(src)
+    return list(groups.values())
+
+
+def load_hub_source(src: dict) -> list[dict]:
+    """Every record of one source (no cap), streamed from the hub."""
+    if src["dataset"] not in LOADERS:
+        check_source(src)               # before any request
+    return _load_group([src], {src["name"]: None})[src["name"]]
+
+
+def _load_group(group: list[dict], caps: Mapping[str, int | None]) -> dict[str, list[dict]]:
+    if group[0]["dataset"] == NUMINA:
+        return numina_sources(hub.rows(_item(group[0]), NUMINA_COLUMNS), group, caps, numina_labels)
+    src = group[0]
+    if src["dataset"] not in LOADERS:
+        check_source(src)
+    return {src["name"]: _source_records(src, hub.rows(_item(src)))}
+
+
+def _source_records(src: dict, rows: Iterable[Mapping]) -> list[dict]:
+    if src["dataset"] in LOADERS:
+        return LOADERS[src["dataset"]](src, rows)
+    check_source(src)
+    return table_records(rows, src)
+
+
+def numina_labels(problems: set[str] | None = None) -> dict[str, float]:
     """Difficulty per NuminaMath problem text: NovaSky's GPT-4o-mini labels on the AoPS 1-10 scale
-    (`NovaSky-AI/labeled_numina_difficulty_859K`, column `gpt_difficulty_parsed`; ST@HEAD numina_handler.py)."""
-    return {row["problem"]: row["gpt_difficulty_parsed"]
-            for row in _hub("NovaSky-AI/labeled_numina_difficulty_859K", "train")}
+    (`NovaSky-AI/labeled_numina_difficulty_859K`, column `gpt_difficulty_parsed`; ST@HEAD numina_handler.py),
+    streamed with its two columns and kept only for `problems` (the candidates), so 859K texts never sit in RAM."""
+    out = {}
+    for row in hub.rows(_label_item(), LABEL_COLUMNS):
+        if problems is None or row["problem"] in problems:
+            out[row["problem"]] = row["gpt_difficulty_parsed"]
+    return out
 
 
-def _numina(src: dict, rows) -> list[dict]:
-    flt = src.get("filter") or {}
-    labels = numina_labels() if flt.get("difficulty") else None
-    return numina_records(rows, src["name"], flt, labels)
-
-
-# Datasets of a known shape: dataset id -> (load kwargs, transform(src, rows)). Any other dataset is described by
-# the source itself (`fields`, `answer_from`, `filter`) and read by `table_records`: no code for a new dataset.
+# Datasets of a known shape: dataset id -> transform(src, rows). Any other dataset is described by the source
+# itself (`fields`, `answer_from`, `filter`) and read by `table_records`: no code for a new dataset.
 LOADERS = {
-    "AI-MO/NuminaMath-CoT": ({}, _numina),
-    "codeparrot/apps": ({"trust_remote_code": True}, lambda src, rows: apps_records(rows, src["name"])),
-    "BAAI/TACO": ({"trust_remote_code": True},
-                  lambda src, rows: taco_records(rows, src["name"], src.get("filter") or {})),
+    NUMINA: lambda src, rows: numina_records(rows, src["name"], src.get("filter") or {},
+                                             numina_labels() if (src.get("filter") or {}).get("difficulty")
+                                             else None),
+    "codeparrot/apps": lambda src, rows: apps_records(rows, src["name"]),
+    "BAAI/TACO": lambda src, rows: taco_records(rows, src["name"], src.get("filter") or {}),
+    "RUC-AIBOX/long_form_thought_data_5k": lambda src, rows: still2_records(rows, src["name"],
+                                                                           src.get("filter") or {}),
 }
 FIELDS = {"math": ("problem", "answer"), "mcq": ("problem", "answer"), "code": ("problem", "tests")}
 FILTER_KEYS = ("equals", "contains", "end")
@@ -144,32 +248,25 @@ def table_records(rows: Iterable[Mapping], src: dict) -> list[dict]:
     return out
 
 
-def load_hub_source(src: dict) -> list[dict]:
-    dataset = src["dataset"]
-    if dataset in LOADERS:
-        kwargs, transform = LOADERS[dataset]
-        return transform(src, _hub(dataset, src["split"], src.get("subset"), **kwargs))
-    check_source(src)
-    return table_records(_hub(dataset, src["split"], src.get("subset")), src)
+MATH500 = ("qq8933/MATH500", "di-zhang-fdu/MATH500", "HuggingFaceH4/MATH-500")   # qq8933 redirects to di-zhang-fdu
 
 
-def load_hub_benchmark(bench: dict) -> list[dict]:
+def load_hub_benchmark(bench: dict, read=None) -> list[dict]:
+    """A benchmark's records; `read(item)` gives the rows (default: all of them, streamed)."""
     dataset, name = bench["dataset"], bench["name"]
-    if dataset == "qq8933/MATH500":
-        return math500_records(_hub(dataset, bench["split"]), name)
-    if dataset == "AI-MO/aimo-validation-aime":
-        return aime_records(_hub(dataset, bench["split"]), name, year=bench.get("year", "2024"))
-    if dataset == "Idavidrein/gpqa":
-        return gpqa_records(_hub(dataset, bench["split"], bench.get("subset", "gpqa_diamond")), name)
-    if dataset == "livecodebench/code_generation_lite":
-        difficulty = bench.get("difficulty") or name.rsplit("_", 1)[-1]       # livecodebench_easy -> easy
-        rows = _hub(dataset, bench["split"], version_tag=bench.get("version", "release_v2"), trust_remote_code=True)
-        return livecodebench_records(rows, name, difficulty)
-    if dataset == "Hothan/OlympiadBench":
-        return olympiadbench_records(_hub(dataset, bench["split"], bench.get("subset")), name)
-    raise BadSource(f"benchmark {name!r}: dataset {dataset!r} has no loader; expected one of qq8933/MATH500, "
-                    "AI-MO/aimo-validation-aime, Idavidrein/gpqa, livecodebench/code_generation_lite, "
-                    "Hothan/OlympiadBench")
+    transforms = {
+        **{m: lambda rows: math500_records(rows, name) for m in MATH500},
+        "AI-MO/aimo-validation-aime": lambda rows: aime_records(rows, name, year=bench.get("year", "2024")),
+        "Idavidrein/gpqa": lambda rows: gpqa_records(rows, name),
+        "livecodebench/code_generation_lite": lambda rows: livecodebench_records(
+            rows, name, bench.get("difficulty") or name.rsplit("_", 1)[-1]),     # livecodebench_easy -> easy
+        "Hothan/OlympiadBench": lambda rows: olympiadbench_records(rows, name),
+    }
+    if dataset in transforms:
+        return transforms[dataset]((read or hub.rows)(_item(bench)))
+    raise BadSource(f"benchmark {name!r}: dataset {dataset!r} has no loader; expected one of "
+                    f"{', '.join(MATH500)}, AI-MO/aimo-validation-aime, Idavidrein/gpqa, "
+                    "livecodebench/code_generation_lite, Hothan/OlympiadBench")
 
 
 # ---- transforms: dataset rows -> records ---------------------------------------------------------------------
@@ -184,29 +281,49 @@ def numina_records(rows: Iterable[Mapping], name: str, flt: Mapping,
     with no label is dropped, as SkyThought's pandas `.map(diff_dict)` does. The answer is the solution's
     last \\boxed{}.
     """
-    lo_hi = flt.get("difficulty")
-    if lo_hi is not None and labels is None:
+    src = {"name": name, "filter": dict(flt)}
+    if flt.get("difficulty") is not None and labels is None:
         raise BadSource(f"source {name!r}: a difficulty filter needs difficulty labels")
-    out, seen_source = [], 0
+    return numina_sources(rows, [src], {name: None}, lambda problems: labels)[name]
+
+
+def numina_sources(rows: Iterable[Mapping], sources: list[dict], caps: Mapping[str, int | None],
+                   labels_for) -> dict[str, list[dict]]:
+    """One pass over NuminaMath rows for several sources (numina_records' filters per source), then the
+    difficulty labels of the candidates only (`labels_for(problem texts) -> {problem: level}`, one more pass).
+    The pass stops once every source without a difficulty filter has its cap and every source is past its
+    `end`, so a capped or `--limit`ed run reads only the head of the dataset."""
+    state = {s["name"]: {"flt": s.get("filter") or {}, "seen": 0, "out": [], "done": False} for s in sources}
     for i, row in enumerate(rows):
-        if flt.get("source") and row.get("source") != flt["source"]:
-            continue
-        seen_source += 1
-        if flt.get("end") and seen_source > int(flt["end"]):
-            break
-        solution = row.get("solution") or ""
-        if flt.get("solution_contains") and flt["solution_contains"] not in solution:
-            continue
-        if lo_hi is not None:
-            level = labels.get(row["problem"])
-            if level is None or not (lo_hi[0] <= float(level) <= lo_hi[1]):
+        for name, st in state.items():
+            flt = st["flt"]
+            if st["done"] or (flt.get("source") and row.get("source") != flt["source"]):
                 continue
-        answer = extract_boxed(solution)
-        if not answer:
-            continue
-        out.append({"id": f"{name}-{i}", "source": name, "domain": "math", "problem": row["problem"],
-                    "answer": answer})
-    return out
+            st["seen"] += 1
+            if flt.get("end") and st["seen"] > int(flt["end"]):
+                st["done"] = True
+                continue
+            solution = row.get("solution") or ""
+            if flt.get("solution_contains") and flt["solution_contains"] not in solution:
+                continue
+            answer = extract_boxed(solution)
+            if not answer:
+                continue
+            st["out"].append({"id": f"{name}-{i}", "source": name, "domain": "math", "problem": row["problem"],
+                              "answer": answer})
+            cap = caps.get(name)
+            if cap is not None and flt.get("difficulty") is None and len(st["out"]) >= cap:
+                st["done"] = True
+        if all(st["done"] for st in state.values()):
+            break
+    graded = [st for st in state.values() if st["flt"].get("difficulty") is not None]
+    if graded:
+        labels = labels_for({r["problem"] for st in graded for r in st["out"]})
+        for st in graded:
+            lo, hi = st["flt"]["difficulty"]
+            st["out"] = [r for r in st["out"] if labels.get(r["problem"]) is not None
+                         and lo <= float(labels[r["problem"]]) <= hi]
+    return {name: st["out"] for name, st in state.items()}
 
 
 def apps_tests(input_output) -> dict | None:
@@ -361,4 +478,20 @@ def olympiadbench_records(rows: Iterable[Mapping], name: str) -> list[dict]:
         answer = str(finals[0]).strip().strip("$").strip()
         out.append({"id": f"{name}-{row.get('id', i)}", "source": name, "domain": "math",
                     "problem": row["question"], "answer": answer})
+    return out
+
+
+def still2_records(rows: Iterable[Mapping], name: str, flt: Mapping) -> list[dict]:
+    """RUC-AIBOX/long_form_thought_data_5k rows (question, combined_text, domain) -> records with the published
+    trace as `response` (`traces: published`: no teacher). NovaSky kept every domain but code (ST@HEAD
+    scripts/combine_data.py: `if domain != "code"`); `filter: {domains: [...]}` keeps only those instead (the
+    Bespoke-Stratos recipe kept puzzle, physics, biology, chemistry). Their domain is none our grader checks."""
+    keep = set(flt.get("domains") or ())
+    out = []
+    for i, row in enumerate(rows):
+        domain = row.get("domain")
+        if (keep and domain not in keep) or (not keep and domain == "code"):
+            continue
+        out.append({"id": f"{name}-{i}", "source": name, "domain": str(domain), "problem": row["question"],
+                    "response": row["combined_text"], "published": True})
     return out
