@@ -4,7 +4,7 @@
     for r in results: print(r.line())          # passed / FAILED (with the fix) / skipped (with why)
     guard(ctx, waive=("api/batch",))           # `reproduce all`: UserError (exit 2) if any check failed
 
-Each check module (hub, api, bucket, skypilot, configs, machines) has `checks(ctx) -> list[Result]`; they run
+Each check module (data, models, api, bucket, skypilot, configs, machines) has `checks(ctx) -> list[Result]`; they run
 concurrently (they wait on the network, on subprocesses), each result named GROUP/ITEM so `--skip-check NAME`
 can waive one (or GROUP, every check of it). A check that cannot run here is skipped and says why; a check
 that raises is a failure naming the exception, never a pass.
@@ -85,9 +85,9 @@ class Context:
 
 
 def _modules():
-    from reproduce.preflight import api, bucket, configs, hub, machines, skypilot
+    from reproduce.preflight import api, bucket, configs, data, machines, models, skypilot
 
-    return (hub, api, bucket, skypilot, configs, machines)
+    return (data, models, api, bucket, skypilot, configs, machines)
 
 
 def run(ctx: Context, progress=None) -> list[Result]:
@@ -109,15 +109,15 @@ def run(ctx: Context, progress=None) -> list[Result]:
             r.seconds = r.seconds or took
         return out
 
-    results = {}
-    with cf.ThreadPoolExecutor(max_workers=len(GROUPS)) as pool:
-        futures = {pool.submit(one, m): m.GROUP for m in _modules()}
-        for fut in cf.as_completed(futures):
-            results[futures[fut]] = fut.result()
-            if progress:
-                for r in results[futures[fut]]:
-                    progress(r)
-    return [r for g in GROUPS for r in results.get(g, [])]
+    results = []
+    modules = _modules()
+    with cf.ThreadPoolExecutor(max_workers=len(modules)) as pool:
+        for fut in cf.as_completed([pool.submit(one, m) for m in modules]):
+            results += fut.result()
+            for r in fut.result() if progress else ():
+                progress(r)
+    order = {g: i for i, g in enumerate(GROUPS)}
+    return sorted(results, key=lambda r: order.get(r.group, len(GROUPS)))
 
 
 def waive(results: list[Result], names) -> list[Result]:
@@ -149,3 +149,31 @@ def refusal(results: list[Result]) -> str:
     bad = failures(results)
     return (f"preflight: {len(bad)} check(s) failed ({', '.join(r.name for r in bad)}): nothing launched, "
             "nothing spent; fix them (see above) or waive one with --skip-check NAME")
+
+
+def guard(ctx: Context, skip: list[str] | tuple = (), echo=None) -> list[Result]:
+    """What `reproduce all` runs before its first paid launch: every check, one line each (to `echo`), the
+    `--skip-check` names waived; UserError (exit 2, nothing launched) if any check failed."""
+    import sys
+
+    echo = echo or (lambda line: print(line, file=sys.stderr, flush=True))
+    results = waive(run(ctx), skip)
+    for r in results:
+        echo(r.line())
+    echo(summary(results))
+    if failures(results):
+        raise UserError(refusal(results))
+    return results
+
+
+def record(ledger, run_id: str, results: list[Result]) -> None:
+    """The preflight in the run's ledger: one `preflight` event (the counts and every line), and one
+    `check_waived` event per check `--skip-check` waived (the audit shows them)."""
+    counts = {s: sum(r.status == s for r in results) for s in (PASSED, FAILED, SKIPPED, WAIVED)}
+    ledger.add_event(run_id, None, "preflight", ok=not failures(results), reason=summary(results),
+                     numbers={**counts, "checks": [r.to_dict() for r in results]})
+    for r in results:
+        if r.status == WAIVED:
+            ledger.add_event(run_id, None, "check_waived", ok=None,
+                             reason=f"--skip-check waived {r.name}: {r.detail}" + (f" (fix: {r.fix})" if r.fix else ""),
+                             numbers=r.to_dict())

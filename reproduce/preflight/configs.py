@@ -34,7 +34,8 @@ def checks(ctx) -> list:
 def _vllm(ctx, stage: str) -> bool:
     from reproduce import stagetable
 
-    return stage in ctx.stages and stagetable.stage(stage).runs_on(ctx.recipe) == stagetable.GPU
+    return (ctx.scale == "full" and stage in ctx.stages
+            and stagetable.stage(stage).runs_on(ctx.recipe) == stagetable.GPU)   # smoke: transformers on a CPU
 
 
 def sft_checks(ctx) -> list:
