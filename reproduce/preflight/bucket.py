@@ -35,7 +35,7 @@ def checks(ctx) -> list:
         return [_gcs_probe(url)]
     import boto3
 
-    s3 = boto3.client("s3")
+    s3 = boto3.session.Session().client("s3")   # a new session: the credentials as they are now
     access = _s3_probe(s3, url)
     return [access] + ([_s3_region(ctx, s3, url)] if access.status == "passed" else [])
 
