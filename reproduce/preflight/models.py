@@ -92,11 +92,15 @@ def _context(ctx, stage: str, mid: str, config: dict):
     limit = config.get("max_position_embeddings")
     if not limit:
         return skipped(name, f"{mid}'s config.json has no max_position_embeddings")
-    need = int(gen.get("mean_prompt_tokens") or 0) + int(cfg.get("max_tokens") or 0)
-    if need > int(limit):
-        return failed(name, f"{stage}: prompt ~{gen.get('mean_prompt_tokens')} + max_tokens {cfg.get('max_tokens')} "
-                            f"= {need:,} tokens, over {mid}'s max_position_embeddings {limit:,} (vLLM refuses it)",
-                      f"--set {stage}.max_tokens={max(1, int(limit) - int(gen.get('mean_prompt_tokens') or 0))}")
+    prompt = int(gen.get("mean_prompt_tokens") or 0)
+    need = prompt + int(cfg.get("max_tokens") or 0)
+    if prompt >= int(limit):
+        return failed(name, f"{stage}: prompts of ~{prompt:,} tokens do not fit {mid}'s max_position_embeddings "
+                            f"{limit:,} (vLLM refuses them)", "a model with a longer context, or shorter prompts")
+    if need > int(limit):   # vLLM's offline generate ends such an answer at max_model_len: a cap, not a refusal
+        return passed(name, f"{stage}: prompt ~{prompt:,} + max_tokens {cfg.get('max_tokens'):,} = {need:,} tokens, "
+                            f"{need - int(limit):,} over {mid}'s {limit:,} positions: vLLM ends those answers at "
+                            f"{limit:,}")
     return passed(name, f"{stage}: prompt + max_tokens = {need:,} tokens within {mid}'s {limit:,} positions")
 
 
