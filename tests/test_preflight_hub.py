@@ -94,12 +94,6 @@ def recipe_file(tmp_path, change=None) -> str:
     recipe = yaml.safe_load((ROOT / "reproduce" / "recipes" / "sky-t1-32b-preview.yaml").read_text())
     for item in recipe["sources"] + recipe["eval"]["benchmarks"]:
         item["problems"] = 1
-    # the script-era repositories read by their data files (issue 20: the loaders never run a loading script)
-    files = {"apps": (["test.jsonl"], "json"), "taco_medium": (["train/*.arrow"], "arrow"),
-             "taco_test": (["test/*.arrow"], "arrow")}
-    for src in recipe["sources"]:
-        if src["name"] in files and "files" not in src:
-            src["files"], src["format"] = files[src["name"]]
     if change:
         change(recipe)
     path = tmp_path / "recipe.yaml"
@@ -120,8 +114,9 @@ def test_the_sound_hub_setup_passes(launches, model_hub, peek_env, monkeypatch, 
     found = lines(out)
     assert {k for k, v in found.items() if not v.startswith("passed")} == set(), out
     assert "datasets/gpqa_diamond" in found and "models/student-chat-template" in found
-    assert {host.split(":")[0] for host in model_hub.hosts()} <= {"127.0.0.1", "localhost"} | {
-        h for h in model_hub.hosts() if h.startswith("datasets-server.")}
+    paths = {path for _, _, path in model_hub.requests}   # every request reached the stand-in (none forwarded)
+    assert "/Qwen/Qwen2.5-32B-Instruct/resolve/main/config.json" in paths
+    assert any(p.startswith("/datasets/Idavidrein/gpqa/resolve/") for p in paths)
 
 
 @pytest.mark.parametrize("defect, change, name, fix", [
@@ -130,8 +125,9 @@ def test_the_sound_hub_setup_passes(launches, model_hub, peek_env, monkeypatch, 
         "fields": {"problem": "problem", "answer": "answer"}, "problems": 1, "keep_rate": 0.8}),
      "datasets/scripted", "loading-script"),
     ("gated without a token", None, "datasets/gpqa_diamond", "HF_TOKEN"),
-    ("missing model", lambda r: r["models"]["student"].__setitem__("id", "Qwen/Qwen2.5-32B-Instruct-typo"),
-     "models/student", "--set models.student.id="),
+    ("missing model", lambda r: r["models"].__setitem__("student", {  # its shape stated, so the plan prices it
+        "id": "Qwen/Qwen2.5-32B-Instruct-typo", "params_b": 32.8, "layers": 64, "hidden": 5120, "intermediate": 27648,
+        "heads": 40, "kv_heads": 8, "vocab": 152064}), "models/student", "--set models.student.id="),
 ])
 def test_hub_defects_fail_with_the_fix_and_launch_nothing(defect, change, name, fix, launches, model_hub, peek_env,
                                                           monkeypatch, tmp_path, capsys):

@@ -78,7 +78,7 @@ def host_ram(ctx):
         _, parts, _ = memory.fits(config)
     except Exception as e:   # noqa: BLE001 - a model without figures: the plan refused it already
         return skipped(name, f"no memory figures: {e}")
-    need = parts.get("node_cpu_ram_gib")
+    need = parts.get("node_cpu_ram_peak_gib") or parts.get("node_cpu_ram_gib")
     if need is None:
         return skipped(name, "the memory model gives no host RAM figure for this configuration")
     have = ram if ram is not None else parts.get("node_ram_gib") or memory.NODE_RAM / memory.GIB
@@ -92,11 +92,10 @@ def host_ram(ctx):
 
 
 def _row_ram(row) -> float | None:
-    for key in ("host_ram_gib", "memory_gib", "ram_gib"):
-        value = getattr(row, key, None) or (getattr(row, "details", None) or {}).get(key)
-        if value:
-            return float(value)
-    return None
+    """The priced instance's host RAM, as the plan row carries it (issue 22: details["node"], from the catalog row)."""
+    node = (getattr(row, "details", None) or {}).get("node") or {}
+    value = node.get("host_ram_gib")
+    return float(value) if value else None
 
 
 # ---- the controller ------------------------------------------------------------------------------------------

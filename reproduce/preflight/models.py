@@ -30,6 +30,9 @@ def checks(ctx) -> list:
         return [skipped(GROUP, "the plan loads no model (no vLLM generate, sft or eval)")]
     if ctx.scale == "smoke":
         return [skipped(GROUP, "smoke scale: tiny models built on this machine (reproduce/stages/smoke/tinymodel.py)")]
+    from huggingface_hub import close_session
+
+    close_session()   # huggingface_hub keeps one client made with the proxy settings of its time: use today's
     out = []
     for role, stages in wanted:
         out += check_model(ctx, role, stages)

@@ -63,10 +63,10 @@ def placements(ctx, launched: list[str]) -> list:
 
     problems = getattr(planner, "placement_problems", None)
     if problems is not None:
-        found = problems(ctx.plan)
-        if found:
-            return [failed(f"{GROUP}/placement", p, "see `reproduce plan --infra ...`; enable the cloud "
-                                                    "(`sky check`) or raise the quota named") for p in found]
+        found = [p for p in problems(ctx.plan) if p.split(":")[0] in launched]
+        if found:   # each line names its stage first and its fix last (reproduce.plan.placement_problems)
+            return [failed(f"{GROUP}/placement-{p.split(':')[0]}", p.split(": ", 1)[-1].rsplit(": ", 1)[0],
+                           p.rsplit(": ", 1)[-1]) for p in found]
         return [passed(f"{GROUP}/placement", "every planned placement is on enabled infra, within quota")]
     return [_enabled(ctx, launched),
             skipped(f"{GROUP}/quota", "quotas are not read by this build (reproduce.plan.placement_problems, the "
