@@ -1,7 +1,7 @@
 """The preflight's datasets and models checks against the hub stand-in (tests/hub_standin.py, the real
 `datasets` and `huggingface_hub` through HF_ENDPOINT; no request leaves loopback): a script-era dataset, a gated
-one without a token, a missing model, and the sound setup, which passes. The peek runs in the stage environment
-(.venv-stage: datasets and huggingface_hub as a stage has them), named by REPRODUCE_PEEK_PYTHON."""
+one without a token, a missing model, and the sound setup, which passes. The peek runs in .venv-hub (the generate
+lock's datasets and huggingface_hub) where it is built, else .venv-stage, named by REPRODUCE_PEEK_PYTHON."""
 from __future__ import annotations
 
 import json
@@ -15,8 +15,10 @@ from hub_standin import HubStandin, Replica
 from test_preflight import ALL, failed_lines, launches, only  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_PYTHON = ROOT / ".venv-stage" / "bin" / "python"
-pytestmark = pytest.mark.skipif(not STAGE_PYTHON.exists(), reason="no .venv-stage (make .venv-stage/.installed)")
+# datasets/huggingface_hub at the generate lock's versions (make's .venv-hub) where it is built, else the stage env's
+STAGE_PYTHON = next((p for p in (ROOT / ".venv-hub" / "bin" / "python", ROOT / ".venv-stage" / "bin" / "python")
+                     if p.exists()), ROOT / ".venv-stage" / "bin" / "python")
+pytestmark = pytest.mark.skipif(not STAGE_PYTHON.exists(), reason="no .venv-hub or .venv-stage (make test builds them)")
 
 # config.json figures as costmodel/data/models.yaml has them (huggingface.co/<id>/blob/main/config.json), with
 # max_position_embeddings 32768 (both repositories' config.json); tokenizer_config.json with a ChatML template.

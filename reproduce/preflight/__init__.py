@@ -93,7 +93,7 @@ def _modules():
 def run(ctx: Context, progress=None) -> list[Result]:
     """Every check, concurrently; results in GROUPS order. `progress(result)` is called as each group ends."""
     if ctx.backend == "sim":
-        return [skipped(g, "sim backend: a simulation contacts nothing real") for g in GROUPS]
+        return [skipped("all", "sim backend: a simulation contacts nothing real")]
 
     def one(module):
         start = time.monotonic()

@@ -118,15 +118,15 @@ def _pins() -> dict:
 
 
 def peek_python() -> tuple[str | None, str]:
-    """(python, where): REPRODUCE_PEEK_PYTHON, else a venv with exactly the lock's datasets/huggingface_hub pins
-    in the local executor's env cache (built here once)."""
+    """(python, where): REPRODUCE_PEEK_PYTHON, else a venv with the lock's datasets/huggingface_hub pins (their
+    dependencies constrained to the lock too) in the local executor's env cache, built here once."""
     if os.environ.get("REPRODUCE_PEEK_PYTHON"):
         return os.environ["REPRODUCE_PEEK_PYTHON"], "REPRODUCE_PEEK_PYTHON"
     from reproduce import locks
     from reproduce.executors.local import env_cache
 
     pins = _pins()
-    venv = env_cache() / ("peek-" + "-".join(f"{k}{v}" for k, v in sorted(pins.items())))
+    venv = env_cache() / f"peek-{LOCK}-{locks.lock_digest(LOCK)[:12]}"   # a re-locked environment is a new one
     python = venv / "bin" / "python"
     if (venv / ".ready").exists():
         return str(python), str(venv)
@@ -135,7 +135,7 @@ def peek_python() -> tuple[str | None, str]:
         return None, "no uv to build it with (pip install uv==0.13.9)"
     q = shlex.quote
     script = (f"{q(uv)} venv -q --allow-existing --python {q(sys.executable)} {q(str(venv))} && "
-              f"{q(uv)} pip install -q --python {q(str(python))} "
+              f"{q(uv)} pip install -q --python {q(str(python))} -c {q(str(locks.lock_path(LOCK)))} "
               + " ".join(q(f"{k}=={v}") for k, v in pins.items()) + f" && touch {q(str(venv / '.ready'))}")
     venv.parent.mkdir(parents=True, exist_ok=True)
     print(f"preflight: building the dataset peek environment ({', '.join(f'{k} {v}' for k, v in pins.items())}) "
