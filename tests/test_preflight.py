@@ -211,6 +211,21 @@ def test_a_plan_on_a_cloud_that_is_not_enabled_fails(launches, s3, monkeypatch, 
     assert any("not enabled" in line and "sky check" in line for line in lines), out
 
 
+def test_placement_problems_fail_one_line_per_stage(launches, s3, monkeypatch, capsys):
+    """What the placement issue's `reproduce.plan.placement_problems(plan)` says (its contract: "STAGE: what: fix")
+    becomes one failed check per stage, the fix split off."""
+    from reproduce import plan as planner
+
+    only(monkeypatch, "skypilot")
+    s3.create_bucket(Bucket="runs-bucket")
+    monkeypatch.setattr(planner, "placement_problems", lambda plan: [
+        "sft: aws us-east-1 quota 'Running On-Demand P instances' (L-417A185B) is 0 vCPUs, needs 192: raise it: "
+        "https://console.aws.amazon.com/servicequotas"], raising=False)
+    out, _ = refused(capsys, launches, "--bucket", "s3://runs-bucket")
+    (line,) = failed_lines(out)
+    assert line.startswith("FAILED  skypilot/placement-sft: aws us-east-1 quota") and "fix: https://console" in line
+
+
 # ---- LLaMA-Factory's own parser on the full-scale config --------------------------------------------------------
 
 def _has_llamafactory() -> bool:
