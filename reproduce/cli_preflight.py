@@ -11,12 +11,9 @@ from typing import List, Optional
 import typer
 
 from reproduce.cli_plan import BUDGET_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_OPTION
-from reproduce.cli_run import BACKEND_OPTION, BUCKET_OPTION
+from reproduce.cli_run import BACKEND_OPTION, BUCKET_OPTION, SKIP_CHECK_OPTION
 from reproduce.errors import UserError
 from reproduce.output import JSON_OPTION, print_json
-
-SKIP_CHECK_OPTION = typer.Option(None, "--skip-check", metavar="NAME",
-                                 help="Waive the failed check NAME (or a group, e.g. bucket); recorded in the ledger.")
 
 
 def register(app: typer.Typer) -> None:

@@ -25,6 +25,9 @@ PREEMPT_OPTION = typer.Option(0.0, "--sim-preemption-rate", metavar="PER_HOUR", 
 SEED_OPTION = typer.Option(0, "--sim-seed", metavar="N", help="sim: random seed (noise, preemptions).")
 BUCKET_OPTION = typer.Option(None, "--bucket", envvar="REPRODUCE_BUCKET", metavar="s3://NAME|gs://NAME",
                              help="s3://NAME or gs://NAME for artifacts on clouds (each run under runs/RUN).")
+SKIP_CHECK_OPTION = typer.Option(None, "--skip-check", metavar="NAME",   # reproduce.preflight
+                                 help="Waive the failed preflight check NAME (or a group, e.g. bucket); "
+                                      "recorded in the ledger.")
 PACE_OPTION = typer.Option(0.0, "--sim-pace", metavar="SECONDS",
                            help="sim: real seconds to sleep per poll, to watch (or interrupt) a simulated run.")
 
@@ -59,8 +62,7 @@ def all_stages(
     sim_pace: float = PACE_OPTION,
     bucket: Optional[str] = BUCKET_OPTION,
     infra: Optional[List[str]] = INFRA_OPTION,
-    skip_check: Optional[List[str]] = typer.Option(None, "--skip-check", metavar="NAME",
-                                                   help="Waive the failed preflight check NAME (recorded in the ledger)."),
+    skip_check: Optional[List[str]] = SKIP_CHECK_OPTION,
 ) -> None:
     """Plan, confirm, run every stage within --budget (exit 3 before crossing it), then audit."""
     from reproduce.plan import infra_sets
