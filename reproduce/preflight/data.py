@@ -42,6 +42,11 @@ def checks(ctx) -> list:
         return [skipped(GROUP, "the plan loads no dataset (no generate, eval or decontaminating convert)")]
     if ctx.scale == "smoke":
         return [skipped(GROUP, "smoke scale: problems come from reproduce/stages/smoke/smoke_data, not the hub")]
+    from reproduce.stages.lib import problems
+
+    if not hasattr(problems, "peek_source"):
+        return [skipped(GROUP, "this build's loaders have no peek_source/peek_benchmark (the real-data issue): "
+                               "datasets are not checked before the launch")]
     python, where = peek_python()
     if python is None:
         return [failed(GROUP, f"no environment with the {LOCK} lock's datasets/huggingface_hub to peek with: {where}",
