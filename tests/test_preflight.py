@@ -280,6 +280,58 @@ def test_a_waived_check_is_recorded_and_audited(launches, openai_server, s3, mon
     assert "preflight" in kinds and "check_waived" in kinds
     code, out, err = cli(capsys, "audit", run_id)
     assert "Preflight checks waived:" in out and "api/rewrite-batch" in out
+    tried = len(launches)
+    code, out, err = cli(capsys, "all", "--resume", run_id, "-y")   # the waiver was for that launch, not for ever
+    assert code == 2 and "api/rewrite-batch" in err.splitlines()[-1] and len(launches) == tried, err
+
+
+FAKE_GCLOUD = r"""#!/usr/bin/env python3
+# `gcloud storage cp|cat|ls|rm` over a folder ($FAKE_GCS/BUCKET/KEY); a bucket folder holding DENY refuses writes
+# as gcloud does (AccessDeniedException: 403 ..., exit 1).
+import os, pathlib, sys
+verb, *args = sys.argv[2:]
+root = pathlib.Path(os.environ["FAKE_GCS"])
+def where(url):
+    return root / url[len("gs://"):]
+target = where(args[-1])
+bucket = root / args[-1][len("gs://"):].split("/")[0]
+if not bucket.is_dir():
+    sys.exit(f"ERROR: (gcloud.storage.{verb}) gs://{bucket.name} not found: 404.")
+if verb == "cp":
+    if (bucket / "DENY").exists():
+        sys.exit("ERROR: (gcloud.storage.cp) [node@proj.iam] does not have permission to access b instance "
+                 f"[{bucket.name}] (or it may not exist): AccessDeniedException: 403")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(sys.stdin.buffer.read())
+elif verb == "cat":
+    sys.stdout.write(target.read_text())
+elif verb == "ls":
+    print("\n".join(f"gs://{p.relative_to(root)}" for p in target.rglob("*") if p.is_file()))
+elif verb == "rm":
+    target.unlink()
+"""
+
+
+@pytest.mark.parametrize("deny", [False, True])
+def test_a_gs_bucket_is_probed_through_gcloud(deny, launches, monkeypatch, tmp_path, capsys):
+    """gs://: the gcloud CLI is the boundary (faked on PATH, as in test_bucket.py): the probe object is written, read,
+    listed and deleted; a refused write fails naming the role to grant."""
+    only(monkeypatch, "bucket")
+    gcs, bin_dir = tmp_path / "gcs", tmp_path / "bin"
+    (gcs / "runs-gs").mkdir(parents=True)
+    if deny:
+        (gcs / "runs-gs" / "DENY").write_text("")
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("FAKE_GCS", str(gcs))
+    code, out, err = cli(capsys, "preflight", "--backend", "sky", "--bucket", "gs://runs-gs")
+    if deny:
+        assert code == 2 and "AccessDeniedException" in out and "roles/storage.objectAdmin" in out, out + err
+    else:
+        assert code == 0 and "passed  bucket/access: wrote, read, listed and deleted" in out, out + err
+        assert not [p for p in gcs.rglob("preflight-*") if p.is_file()]    # the probe is gone
 
 
 def test_an_unknown_skip_check_is_a_user_error(launches, monkeypatch, capsys):
