@@ -14,7 +14,7 @@ from conftest import cli
 
 pytest.importorskip("hub_standin", reason="the hub stand-in (tests/hub_standin.py, the real-data issue) is not here")
 from hub_standin import HubStandin, Replica  # noqa: E402
-from test_preflight import ALL, failed_lines, launches, only  # noqa: F401 - fixtures
+from test_preflight import ALL, launches, only  # noqa: F401 - launches is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 # datasets/huggingface_hub at the generate lock's versions (make's .venv-hub) where it is built, else the stage env's

@@ -89,7 +89,8 @@ def sft_python() -> tuple[str | None, str]:
 
     if os.environ.get("REPRODUCE_SFT_PYTHON"):
         return os.environ["REPRODUCE_SFT_PYTHON"], "REPRODUCE_SFT_PYTHON"
-    found = [p.parent / "bin" / "python" for env in ("sft", "smoke") for p in sorted(env_cache().glob(f"{env}-*/.ready"))]
+    found = [p.parent / "bin" / "python" for env in ("sft", "smoke")
+             for p in sorted(env_cache().glob(f"{env}-*/.ready"))]
     if os.environ.get("REPRODUCE_STAGE_VENV"):
         found.insert(0, Path(os.environ["REPRODUCE_STAGE_VENV"]) / "bin" / "python")
     found.append(tasks.workdir() / ".venv-stage" / "bin" / "python")

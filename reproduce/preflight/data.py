@@ -89,7 +89,8 @@ def _verdict(kind: str, item: dict, r: dict, label: str, ctx):
     if not r.get("records"):
         return failed(name, f"{repo}: the first rows gave no record through the {kind}'s transform and filter",
                       f"check the {kind}'s split, subset and filter against the dataset card")
-    detail = f"{repo}: {r['records']} record(s) from its first rows, prompt {r.get('prompt_chars', 0):,} chars ({label})"
+    detail = (f"{repo}: {r['records']} record(s) from its first rows, prompt {r.get('prompt_chars', 0):,} chars "
+              f"({label})")
     rows, planned = r.get("rows"), item.get("problems")
     if rows is not None and planned and rows < int(planned):
         return failed(name, f"{repo}: the hub has {rows:,} rows in {item.get('split')}, the recipe plans "

@@ -22,7 +22,8 @@ def main() -> int:
     version = getattr(llamafactory, "__version__", "?")
     try:
         if cfg.get("template") and cfg["template"] not in TEMPLATES:
-            raise ValueError(f"Template {cfg['template']} does not exist (known: {', '.join(sorted(TEMPLATES)[:12])}, ...)")
+            known = ", ".join(sorted(TEMPLATES)[:12])
+            raise ValueError(f"Template {cfg['template']} does not exist (known: {known}, ...)")
         get_train_args(dict(cfg))
     except BaseException as e:   # noqa: BLE001 - the parser raises ValueError, SystemExit, ...
         print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}", "version": version}))

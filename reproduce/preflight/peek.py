@@ -2,7 +2,8 @@
 no `datasets`): the first rows of each source and benchmark through the stage's own loader, record transform and
 prompt template. Reads a JSON request on stdin, prints one JSON line.
 
-    {"n": 3, "generate": {system_prompt, user_templates}, "eval": {...}, "items": [{"kind": "source"|"benchmark", "item": {...}}]}
+    {"n": 3, "generate": {system_prompt, user_templates}, "eval": {...},
+     "items": [{"kind": "source"|"benchmark", "item": {...}}]}
     -> {"versions": {...}, "results": [{"name", "ok", "records", "rows", "prompt_chars", "error", "error_type"}]}
 """
 import concurrent.futures as cf
