@@ -35,9 +35,22 @@ def launches(home, monkeypatch):
     monkeypatch.setattr(sky_adapter, "cancel_managed", lambda job_id=None, name=None: None)
     monkeypatch.setattr(sky_adapter, "down", lambda cluster_name: None)
     monkeypatch.setattr(sky_adapter, "enabled_infra", lambda timeout_s=20.0: ["primeintellect", "aws"])
+    enable(monkeypatch, "primeintellect", "aws")
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     return calls
+
+
+def enable(monkeypatch, *clouds):
+    """What `sky check` left enabled, as costmodel.infra reads it from SkyPilot's own state (tested against that state
+    in tests/test_infra.py; here its answer, so each test does not start a SkyPilot child process)."""
+    from costmodel import infra
+    from reproduce import plan
+
+    known = infra.Knowledge(True, clouds=tuple(clouds), source="test: sky check")
+    monkeypatch.setattr(infra, "enabled", lambda refresh=False: known)
+    plan._knowledge_cache.clear()
+    monkeypatch.setattr(plan, "_knowledge_cache", [])
 
 
 def only(monkeypatch, *names):
@@ -48,15 +61,15 @@ def only(monkeypatch, *names):
     monkeypatch.setattr(preflight, "_modules", lambda: mods)
 
 
-def refused(capsys, launches, *args) -> tuple[str, str]:
+def refused(capsys, launches, *args, last="nothing launched") -> tuple[str, str]:
     """`reproduce preflight ARGS` and `reproduce all --backend sky ARGS` both exit 2; nothing is launched."""
     code, out, err = cli(capsys, "preflight", "--backend", "sky", *args)
     assert code == 2, (out, err)
     code2, out2, err2 = cli(capsys, *ALL, *args)
     assert code2 == 2, (out2, err2)
     assert launches == []
-    assert "nothing launched" in err2.splitlines()[-1]
-    return out, err2
+    assert last is None or last in err2.splitlines()[-1]
+    return out, err2 + err
 
 
 def failed_lines(text: str) -> list[str]:
@@ -200,15 +213,13 @@ def test_an_invalid_task_fails_with_skypilots_message(launches, s3, monkeypatch,
     assert line.startswith("FAILED  skypilot/task-eval") and "disk_size" in line and "eval.yaml" in line
 
 
-def test_a_plan_on_a_cloud_that_is_not_enabled_fails(launches, s3, monkeypatch, capsys):
-    from reproduce.executors import sky_adapter
-
+def test_a_plan_on_a_cloud_that_is_not_enabled_launches_nothing(launches, s3, monkeypatch, capsys):
+    """Only GCP enabled, the recipe pinned to AWS: refused (exit 2) before any launch, by the plan itself."""
     only(monkeypatch, "skypilot")
     s3.create_bucket(Bucket="runs-bucket")
-    monkeypatch.setattr(sky_adapter, "enabled_infra", lambda timeout_s=20.0: ["gcp"])
-    out, _ = refused(capsys, launches, "--bucket", "s3://runs-bucket")
-    lines = failed_lines(out)
-    assert any("not enabled" in line and "sky check" in line for line in lines), out
+    enable(monkeypatch, "gcp")
+    out, err = refused(capsys, launches, "--bucket", "s3://runs-bucket", "--set", "placement.infra=[aws]", last=None)
+    assert "aws is not enabled" in err and "gcp" in err
 
 
 def test_placement_problems_fail_one_line_per_stage(launches, s3, monkeypatch, capsys):

@@ -1,7 +1,6 @@
 """SkyPilot: every task the plan launches, rendered from its plan row exactly as the executor renders it, passes
 SkyPilot's own parser and `Task.validate()`; every planned placement is on infra the user has enabled and
-within quota (the placement helper's `reproduce.plan.placement_problems(plan)` where it exists; else the
-enabled infra a running SkyPilot API server reports, through the one SkyPilot boundary, sky_adapter).
+within quota (reproduce.plan.placement_problems, from SkyPilot's own state and the clouds' quota APIs).
 """
 from __future__ import annotations
 
@@ -59,46 +58,18 @@ def _catalog_cached() -> bool:
 
 
 def placements(ctx, launched: list[str]) -> list:
-    from reproduce import plan as planner
+    """The placement issue's verdict on each planned placement (reproduce.plan.placement_problems: "STAGE: what:
+    fix" lines): not enabled or over quota fails; a quota that could not be read is unknown, not failed (SkyPilot
+    finds a short quota at launch, before anything runs)."""
+    from reproduce.plan import placement_problems
 
-    problems = getattr(planner, "placement_problems", None)
-    if problems is not None:
-        found = [p for p in problems(ctx.plan) if p.split(":")[0] in launched]
-        if found:   # each line names its stage first and its fix last (reproduce.plan.placement_problems)
-            return [failed(f"{GROUP}/placement-{p.split(':')[0]}", p.split(": ", 1)[-1].rsplit(": ", 1)[0],
-                           p.rsplit(": ", 1)[-1]) for p in found]
-        return [passed(f"{GROUP}/placement", "every planned placement is on enabled infra, within quota")]
-    return [_enabled(ctx, launched),
-            skipped(f"{GROUP}/quota", "quotas are not read by this build (reproduce.plan.placement_problems, the "
-                                      "placement issue, is not here): SkyPilot finds a short quota at launch")]
-
-
-def _enabled(ctx, launched: list[str]):
-    from reproduce.executors import sky_adapter
-
-    enabled = {str(c).lower().split("/")[0] for c in sky_adapter.enabled_infra()}
-    if not enabled:
-        return skipped(f"{GROUP}/enabled", "no running SkyPilot API server to say which infra is enabled "
-                                           "(`sky check` starts one and says)")
-    wanted = {}
-    for stage in launched:
-        row = ctx.row(stage)
-        clouds = [getattr(row, "cloud", None)] + [f.get("cloud") for f in (getattr(row, "fallbacks", None) or [])
-                                                   if not f.get("dropped")]
-        for cloud in filter(None, clouds):
-            wanted.setdefault(str(cloud).lower(), []).append(stage)
-    off = {c: s for c, s in wanted.items() if c not in enabled and _alias(c) not in enabled}
-    first = {s: getattr(ctx.row(s), "cloud", None) for s in launched}
-    dead = [s for s, c in first.items() if c and str(c).lower() in off]
-    if not dead:
-        extra = f"; fallbacks on {', '.join(sorted(off))} are not enabled" if off else ""
-        return passed(f"{GROUP}/enabled", f"every planned placement is on enabled infra "
-                                          f"({', '.join(sorted(enabled))}){extra}")
-    clouds = sorted({str(first[s]).lower() for s in dead})
-    return failed(f"{GROUP}/enabled", f"{', '.join(dead)} planned on {', '.join(clouds)}, which SkyPilot has not "
-                                      f"enabled (enabled: {', '.join(sorted(enabled))})",
-                  f"enable it (`sky check {clouds[0]}`), or plan on what is enabled")
-
-
-def _alias(cloud: str) -> str:
-    return {"kubernetes": "k8s", "k8s": "kubernetes"}.get(cloud, cloud)
+    out = []
+    for line in placement_problems(ctx.plan):
+        stage, _, rest = line.partition(": ")
+        if stage not in launched:
+            continue
+        what, _, fix = rest.rpartition(": ")
+        name = f"{GROUP}/placement-{stage}"
+        out.append(skipped(name, f"{what} (quota not confirmed)") if "quota" in what and " unknown (" in what
+                   else failed(name, what, fix))
+    return out or [passed(f"{GROUP}/placement", "every planned placement is on enabled infra, within the quotas read")]
