@@ -92,10 +92,10 @@ def _verdict(kind: str, item: dict, r: dict, label: str, ctx):
     detail = (f"{repo}: {r['records']} record(s) from its first rows, prompt {r.get('prompt_chars', 0):,} chars "
               f"({label})")
     rows, planned = r.get("rows"), item.get("problems")
-    if rows is not None and planned and rows < int(planned):
-        return failed(name, f"{repo}: the hub has {rows:,} rows in {item.get('split')}, the recipe plans "
-                            f"{int(planned):,} problems", f"set the {kind}'s `problems` to at most {rows:,}")
-    if rows is not None:
+    if rows is not None and planned and rows < int(planned):   # `problems` is a cap: fewer rows cost less, not more
+        detail += (f"; the hub has {rows:,} rows, fewer than the {int(planned):,} problems the recipe plans: the plan "
+                   f"overestimates it (set `problems: {rows}` for a closer price)")
+    elif rows is not None:
         detail += f"; {rows:,} rows on the hub" + (f" for {int(planned):,} planned" if planned else "")
     return passed(name, detail)
 
