@@ -141,6 +141,9 @@ def render_audit(a: dict) -> str:
                or (d["kind"] in ("stop", "forecast") and d["ok"])]
     if refused:
         lines += ["", "Budget guard:"] + [f"  {d['stage']}: {d['kind']}: {d['reason']}" for d in refused]
+    waived = [d for d in a["decisions"] if d["kind"] == "check_waived"]
+    if waived:   # reproduce.preflight: a check the user waived with --skip-check
+        lines += ["", "Preflight checks waived:"] + [f"  {d['reason']}" for d in waived]
     lines += render_fidelity(a.get("fidelity") or fidelity(a))
     return "\n".join(lines)
 

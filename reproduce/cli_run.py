@@ -25,6 +25,9 @@ PREEMPT_OPTION = typer.Option(0.0, "--sim-preemption-rate", metavar="PER_HOUR", 
 SEED_OPTION = typer.Option(0, "--sim-seed", metavar="N", help="sim: random seed (noise, preemptions).")
 BUCKET_OPTION = typer.Option(None, "--bucket", envvar="REPRODUCE_BUCKET", metavar="s3://NAME|gs://NAME",
                              help="s3://NAME or gs://NAME for artifacts on clouds (each run under runs/RUN).")
+SKIP_CHECK_OPTION = typer.Option(None, "--skip-check", metavar="NAME",   # reproduce.preflight
+                                 help="Waive the failed preflight check NAME (or a group, e.g. bucket); "
+                                      "recorded in the ledger.")
 PACE_OPTION = typer.Option(0.0, "--sim-pace", metavar="SECONDS",
                            help="sim: real seconds to sleep per poll, to watch (or interrupt) a simulated run.")
 
@@ -59,13 +62,14 @@ def all_stages(
     sim_pace: float = PACE_OPTION,
     bucket: Optional[str] = BUCKET_OPTION,
     infra: Optional[List[str]] = INFRA_OPTION,
+    skip_check: Optional[List[str]] = SKIP_CHECK_OPTION,
 ) -> None:
     """Plan, confirm, run every stage within --budget (exit 3 before crossing it), then audit."""
     from reproduce.plan import infra_sets
 
     execute(recipe, budget, backend, scale, (sets or []) + infra_sets(infra), dry_run, resume, yes,
             dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
-            bucket=bucket)
+            bucket=bucket, skip_checks=skip_check or [])
 
 
 def stage(
@@ -96,7 +100,8 @@ def stage(
             only=[name], bucket=bucket)
 
 
-def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None, bucket=None) -> None:
+def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None, bucket=None,
+            skip_checks=()) -> None:
     import math
 
     import yaml
@@ -178,6 +183,10 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         refuse_whatif(plan)
     if not dry_run:
         executor.preflight([s.stage for s in plan.stages])
+        from reproduce import preflight   # $0 checks of every real-world contact: a failure launches nothing
+
+        run_id = resume or pipeline.new_run_id()
+        checked = preflight.guard(preflight.Context(resolved, plan, chosen, bucket, run_id), skip_checks)
     if dry_run:
         typer.echo(render_tasks(plan, resolved, executor, chosen))
         typer.echo("dry run: nothing launched, nothing spent, nothing recorded", err=True)
@@ -197,8 +206,9 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if resume and only and only[0] in ledger.finished_stages(resume):
         typer.echo(f"stage {only[0]} already finished in run {resume}; nothing to do", err=True)
         return
+    preflight.record(ledger, run_id, checked)
     result = pipeline.run(plan, resolved, executor, ledger, budget_usd, resume_run=resume, stages=only,
-                          bucket=bucket)
+                          bucket=bucket, run_id=run_id)
     typer.echo(f"run {result.run_id}: artifacts in {result.artifacts}; ledger {ledger.path}", err=True)
     typer.echo(render_audit(ledger.audit(result.run_id)))
     scores = result.artifacts / "eval" / "table.md"

@@ -66,7 +66,10 @@ class LocalOpenAI:
     """The server. `with LocalOpenAI() as srv: srv.base_url` -> "http://127.0.0.1:PORT/v1"."""
 
     def __init__(self, port: int = 0, fail_chat=(), fail_batch_lines=(), fail_batches: int = 0,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", api_key: str | None = None, models=None, batch_allowed: bool = True):
+        # What a preflight asks (reproduce.preflight.api): with `api_key` every request must carry it (else 401);
+        # `models` are the ids models.retrieve knows (None: any); `batch_allowed=False` answers 403 on /batches.
+        self.api_key, self.models, self.batch_allowed = api_key, models, batch_allowed
         self.fail_chat = list(fail_chat)
         self.fail_batches = fail_batches
         self.fail_batch_lines = (dict(fail_batch_lines) if isinstance(fail_batch_lines, dict)
@@ -195,6 +198,17 @@ class LocalOpenAI:
         self.batches[batch["id"]] = {"batch": batch, "out": out, "err": err, "step": 0, "fail": fail}
         return batch
 
+    def get_model(self, model_id: str) -> dict:
+        if self.models is not None and model_id not in self.models:
+            raise ApiError(404, f"The model `{model_id}` does not exist or you do not have access to it.",
+                           "model_not_found")
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "local"}
+
+    def list_batches(self) -> dict:
+        data = [e["batch"] for e in self.batches.values()]
+        return {"object": "list", "data": data, "has_more": False,
+                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
     def get_batch(self, batch_id: str) -> dict:
         entry = self.batches.get(batch_id)
         if entry is None:
@@ -259,10 +273,16 @@ def _handler(server: LocalOpenAI):
                 ("files.retrieve", "GET", r"/v1/files/([^/]+)", lambda fid: _file(server, fid)["meta"]),
                 ("batches.create", "POST", r"/v1/batches", lambda: server.create_batch(json.loads(body))),
                 ("batches.retrieve", "GET", r"/v1/batches/([^/]+)", server.get_batch),
+                ("batches.list", "GET", r"/v1/batches", server.list_batches),
+                ("models.retrieve", "GET", r"/v1/models/(.+)", server.get_model),
             ]
             for name, verb, pattern, action in routes:
                 m = re.fullmatch(pattern, path)
                 if verb == method and m:
+                    refused = _refusal(server, self.headers.get("Authorization", ""), name)
+                    if refused:
+                        return self._reply(refused.status, {"error": {
+                            "message": str(refused), "type": refused.code, "code": refused.code, "param": None}})
                     with server._lock:
                         server.requests[name] += 1
                         server.requests["total"] += 1
@@ -286,6 +306,15 @@ def _handler(server: LocalOpenAI):
             self._route("POST")
 
     return Handler
+
+
+def _refusal(server: LocalOpenAI, authorization: str, route: str) -> "ApiError | None":
+    """401 for a key other than the server's, 403 for /batches when Batch is not allowed; else None."""
+    if server.api_key is not None and authorization != f"Bearer {server.api_key}":
+        return ApiError(401, "Incorrect API key provided.", "invalid_api_key")
+    if not server.batch_allowed and route.startswith("batches."):
+        return ApiError(403, "This key is not allowed to use the Batch API.", "permission_denied")
+    return None
 
 
 def _file(server: LocalOpenAI, file_id: str) -> dict:
