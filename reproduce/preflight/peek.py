@@ -20,7 +20,9 @@ def peek(kind: str, item: dict, n: int, gen: dict, ev: dict) -> dict:
         records = (problems.peek_source if kind == "source" else problems.peek_benchmark)(item, n)
         out["records"] = len(records)
         if records:
-            if kind == "source":
+            if kind == "source" and records[0].get("published"):   # a published trace (STILL-2): no prompt is sent
+                messages = [{"content": records[0]["problem"]}, {"content": records[0]["response"]}]
+            elif kind == "source":
                 messages = generate.messages(records[0], gen.get("system_prompt"), gen.get("user_templates") or {})
             else:
                 from reproduce.stages import evaluate
