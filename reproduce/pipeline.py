@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from costmodel import budget as guard
+from costmodel import forecast
 from costmodel.ledger import LeaseLost, home
 from reproduce.errors import UserError
 from reproduce import stagetable
@@ -150,9 +151,10 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
             progress.note(name, "already finished in this run: skipped")
             continue
         later = [s for s in selected[i + 1:] if s not in finished]
-        spent, rest = ledger.spent(run_id), sum(rows[s].total_usd for s in later)
-        decision = guard.record(ledger, run_id, name, guard.admit(spent, p.total_usd, rest, budget, name),
-                                at=executor.now())
+        spent = ledger.spent(run_id)
+        rest = forecast.rest_bounds([rows[s] for s in later]).low   # what the run cannot do with less
+        decision = guard.record(ledger, run_id, name, forecast.admit(spent, p, [rows[s] for s in later], budget,
+                                                                     name), at=executor.now())
         if not decision.ok:
             progress.note(name, f"not started: {decision.reason}")
             return end(3, "stopped", name, f"stage {name} not started: {decision.reason}"
@@ -324,15 +326,17 @@ def _orphan(ledger, run_id: str, name: str) -> str | None:
     return last["handle"] if attempts and attempts[-1]["event"] == "interrupted" else None
 
 
-def _rest_at(later: list, factor: float) -> tuple[float, str]:
-    """The stages after the running one, with the running stage's observed overrun (factor > 1) assumed for
-    the GPU stages whose own kind of work has not been measured yet (reproduce.replan's rule)."""
-    plain = sum(r.total_usd for r in later)
-    if factor <= 1:
-        return plain, ""
-    scaled = sum((r.total_usd - r.storage_usd) * (factor if r.kind == "gpu" and "measured_factor" not in r.details
-                                                   else 1.0) + r.storage_usd for r in later)
-    return scaled, f" (rest: GPU stages not measured yet x {factor:.2f}, the overrun observed here)"
+def _forecast_stop(w: _Watch, name: str, p, fc, spent_before: float, later: list):
+    """The forecast's decision (costmodel.forecast): stop when even the low end of what the run needs passes
+    the budget. The running stage's slowdown is assumed, with its spread, for later GPU stages of a kind of
+    work nothing has measured yet; what it shows is kept for the advice of a stop."""
+    paid_part = p.total_usd - p.storage_usd   # what the observed rate scales; the bucket is by GB
+    factor = fc.factor(paid_part)
+    rest = forecast.rest_bounds(later, factor, fc.spread)
+    decision = forecast.decide(name, spent_before, fc, p.storage_usd, rest, w.budget)
+    if decision.ok and paid_part > 0:
+        w.observed[name] = (factor, fc.cost)
+    return decision
 
 
 def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: list):
@@ -380,7 +384,7 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
                         st.progress = {"done": lines, "total": p.api_tokens["requests"], "unit": "requests"}
             cost = st.cost_usd + st.api_usd
             fc = rate.forecast(st, cost, now)
-            w.progress.status(name, st, p.total_usd, forecast=fc[0] if fc else None, eta_s=rate.eta_s)
+            w.progress.status(name, st, p.total_usd, forecast=fc.central if fc else None, eta_s=rate.eta_s)
             if st.done:
                 break
             if st.state != last_state or now - last_row >= w.every:
@@ -389,14 +393,7 @@ def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: 
                 last_state, last_row = st.state, now
             decision = guard.should_stop(spent_before, cost, st.price_per_hour, poll_s, w.budget, w.teardown_s)
             if not decision.ok and fc is not None:
-                paid_part = p.total_usd - p.storage_usd   # what the observed rate scales; the bucket is by GB
-                factor = fc[0] / paid_part if paid_part > 0 else 1.0
-                rest_now, how = _rest_at(later, factor)
-                kept = f" + bucket ${p.storage_usd:,.2f}" if p.storage_usd else ""
-                decision = guard.should_stop_forecast(name, spent_before, fc[0] + p.storage_usd, rest_now, w.budget,
-                                                      fc[1] + kept + how)
-                if decision.ok and paid_part > 0:
-                    w.observed[name] = (factor, cost)
+                decision = _forecast_stop(w, name, p, fc, spent_before, later)
             if decision.ok:
                 guard.record(ledger, w.run_id, name, decision, at=now)
                 ex.cancel(handle)
@@ -502,29 +499,26 @@ def _share(st: StageStatus) -> float:
 
 
 class _Rate:
-    """$ and time per unit of progress within this attempt, from its first reported progress to now: what
-    the forecast and the ETA rest on."""
+    """$ and time per unit of progress within this attempt (costmodel.forecast.StageRate): the forecast and
+    the ETA rest on it."""
 
     def __init__(self):
-        self.first = None   # (cost, done, time) at the first poll with progress
-        self.eta_s = None
+        from costmodel.forecast import StageRate
+
+        self._rate = StageRate()
+
+    @property
+    def eta_s(self):
+        return self._rate.eta_s
 
     def forecast(self, st: StageStatus, cost: float, now: float):
-        """(usd at completion, arithmetic), once FORECAST_MIN_SHARE of the work is done this attempt."""
+        """A costmodel.forecast.Forecast once enough of the stage is measured, else None."""
         prog = st.progress or {}
-        done, total = float(prog.get("done") or 0), float(prog.get("total") or 0)
+        total = float(prog.get("total") or 0)
         if total <= 0 or st.state not in ("RUNNING", "RECOVERING"):
             return None
-        if self.first is None:
-            self.first = (cost, done, now)
-            return None
-        c0, d0, t0 = self.first
-        if done <= d0 or now <= t0:
-            return None
-        self.eta_s = (total - done) * (now - t0) / (done - d0)
-        if done - d0 < guard.FORECAST_MIN_SHARE * total:
-            return None
-        return guard.forecast(cost, done, total, (cost - c0) / (done - d0))
+        self._rate.feed(cost, float(prog.get("done") or 0), total, now)
+        return self._rate.estimate()
 
 
 def _record_usage(w: _Watch, stage: str, attempt: int, at: float) -> int | None:

@@ -198,6 +198,8 @@ def replan(recipe: dict, known: dict, remaining: list[str], budget, backend: str
         else:
             continue
         estimates.rescale(row, t["factor"], variant["costs"])
+        # the guard's bounds (costmodel.forecast) trust a borrowed factor less than one of the same work
+        row.details["factor_basis"] = "measured" if work in measured else "borrowed"
         reasons[name].append(f"{src} ran {t['factor']:.2f}x its estimate ({t['work_hours']:,.2f} h of work vs "
                              f"{t['planned_hours']:,.2f} h): {reason}")
     return rows, reasons, why

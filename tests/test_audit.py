@@ -16,8 +16,8 @@ from test_pipeline_sim import cli
 
 @pytest.fixture
 def stopped_run(home, capsys):
-    # 2.2x: every stage fits until sft's own forecast shows it cannot finish
-    code, out, err = cli(capsys, "all", "--budget", "450", "--backend", "sim", "--sim-slowdown", "2.2",
+    # 2.5x: every stage may fit until sft's own forecast shows it cannot finish
+    code, out, err = cli(capsys, "all", "--budget", "450", "--backend", "sim", "--sim-slowdown", "2.5",
                          "--sim-preemption-rate", "0.1", "-y")
     assert code == 3
     return json.loads(cli(capsys, "runs", "--json")[1])[-1]["run"]
