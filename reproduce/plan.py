@@ -220,8 +220,8 @@ def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool, where=None
         est = s.estimate(recipe, None, calibration)
         est.memory = mem
         return est
-    nodes = int(cfg.get("num_nodes", 1))
-    pinned = cfg.get("use_spot", "auto")
+    nodes = int(cfg.get("num_nodes", 1))   # eval states none: one node
+    pinned = cfg["use_spot"]
     where = where if where is not None else placement_scope(recipe)
     host_need = _host_ram_need(s, recipe)
     options, excluded, checked = {}, [], {}

@@ -72,3 +72,15 @@ def test_smoke_recipe_is_cents(full):
 def test_bad_input_names_the_value(full, kwargs, msg):
     with pytest.raises(BadInput, match=msg):
         storage.estimate(full, **kwargs)
+
+
+def test_an_api_teacher_on_the_controller_pulls_nothing():
+    """bespoke-stratos-32b's teacher is an API called from the controller: its traces are written here, so the
+    bucket charges no egress for them (the old per-stage REMOTE table charged 0.56 GB of it)."""
+    bespoke = recipes.load("bespoke-stratos-32b", [], "full")
+    rows = {r["stage"]: r for r in storage.estimate(bespoke)["stages"]}
+    assert rows["generate"]["gb_written"] > 0.5
+    assert rows["generate"]["gb_pulled"] == 0 and rows["generate"]["egress_usd"] == 0
+    assert rows["eval"]["gb_pulled"] == rows["eval"]["gb_written"] > 0          # eval still runs on a GPU node
+    vllm = dict(bespoke, generate={k: v for k, v in bespoke["generate"].items() if k not in ("backend", "model")})
+    assert {r["stage"]: r for r in storage.estimate(vllm)["stages"]}["generate"]["gb_pulled"] > 0.5
