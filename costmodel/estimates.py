@@ -368,8 +368,11 @@ def estimate_generate(recipe: dict, offer, calibration=None, stage="generate", o
     gpu, per_node = _accel(cfg["accelerator"])
     nodes = int(cfg.get("num_nodes", 1))
     w = workload(recipe)
-    model = recipe["models"]["teacher" if stage == "generate" else "student"]
-    prompt, output = ((w["prompt_tokens"], w["output_tokens"]) if stage == "generate"
+    from costmodel.stages import stage as row   # the table names the model each vLLM stage loads
+
+    role = row(stage).model
+    model = recipe["models"][role]
+    prompt, output = ((w["prompt_tokens"], w["output_tokens"]) if role == "teacher"
                       else (w["eval_prompt_tokens"], w["eval_output_tokens"]))
     est = StageEstimate(stage, "gpu", cfg["accelerator"], nodes, per_node * nodes)
     hours, det = generation_hours(prompt, output, model["params_b"], gpu, per_node * nodes, cfg["tensor_parallel"],

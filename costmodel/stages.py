@@ -34,7 +34,8 @@ class Stage:
     estimate: Callable           # gpu: (recipe, offer, calibration, on_demand_offer=, spot=) -> StageEstimate
                                  # others: (recipe) -> StageEstimate
     writes: Callable             # (recipe) -> (GB it leaves in the run's bucket, what they are): costmodel.storage
-    progress: str                # the unit its progress is counted in (problems, records, requests, steps, ...)
+    progress: str | None         # the unit its progress is counted in (problems, records, requests, steps);
+                                 #   None: it reports none (the simulator counts one step)
     options: str | None = None   # the settings the optimizer tries (costmodel.search.OPTIONS): vllm | filter |
                                  #   api-batch | training; None: nothing to choose
     model: str | None = None     # gpu stages: the recipe's models.<model> it loads (memory, throughput)
@@ -50,7 +51,7 @@ class Stage:
     # Its secrets are its task YAML's `secrets:` (reproduce.tasks), its fit knobs its section's (costmodel.memory).
 
     def keeps_scratch(self, recipe: dict) -> bool:
-        return bool(recipe[self.section].get("keep_checkpoints"))
+        return bool((recipe.get(self.section) or {}).get("keep_checkpoints"))
 
     def runs_on(self, recipe: dict) -> str:
         """Where this stage runs for this recipe: its row's `where`, except a stage with an API form (generate)
@@ -68,7 +69,7 @@ class Stage:
         `where: local`."""
         if self.runs_on(recipe) == CONTROLLER:
             return True
-        return self.may_run_here and recipe[self.section].get("where", "local") == "local"
+        return self.may_run_here and (recipe.get(self.section) or {}).get("where", "local") == "local"
 
     def memory(self, recipe: dict, accelerator: str | None = None) -> dict:
         """{per_gpu_gib, usable_gib, fits, arithmetic} of this GPU stage's configuration on `accelerator`
@@ -132,7 +133,7 @@ STAGES: tuple[Stage, ...] = (
           storage.rewritten_written, "requests", options="api-batch"),
     Stage("convert", "convert", None, CONTROLLER, None, "convert", ("rewrite",),
           "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory", _convert, storage.records_written,
-          "records"),
+          None),
     Stage("sft", "sft", "sft", GPU, "managed", "sft", ("convert",),
           "render the LLaMA-Factory config and train", estimates.estimate_sft, storage.model_written, "steps",
           options="training", model="student", work="training", measures="mfu", scratch=("checkpoints/checkpoint-",),
