@@ -15,7 +15,7 @@ from reproduce.errors import UserError
 from costmodel import estimates
 from costmodel.errors import BadInput
 from costmodel.estimates import GPU_NAMES
-from costmodel.stages import api_backend   # the stage table's; here too for the schema's callers
+from costmodel.stages import STAGES, api_backend   # api_backend here too for the schema's callers
 DOMAINS = ("math", "code", "mcq")
 
 
@@ -271,7 +271,7 @@ def _walk(node, key: str, pattern: str, origin) -> None:
 
 def _cross(recipe: dict, origin) -> None:
     """Rules between keys: the GPUs a vLLM stage uses are TP x DP of its node; names are unique."""
-    for section in ("generate", "eval"):
+    for section in (s.section for s in STAGES if s.options == "vllm"):
         cfg = recipe[section]
         gpus = estimates.accelerator(cfg["accelerator"])[1]
         tp, dp = cfg["tensor_parallel"], cfg["data_parallel"]
