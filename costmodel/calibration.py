@@ -31,28 +31,30 @@ def observations(stage: str, summary: dict, recipe: dict, plan_row: dict) -> lis
     gpu = accel.partition(":")[0]   # not estimates.accelerator: an accelerator without figures is no error here
     if gpus <= 0 or gpu not in estimates.GPUS or plan_row.get("kind") != "gpu":
         return []
-    if stage in ("generate", "eval"):
+    from costmodel.stages import stage as row   # the table names what each stage's run measures
+
+    this = row(stage)
+    if this.measures == "decode":
         wall = _first(summary, "generation_wall_s", "wall_s")
         output = _first(summary, "output_tokens", "response_tokens", "completion_tokens")
         prompt = _first(summary, "prompt_tokens") or 0.0
         if not wall or not output:
             return []
-        role = "teacher" if stage == "generate" else "student"
-        params = recipe["models"][role]["params_b"]
-        tp = recipe[stage].get("tensor_parallel", 1)
+        params = recipe["models"][this.model]["params_b"]
+        tp = recipe[stage]["tensor_parallel"]
         # the estimator's own formula, inverted: seconds = (output + prompt / PREFILL_SPEEDUP) / (tok/s x GPUs)
         tok_s = (output + prompt / estimates.PREFILL_SPEEDUP) / (wall * gpus)
         key = estimates.decode_key(params, gpu, tp)
         return [(key, tok_s, f"({output:,.0f} out + {prompt:,.0f} in / {estimates.PREFILL_SPEEDUP:g}) tokens / "
                              f"({wall:,.0f} s x {gpus} GPUs)")]
-    if stage == "sft":
+    if this.measures == "mfu":
         runtime = _first(summary, "train_runtime", "wall_s")
         tokens = _first(summary, "train_tokens")
         if not runtime or not tokens:
             return []
         sft, student = recipe["sft"], recipe["models"]["student"]
         seq = min(sft["mean_sample_tokens"], sft["cutoff_len"])
-        method = sft.get("method", "sft")   # LLaMA-Factory counts chosen and rejected tokens both; DPO adds a forward
+        method = sft["method"]   # LLaMA-Factory counts chosen and rejected tokens both; DPO adds a forward
         per_token = estimates.flops_per_token(student.get("active_params_b", student["params_b"]),
                                               student.get("layers", 64), student.get("hidden", 5120), seq, method)
         nodes = int(summary.get("nodes") or plan_row.get("nodes") or 1)
@@ -60,7 +62,7 @@ def observations(stage: str, summary: dict, recipe: dict, plan_row: dict) -> lis
         peak = estimates.gpu_spec(gpu).bf16_tflops * 1e12
         mfu = per_token * tokens / (gpus * peak * runtime * scaling)
         key = estimates.mfu_key(sft["zero_stage"], sft["cpu_offload"], sft["packing"] and method == "sft",
-                                sft.get("liger_kernel", False))
+                                sft["liger_kernel"])
         return [(key, mfu, f"{per_token * tokens:.3g} FLOPs / ({gpus} x {peak / 1e12:g} TFLOPS x {runtime:,.0f} s)")]
     return []
 

@@ -29,6 +29,7 @@ GPUS = {
     "H200": GpuSpec(989, 141, 4.8, "NVIDIA H200 SXM datasheet (dense BF16 989 TFLOPS, 4.8 TB/s)"),
     "A100-80GB": GpuSpec(312, 80, 2.04, "NVIDIA A100 80GB SXM datasheet (BF16 312 TFLOPS, 2.04 TB/s)"),
 }
+GPU_NAMES = tuple(GPUS)   # the GPUs a recipe may ask for: those with figures here and in costmodel.memory
 
 # Decode throughput of a 32.8B bf16 model on one H100, tensor parallel 2, long outputs:
 # KV cache 262 KB/token (64 layers x 8 KV heads x 128 x 2 x 2 B) leaves ~300k cached tokens for 4 replicas'
@@ -219,12 +220,12 @@ def optimizer_steps(sft: dict, gpus: int, packing: bool | None = None) -> int:
 
 def sft_hours(sft: dict, student: dict, gpu: str, gpus_per_node: int, nodes: int,
               calibration: dict | None = None) -> tuple[float, dict]:
-    method = sft.get("method", "sft")
+    method = sft["method"]
     flops, tokens = sft_flops(student.get("active_params_b", student["params_b"]), student.get("layers", 64),
                               student.get("hidden", 5120), sft["samples"], sft["mean_sample_tokens"],
                               sft["cutoff_len"], sft["num_train_epochs"], method)
     packing = bool(sft["packing"]) and method == "sft"   # LLaMA-Factory packs SFT only (neat_packing: "except SFT")
-    mfu, why = sft_mfu(sft["zero_stage"], sft["cpu_offload"], packing, sft.get("liger_kernel", False),
+    mfu, why = sft_mfu(sft["zero_stage"], sft["cpu_offload"], packing, sft["liger_kernel"],
                        calibration, method)
     gpus = gpus_per_node * nodes
     scaling = NODE_SCALING ** math.log2(nodes) if nodes > 1 else 1.0
@@ -356,7 +357,7 @@ def workload(recipe: dict) -> dict:
 
 def wants_spot(cfg: dict) -> bool:
     """A section's `use_spot`: true/false pins the market; auto (the default) lets the plan take the cheaper."""
-    return cfg.get("use_spot", "auto") is not False
+    return cfg["use_spot"] is not False
 
 
 def estimate_generate(recipe: dict, offer, calibration=None, stage="generate", on_demand_offer=None,
@@ -367,8 +368,11 @@ def estimate_generate(recipe: dict, offer, calibration=None, stage="generate", o
     gpu, per_node = _accel(cfg["accelerator"])
     nodes = int(cfg.get("num_nodes", 1))
     w = workload(recipe)
-    model = recipe["models"]["teacher" if stage == "generate" else "student"]
-    prompt, output = ((w["prompt_tokens"], w["output_tokens"]) if stage == "generate"
+    from costmodel.stages import stage as row   # the table names the model each vLLM stage loads
+
+    role = row(stage).model
+    model = recipe["models"][role]
+    prompt, output = ((w["prompt_tokens"], w["output_tokens"]) if role == "teacher"
                       else (w["eval_prompt_tokens"], w["eval_output_tokens"]))
     est = StageEstimate(stage, "gpu", cfg["accelerator"], nodes, per_node * nodes)
     hours, det = generation_hours(prompt, output, model["params_b"], gpu, per_node * nodes, cfg["tensor_parallel"],
@@ -390,7 +394,7 @@ def estimate_generate_api(recipe: dict, token_price) -> StageEstimate:
     gen = recipe["generate"]
     w = workload(recipe)
     prompt, completion = w["prompt_tokens"], w["output_tokens"]
-    batch = bool(gen.get("batch", False))
+    batch = bool(gen["batch"])
     est = StageEstimate("generate", "api")
     est.api_usd = api_cost(gen["model"], int(prompt), int(completion), batch=batch)
     est.api_tokens = {"model": gen["model"], "requests": round(w["samples"]), "prompt_tokens": round(prompt),
@@ -452,7 +456,7 @@ def estimate_rewrite(recipe: dict, token_price) -> StageEstimate:
 def estimate_sft(recipe: dict, offer, calibration=None, on_demand_offer=None, spot: bool | None = None) -> StageEstimate:
     sft = recipe["sft"]
     gpu, per_node = _accel(sft["accelerator"])
-    nodes = sft.get("num_nodes", 1)
+    nodes = sft["num_nodes"]
     est = StageEstimate("sft", "gpu", sft["accelerator"], nodes, per_node * nodes)
     hours, det = sft_hours(sft, recipe["models"]["student"], gpu, per_node, nodes, calibration)
     est.details.update(det)

@@ -97,12 +97,12 @@ def sft_config(recipe: dict, **changes) -> dict:
     from costmodel.estimates import accelerator
 
     name, count = accelerator(sft["accelerator"])
-    return {"gpu": name, "gpus_per_node": count, "nodes": int(sft.get("num_nodes", 1)),
+    return {"gpu": name, "gpus_per_node": count, "nodes": int(sft["num_nodes"]),
             "zero_stage": int(sft["zero_stage"]), "cpu_offload": bool(sft["cpu_offload"]),
             "cutoff_len": int(sft["cutoff_len"]), "batch": int(sft["per_device_train_batch_size"]),
             "gradient_checkpointing": bool(sft.get("gradient_checkpointing", True)),
-            "liger_kernel": bool(sft.get("liger_kernel", False)), "shape": shape(recipe["models"]["student"]),
-            "method": sft.get("method", "sft"), "node_ram_gib": sft.get("node_ram_gib")}
+            "liger_kernel": bool(sft["liger_kernel"]), "shape": shape(recipe["models"]["student"]),
+            "method": sft["method"], "node_ram_gib": sft.get("node_ram_gib")}
 
 
 def fits(config: dict, gpu: str | None = None) -> tuple[bool, dict, str]:

@@ -13,7 +13,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from costmodel import estimates, memory
+from costmodel import estimates, memory, stages
 from costmodel.errors import BadInput
 
 ACCELERATORS = ("H100:8", "H200:8", "A100-80GB:8")
@@ -58,10 +58,8 @@ def search(recipe: dict, price_fn=None, calibration: dict | None = None, token_p
     `place_fn(stage, variant) -> StageEstimate` prices a GPU candidate the way the plan does (only clouds that
     can run the task, the cheaper market when `use_spot: auto`); it raises for a placement that cannot run."""
     out = {}
-    for stage, options in (("generate", _generation_options(recipe, "generate")), ("filter", _filter_options(recipe)),
-                           ("rewrite", [{"rewrite.batch": b} for b in (True, False)]),
-                           ("sft", _sft_options(recipe, price_fn is not None)),
-                           ("eval", _generation_options(recipe, "eval"))):
+    for row in (s for s in stages.STAGES if s.options):
+        stage, options = row.name, OPTIONS[row.options](recipe, row.section, price_fn is not None)
         tried = [_evaluate(recipe, stage, opt, price_fn, calibration, token_price, place_fn=place_fn)
                  for opt in options]
         anchor = _evaluate(recipe, stage, {}, price_fn, calibration, token_price, derive=False, place_fn=place_fn)
@@ -72,6 +70,15 @@ def search(recipe: dict, price_fn=None, calibration: dict | None = None, token_p
         out[stage] = {"anchor": anchor, "best": best,
                       "candidates": sorted(tried, key=lambda c: (not c.feasible, c.usd))}
     return out
+
+
+# A stage row's `options` (costmodel.stages) -> (recipe, its section, priced?) -> the settings to try.
+OPTIONS = {
+    "vllm": lambda recipe, section, priced: _generation_options(recipe, section),
+    "filter": lambda recipe, section, priced: _filter_options(recipe),
+    "api-batch": lambda recipe, section, priced: [{f"{section}.batch": b} for b in (True, False)],
+    "training": lambda recipe, section, priced: _sft_options(recipe, priced),
+}
 
 
 def overrides(result: dict) -> dict:
@@ -100,7 +107,7 @@ def apply(recipe: dict, changes: dict) -> dict:
 
 def _markets(cfg: dict) -> tuple:
     """`use_spot: auto` leaves the market to the plan (the cheaper expected cost); a pinned one is searched."""
-    return ("auto",) if cfg.get("use_spot", "auto") == "auto" else MARKETS
+    return ("auto",) if cfg["use_spot"] == "auto" else MARKETS
 
 
 def _generation_options(recipe: dict, stage: str) -> list[dict]:
@@ -133,7 +140,7 @@ def _sft_options(recipe: dict, priced: bool) -> list[dict]:
 def _accumulation(sft: dict, gpus: int, packing: bool) -> int:
     """Keep the recipe's optimizer step: the same samples per step (96 for Sky-T1) on a different GPU count,
     or with packing the same tokens per step (96 x 4,100 ~= 24 sequences of 16,384)."""
-    anchor_gpus = estimates.accelerator(sft["accelerator"])[1] * int(sft.get("num_nodes", 1))
+    anchor_gpus = estimates.accelerator(sft["accelerator"])[1] * int(sft["num_nodes"])
     samples = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * anchor_gpus
     if sft.get("packing") == packing:
         per_step = samples
@@ -147,7 +154,7 @@ def _accumulation(sft: dict, gpus: int, packing: bool) -> int:
 def optimizer_steps(sft: dict) -> int:
     """Optimizer steps of the whole run on the section's GPUs (costmodel.estimates.optimizer_steps)."""
     _, per_node = estimates.accelerator(sft["accelerator"])
-    return estimates.optimizer_steps(sft, per_node * int(sft.get("num_nodes", 1)))
+    return estimates.optimizer_steps(sft, per_node * int(sft["num_nodes"]))
 
 
 def save_steps(sft: dict, base_hours: float, costs: dict, params_b: float) -> tuple[int, str]:
@@ -183,11 +190,12 @@ def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, tok
     """`derive`: also choose the settings that follow from the others (save_steps); off for the anchor."""
     changes = {k: v for k, v in option.items() if _get(recipe, k) != v}
     variant = apply(recipe, changes)
-    if stage == "sft" and variant["sft"] is recipe["sft"]:  # save_steps may be set below
-        variant["sft"] = dict(recipe["sft"])
+    kind = stages.stage(stage).options
+    if kind == "training" and variant[stage] is recipe[stage]:  # save_steps may be set below
+        variant[stage] = dict(recipe[stage])
     cand = Candidate(stage, changes)
     try:
-        if stage in ("generate", "eval"):
+        if kind == "vllm":
             _check_vllm(variant, stage, cand)
             if cand.feasible and place_fn is not None:
                 cand.estimate = _placed(place_fn, stage, variant, cand)
@@ -198,14 +206,14 @@ def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, tok
                     cand.feasible, cand.rejected = False, f"no price for {cfg['accelerator']}"
                 else:
                     cand.estimate = estimates.estimate_generate(variant, offer, calibration, stage=stage)
-        elif stage == "filter":
+        elif kind == "filter":
             cand.estimate = estimates.estimate_filter(variant)
-        elif stage == "rewrite":
+        elif kind == "api-batch":
             from costmodel import api_prices
 
             cand.estimate = estimates.estimate_rewrite(variant, token_price or api_prices.token_price(
                 variant["rewrite"]["model"]))
-        elif stage == "sft":
+        elif kind == "training":
             _evaluate_sft(recipe, variant, cand, price_fn, calibration, derive, place_fn)
     except BadInput as e:  # e.g. no MFU figure for this combination: not a candidate
         cand.feasible, cand.rejected, cand.estimate = False, str(e), None
@@ -214,12 +222,10 @@ def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, tok
 
 def _check_vllm(variant: dict, stage: str, cand: Candidate) -> None:
     cfg, gen = variant[stage], variant["generate"]
-    model = variant["models"]["teacher" if stage == "generate" else "student"]
-    response = gen["mean_response_tokens"] if stage == "generate" else cfg["mean_response_tokens"]
+    row = stages.stage(stage)
     gpu = estimates.accelerator(cfg["accelerator"])[0]
-    ok, _, arithmetic = memory.vllm_fits(model, gpu, int(cfg["tensor_parallel"]),
-                                         gen["mean_prompt_tokens"] + cfg["max_tokens"],
-                                         gen["mean_prompt_tokens"] + response / 2)
+    ok, _, arithmetic = memory.vllm_fits(variant["models"][row.model], gpu, int(cfg["tensor_parallel"]),
+                                         *row.vllm_tokens(variant))
     cand.memory = arithmetic
     if not ok:
         cand.feasible, cand.rejected = False, arithmetic
@@ -242,7 +248,7 @@ def _evaluate_sft(recipe: dict, variant: dict, cand: Candidate, price_fn, calibr
         cand.feasible, cand.rejected = False, arithmetic.splitlines()[-1].strip()
         return
     if "sft.gradient_accumulation_steps" in cand.changes:
-        gpus = estimates.accelerator(sft["accelerator"])[1] * sft.get("num_nodes", 1)
+        gpus = estimates.accelerator(sft["accelerator"])[1] * sft["num_nodes"]
         unit = "packed sequences of cutoff" if sft.get("packing") else "samples"
         cand.notes.append(f"gradient_accumulation_steps {recipe['sft']['gradient_accumulation_steps']} -> "
                           f"{sft['gradient_accumulation_steps']}: {sft['per_device_train_batch_size']} x "
@@ -274,7 +280,7 @@ def _evaluate_sft(recipe: dict, variant: dict, cand: Candidate, price_fn, calibr
 
 def _gpu_count(sft: dict) -> tuple[str, int, int]:
     name, count = estimates.accelerator(sft["accelerator"])
-    return name, count, int(sft.get("num_nodes", 1))
+    return name, count, int(sft["num_nodes"])
 
 
 def _get(recipe: dict, key: str):

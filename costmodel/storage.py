@@ -39,9 +39,8 @@ PRICES = {
                      "(premium tier, first TB) $0.12/GB", "date": "2024-12"},
 }
 
-# What a stage leaves in the bucket, and whether the controller pulls it (reproduce/executors/bucket.py: it
-# pulls what remote stages wrote, never weights; what it writes itself it already has).
-REMOTE = {"generate": True, "filter": None, "rewrite": False, "convert": False, "sft": True, "eval": True}
+# The controller pulls what stages that ran elsewhere wrote, never weights; what it wrote itself it already has
+# (reproduce/executors/bucket.py). Each stage's row (costmodel.stages) says what it writes and pulls.
 
 
 def estimate(recipe: dict, days_kept: float | None = None, store: str = "s3", hours: dict | None = None) -> dict:
@@ -73,9 +72,11 @@ def cost(recipe: dict, stage: str, gb_written: float, store: str = "s3", days_ke
     for what, v in (("GB written", gb_written), ("scratch GB", scratch), ("hours", hours)):
         if not isinstance(v, (int, float)) or not v >= 0 or math.isinf(v):
             raise BadInput(f"{stage}: {v!r} {what}: expected a number >= 0")
-    price = PRICES[store]
-    remote = REMOTE[stage] if REMOTE[stage] is not None else recipe["filter"].get("where") != "local"
-    pulled = min(SFT_PULLED_GB, gb_written) if stage == "sft" else (gb_written if remote else 0.0)
+    from costmodel.stages import stage as row   # the table names this module's sizing functions
+
+    price, this = PRICES[store], row(stage)
+    pulled = 0.0 if this.on_controller(recipe) else min(SFT_PULLED_GB, gb_written) if this.pulls == "logs" \
+        else gb_written
     month = 24 / HOURS_PER_MONTH * price["storage_gb_month"]   # $ per GB-day
     kept_usd, scratch_usd = gb_written * days * month, scratch * hours / 24 * month
     storage_usd, egress_usd = kept_usd + scratch_usd, pulled * price["egress_gb"]
@@ -102,32 +103,58 @@ def _store(store: str) -> str:
 
 def written(recipe: dict) -> list[tuple[str, float, str]]:
     """(stage, GB, what) each stage writes to the bucket, from the recipe's workload."""
-    w = estimates.workload(recipe)
-    gen, rw, sft = recipe["generate"], recipe["rewrite"], recipe["sft"]
-    trace = (gen["mean_prompt_tokens"] + gen["mean_response_tokens"]) * BYTES_PER_TOKEN
-    rewritten = trace + gen["mean_response_tokens"] * rw["output_ratio"] * BYTES_PER_TOKEN
-    eval_trace = (gen["mean_prompt_tokens"] + recipe["eval"]["mean_response_tokens"]) * BYTES_PER_TOKEN
+    from costmodel.stages import STAGES
+
+    return [(s.name, *s.writes(recipe)) for s in STAGES]
+
+
+def _trace_bytes(recipe: dict) -> float:
+    gen = recipe["generate"]
+    return (gen["mean_prompt_tokens"] + gen["mean_response_tokens"]) * BYTES_PER_TOKEN
+
+
+def traces_written(recipe: dict) -> tuple[float, str]:
+    samples, trace = estimates.workload(recipe)["samples"], _trace_bytes(recipe)
+    return samples * trace / GB, f"{samples:,.0f} traces x {trace / 1e3:,.1f} KB"
+
+
+def graded_written(recipe: dict) -> tuple[float, str]:
+    samples, trace = estimates.workload(recipe)["samples"], _trace_bytes(recipe)
+    return samples * trace / GB, f"{samples:,.0f} graded traces (kept + rejected) x {trace / 1e3:,.1f} KB"
+
+
+def rewritten_written(recipe: dict) -> tuple[float, str]:
+    rows = estimates.workload(recipe)["rewritten"]
+    rewritten = _trace_bytes(recipe) + (recipe["generate"]["mean_response_tokens"] * recipe["rewrite"]["output_ratio"]
+                                        * BYTES_PER_TOKEN)
+    return rows * rewritten / GB, f"{rows:,.0f} traces + rewrites x {rewritten / 1e3:,.1f} KB"
+
+
+def records_written(recipe: dict) -> tuple[float, str]:
+    sft = recipe["sft"]
+    record = sft["mean_sample_tokens"] * BYTES_PER_TOKEN
+    return sft["samples"] * record / GB, f"{sft['samples']:,} SFT records x {record / 1e3:,.1f} KB"
+
+
+def model_written(recipe: dict) -> tuple[float, str]:
+    keep = recipe["sft"]["keep_checkpoints"]
     student = recipe["models"]["student"]["params_b"] * 1e9
     kept, weights = checkpoints(recipe), student * WEIGHT_BYTES_PER_PARAM
-    return [
-        ("generate", w["samples"] * trace / GB, f"{w['samples']:,.0f} traces x {trace / 1e3:,.1f} KB"),
-        ("filter", w["samples"] * trace / GB, f"{w['samples']:,.0f} graded traces (kept + rejected) x "
-                                              f"{trace / 1e3:,.1f} KB"),
-        ("rewrite", w["rewritten"] * rewritten / GB, f"{w['rewritten']:,.0f} traces + rewrites x "
-                                                     f"{rewritten / 1e3:,.1f} KB"),
-        ("convert", sft["samples"] * sft["mean_sample_tokens"] * BYTES_PER_TOKEN / GB,
-         f"{sft['samples']:,} SFT records x {sft['mean_sample_tokens'] * BYTES_PER_TOKEN / 1e3:,.1f} KB"),
-        ("sft", (weights + (checkpoint_bytes(recipe) if recipe["sft"].get("keep_checkpoints") else 0.0)) / GB,
-         f"{kept} checkpoint{'s' if kept != 1 else ''} x {student / 1e9:g}B params x {CHECKPOINT_BYTES_PER_PARAM} B"
-         + (" (kept)" if recipe["sft"].get("keep_checkpoints") else " while it trains (deleted when it succeeds)")
-         + f" + model {student / 1e9:g}B x {WEIGHT_BYTES_PER_PARAM} B"),
-        ("eval", w["eval_samples"] * eval_trace / GB, f"{w['eval_samples']:,.0f} answers x {eval_trace / 1e3:,.1f} KB"),
-    ]
+    return ((weights + (checkpoint_bytes(recipe) if keep else 0.0)) / GB,
+            f"{kept} checkpoint{'s' if kept != 1 else ''} x {student / 1e9:g}B params x {CHECKPOINT_BYTES_PER_PARAM} B"
+            + (" (kept)" if keep else " while it trains (deleted when it succeeds)")
+            + f" + model {student / 1e9:g}B x {WEIGHT_BYTES_PER_PARAM} B")
+
+
+def answers_written(recipe: dict) -> tuple[float, str]:
+    answers = estimates.workload(recipe)["eval_samples"]
+    answer = (recipe["generate"]["mean_prompt_tokens"] + recipe["eval"]["mean_response_tokens"]) * BYTES_PER_TOKEN
+    return answers * answer / GB, f"{answers:,.0f} answers x {answer / 1e3:,.1f} KB"
 
 
 def scratch_gb(recipe: dict) -> dict:
     """stage -> GB it keeps only while it runs: sft's checkpoints, unless the recipe keeps them."""
-    return {} if recipe["sft"].get("keep_checkpoints") else {"sft": checkpoint_bytes(recipe) / GB}
+    return {} if recipe["sft"]["keep_checkpoints"] else {"sft": checkpoint_bytes(recipe) / GB}
 
 
 def checkpoint_bytes(recipe: dict) -> float:
@@ -137,7 +164,7 @@ def checkpoint_bytes(recipe: dict) -> float:
 def checkpoints(recipe: dict) -> int:
     """Checkpoints left in the bucket: every save_steps optimizer steps, at most save_total_limit kept."""
     sft = recipe["sft"]
-    gpus = parse_accelerator(sft["accelerator"])[1] * sft.get("num_nodes", 1)
+    gpus = parse_accelerator(sft["accelerator"])[1] * sft["num_nodes"]
     batch = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus
     steps = math.ceil(sft["samples"] * sft["num_train_epochs"] / batch)
     return min(steps // max(1, int(sft["save_steps"])), int(sft.get("save_total_limit", SAVE_TOTAL_LIMIT)))

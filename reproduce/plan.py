@@ -220,8 +220,8 @@ def place_gpu_stage(s, recipe: dict, calibration: dict, remote: bool, where=None
         est = s.estimate(recipe, None, calibration)
         est.memory = mem
         return est
-    nodes = int(cfg.get("num_nodes", 1))
-    pinned = cfg.get("use_spot", "auto")
+    nodes = int(cfg.get("num_nodes", 1))   # eval states none: one node
+    pinned = cfg["use_spot"]
     where = where if where is not None else placement_scope(recipe)
     host_need = _host_ram_need(s, recipe)
     options, excluded, checked = {}, [], {}
@@ -473,7 +473,7 @@ def no_fit(s, recipe: dict, mem: dict) -> str:
             continue
         if alt["fits"]:
             api = (f", or serve the teacher by an API ({API_HINT})"
-                   if s.name == "generate" and cfg.get("tensor_parallel") == 8 else "")
+                   if s.api_estimate is not None and cfg.get("tensor_parallel") == 8 else "")
             return line + f"; {' '.join(sets)} would fit ({alt['per_gpu_gib']:.1f} GiB){api}"
     return line + "; " + NO_FIT_ADVICE.get(s.name, "no single knob fits (see `reproduce plan --optimize`)")
 

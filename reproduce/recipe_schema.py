@@ -12,7 +12,10 @@ import math
 
 from reproduce.errors import UserError
 
-GPU_NAMES = ("H100", "H200", "A100-80GB")   # those costmodel.estimates and costmodel.memory have figures for
+from costmodel import estimates
+from costmodel.errors import BadInput
+from costmodel.estimates import GPU_NAMES
+from costmodel.stages import STAGES, api_backend   # api_backend here too for the schema's callers
 DOMAINS = ("math", "code", "mcq")
 
 
@@ -58,9 +61,10 @@ GPUS_PER_NODE = 8   # the largest node any catalog row offers (costmodel/data/sn
 
 
 def _accel(v) -> bool:
-    name, sep, count = str(v).partition(":")
-    return (isinstance(v, str) and name in GPU_NAMES and sep == ":" and count.isdigit()
-            and 1 <= int(count) <= GPUS_PER_NODE)
+    try:
+        return isinstance(v, str) and estimates.accelerator(v)[1] <= GPUS_PER_NODE
+    except BadInput:
+        return False
 
 
 TEXT = Check(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
@@ -152,6 +156,16 @@ RULES: dict[str, Check] = {
     # where stages may be placed (costmodel.infra): infra names narrow what SkyPilot has enabled
     "placement.infra": INFRA_LIST, "placement.exclude": INFRA_LIST, "placement.rates": MAPPING,
 }
+# What a key means when a recipe leaves it out, filled in at load so code indexes (recipe["sft"]["num_nodes"])
+# instead of repeating a guess at each read.
+DEFAULTS = {
+    "generate.num_nodes": 1, "generate.use_spot": "auto", "generate.batch": False,
+    "filter.where": "local", "filter.grade_after_rewrite": [],
+    "rewrite.batch": False, "rewrite.recheck": False,
+    "sft.num_nodes": 1, "sft.use_spot": "auto", "sft.method": "sft", "sft.liger_kernel": False,
+    "sft.keep_checkpoints": False,
+    "eval.use_spot": "auto",
+}
 SECTIONS = ("name", "models", "sources", "generate", "filter", "rewrite", "convert", "sft", "eval", "costs")
 LISTS = ("sources", "eval.benchmarks")         # lists of named mappings
 OPEN_MAPPINGS = ("sources.*.filter", "placement.rates")          # dataset filters: the stage program checks them
@@ -174,13 +188,21 @@ def check(recipe: dict, origin=lambda key: "the recipe") -> None:
     _resolve_models(recipe, origin)
     _required(recipe, origin)
     _cross(recipe, origin)
+    fill_defaults(recipe)
+
+
+def fill_defaults(recipe: dict) -> dict:
+    """Every key of DEFAULTS the recipe leaves out, set to its default (a checked recipe; returns it)."""
+    for key, value in DEFAULTS.items():
+        section, _, name = key.partition(".")
+        recipe[section].setdefault(name, list(value) if isinstance(value, list) else value)
+    return recipe
 
 
 def _resolve_models(recipe: dict, origin) -> None:
     """Every model entry gets its whole shape (costmodel.models), so FLOPs, memory and throughput read one dict;
     resolving a resolved entry changes nothing (a run's recipe.yaml loads as it was written)."""
     from costmodel import models
-    from costmodel.errors import BadInput
 
     for role in MODEL_ROLES:
         key = f"models.{role}"
@@ -249,9 +271,9 @@ def _walk(node, key: str, pattern: str, origin) -> None:
 
 def _cross(recipe: dict, origin) -> None:
     """Rules between keys: the GPUs a vLLM stage uses are TP x DP of its node; names are unique."""
-    for section in ("generate", "eval"):
+    for section in (s.section for s in STAGES if s.options == "vllm"):
         cfg = recipe[section]
-        gpus = int(str(cfg["accelerator"]).partition(":")[2])
+        gpus = estimates.accelerator(cfg["accelerator"])[1]
         tp, dp = cfg["tensor_parallel"], cfg["data_parallel"]
         if gpus % tp and recipe.get("scale") != "smoke":
             raise UserError(f"{section}.tensor_parallel={tp} ({origin(section + '.tensor_parallel')}): expected a "
@@ -300,7 +322,6 @@ def _cross_new(recipe: dict, origin) -> None:
                         "generate.backend=api, or models.teacher for a self-hosted teacher")
     if backend:
         from costmodel import api_prices
-        from costmodel.errors import BadInput
 
         try:
             price = api_prices.token_price(gen["model"])
@@ -313,11 +334,6 @@ def _cross_new(recipe: dict, origin) -> None:
             raise UserError(f"generate.num_nodes={gen['num_nodes']} ({origin('generate.num_nodes')}): an API "
                             "teacher uses no nodes; remove it or set generate.backend=vllm")
 
-
-def api_backend(recipe: dict) -> bool:
-    """The teacher is served by an API: `generate.backend: api`, or a `generate.model` with no backend said."""
-    gen = recipe.get("generate") or {}
-    return gen.get("backend", "api" if gen.get("model") else "vllm") == "api"
 
 
 def _show(v) -> str:

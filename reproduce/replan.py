@@ -33,7 +33,7 @@ def facts(stage: str, summary: dict, actual: dict, plan_row, recipe: dict, artif
         if traces and tokens:
             out["mean_response_tokens"] = float(tokens) / int(traces)
     elif stage == "filter":
-        deferred = set(recipe["filter"].get("grade_after_rewrite") or ()) if recipe["rewrite"].get("recheck") else set()
+        deferred = set(recipe["filter"]["grade_after_rewrite"]) if recipe["rewrite"]["recheck"] else set()
         rates = {}
         for domain, d in (summary.get("by_domain") or {}).items():   # {domain: {kept, rejected}}
             graded = (d.get("kept") or 0) + (d.get("rejected") or 0)

@@ -66,3 +66,19 @@ def test_a_variant_states_only_what_it_changes(tmp_path):
     variant.write_text("base: sky-t1-32b-preview\nset:\n  sft.pakcing: true\n")
     with pytest.raises(UserError, match="did you mean 'sft.packing'"):
         recipes.load(str(variant))
+
+
+def test_load_fills_every_default_once_and_a_stated_value_wins(tmp_path):
+    from reproduce import recipe_schema
+
+    assert set(recipe_schema.DEFAULTS) <= set(recipe_schema.RULES)   # a filled recipe loads again
+    base = recipes.load()
+    for key, value in recipe_schema.DEFAULTS.items():
+        section, _, name = key.partition(".")
+        assert name in base[section]
+    assert (base["sft"]["num_nodes"], base["sft"]["method"], base["generate"]["num_nodes"]) == (1, "sft", 1)
+    variant = tmp_path / "v.yaml"
+    variant.write_text("base: sky-t1-32b-preview\nname: v\nset:\n  sft.num_nodes: 2\n  filter.where: cpu-node\n")
+    v = recipes.load(str(variant))
+    assert (v["sft"]["num_nodes"], v["filter"]["where"]) == (2, "cpu-node")
+    assert recipes.load(str(variant))["filter"]["grade_after_rewrite"] is not v["filter"]["grade_after_rewrite"]

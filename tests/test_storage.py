@@ -72,3 +72,32 @@ def test_smoke_recipe_is_cents(full):
 def test_bad_input_names_the_value(full, kwargs, msg):
     with pytest.raises(BadInput, match=msg):
         storage.estimate(full, **kwargs)
+
+
+def test_an_api_teacher_on_the_controller_pulls_nothing():
+    """bespoke-stratos-32b's teacher is an API called from the controller: its traces are written here, so the
+    bucket charges no egress for them (the old per-stage REMOTE table charged 0.56 GB of it)."""
+    bespoke = recipes.load("bespoke-stratos-32b", [], "full")
+    rows = {r["stage"]: r for r in storage.estimate(bespoke)["stages"]}
+    assert rows["generate"]["gb_written"] > 0.5
+    assert rows["generate"]["gb_pulled"] == 0 and rows["generate"]["egress_usd"] == 0
+    assert rows["eval"]["gb_pulled"] == rows["eval"]["gb_written"] > 0          # eval still runs on a GPU node
+    vllm = dict(bespoke, generate={k: v for k, v in bespoke["generate"].items() if k not in ("backend", "model")})
+    assert {r["stage"]: r for r in storage.estimate(vllm)["stages"]}["generate"]["gb_pulled"] > 0.5
+
+
+def test_the_stage_table_is_costmodels_own_and_every_row_is_whole(full):
+    """costmodel reads the table without importing reproduce; each row's facts resolve for the recipe."""
+    import subprocess
+    import sys
+
+    probe = "import sys, costmodel.stages; print(sorted(m for m in sys.modules if m.startswith('reproduce')))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    from costmodel import search, stages
+
+    for row in stages.STAGES:
+        gb, what = row.writes(full)
+        assert gb > 0 and what
+        assert row.options is None or row.options in search.OPTIONS
+        assert row.pulls in ("output", "logs") and set(row.needs) <= set(stages.NAMES)
+        assert (row.model is not None) == (row.where == stages.GPU)

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reproduce import stagetable
 from reproduce.executors.base import BaseExecutor, RunContext, StageStatus
 
 API_HOURS = {True: 1.0, False: 0.2}     # batch window actually used, synchronous calls (assumption)
@@ -258,18 +259,15 @@ def _work_units(run: RunContext) -> tuple[str, float, float]:
         w = estimates.workload(recipe)
     except (KeyError, TypeError):
         w = {}
-    if run.stage == "sft":
+    row = stagetable.stage(run.stage)
+    if row.scratch:   # it resumes from checkpoints, one every save_steps of its steps
         steps = float(plan.details.get("steps") or 1)
-        save = float((recipe.get("sft") or {}).get("save_steps") or steps)
-        return "steps", steps, min(1.0, save / steps)
-    if run.stage == "generate":
-        return "problems", float(w.get("samples") or 1), SHARD_SHARE
-    if run.stage == "eval":
-        return "samples", float(w.get("eval_samples") or 1), SHARD_SHARE
-    if run.stage == "filter":
-        return "records", float(w.get("samples") or 1), SHARD_SHARE
-    if run.stage == "rewrite":
-        return "requests", float((plan.api_tokens or {}).get("requests") or 1), 0.0
+        save = float((recipe.get(row.section) or {}).get("save_steps") or steps)
+        return row.progress, steps, min(1.0, save / steps)
+    totals = {"problems": w.get("samples"), "records": w.get("samples"), "samples": w.get("eval_samples"),
+              "requests": (plan.api_tokens or {}).get("requests")}
+    if row.progress in totals:   # requests resume from nothing kept; the others from ~1% shards
+        return row.progress, float(totals[row.progress] or 1), 0.0 if row.progress == "requests" else SHARD_SHARE
     return "steps", 1.0, 0.0
 
 

@@ -48,7 +48,7 @@ def disk(ctx, stage: str):
     weights = shape["params_b"] * shape.get("weight_bytes", 2)       # GB: 1e9 params x bytes each
     parts = [f"weights {weights:,.0f} GB"]
     need = weights
-    if stage == "sft":
+    if s.scratch:   # it checkpoints to resume itself
         ckpt = storage.checkpoint_bytes(ctx.recipe) / GB
         need += ckpt + weights                                          # checkpoints staged + the final model
         parts += [f"checkpoints {ckpt:,.0f} GB", f"final model {weights:,.0f} GB"]

@@ -1,0 +1,159 @@
+"""The stage table: every per-stage fact in one place, one typed row per stage, in pipeline order.
+
+It lives in costmodel so the cost model reads it as the CLI does (storage, calibration, search iterate over it;
+reproduce.stagetable re-exports it with the CLI's error). Adding a stage is its program
+(reproduce/stages/<program>.py), its task YAML (sky_tasks/<task>.yaml, unless it runs on the controller), one
+row here and one estimator in costmodel.estimates.
+
+    from costmodel.stages import STAGES, stage
+    for s in STAGES: print(s.name, s.where, s.mode)
+    stage("sft").needs          # ('convert',): the stages whose outputs it reads
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from costmodel import estimates, memory, storage
+from costmodel.errors import BadInput
+
+GPU, CPU, CONTROLLER = "gpu", "cpu", "controller"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str                    # as in the ledger, the plan and `reproduce stage NAME`
+    program: str                 # python -m reproduce.stages.<program>; `reproduce <program>` runs it too
+    task: str | None             # sky_tasks/<task>.yaml; None: a controller stage with no task
+    where: str                   # gpu (a GPU node) | cpu (a CPU node, or here) | controller (beside the CLI)
+    mode: str | None             # SkyPilot: managed (sky.jobs.launch, recovers) | cluster (sky.launch + down)
+    section: str                 # the recipe section that holds its knobs
+    needs: tuple                 # stages whose outputs it reads (a run must have finished them)
+    help: str
+    estimate: Callable           # gpu: (recipe, offer, calibration, on_demand_offer=, spot=) -> StageEstimate
+                                 # others: (recipe) -> StageEstimate
+    writes: Callable             # (recipe) -> (GB it leaves in the run's bucket, what they are): costmodel.storage
+    progress: str | None         # the unit its progress is counted in (problems, records, requests, steps);
+                                 #   None: it reports none (the simulator counts one step)
+    options: str | None = None   # the settings the optimizer tries (costmodel.search.OPTIONS): vllm | filter |
+                                 #   api-batch | training; None: nothing to choose
+    model: str | None = None     # gpu stages: the recipe's models.<model> it loads (memory, throughput)
+    work: str | None = None      # what bounds its speed: a finished stage's measured speed re-plans the
+                                 #   remaining stages of the same work (reproduce.replan)
+    measures: str | None = None  # the figure a finished run calibrates (costmodel.calibration): decode | mfu
+    api_estimate: Callable | None = None  # (recipe) -> StageEstimate when the recipe serves it by an API
+    scratch: tuple = ()          # what it writes under <stage>/ only to resume itself (key prefixes): deleted
+                                 #   from the bucket once it succeeds, unless <section>.keep_checkpoints
+    pulls: str = "output"        # what the controller pulls of what it wrote when it ran elsewhere: output (all of
+                                 #   it) | logs (logs and trainer state, never weights: storage.SFT_PULLED_GB)
+    may_run_here: bool = False   # a CPU stage the recipe may keep beside the CLI (<section>.where: local)
+    # Its secrets are its task YAML's `secrets:` (reproduce.tasks), its fit knobs its section's (costmodel.memory).
+
+    def keeps_scratch(self, recipe: dict) -> bool:
+        return bool((recipe.get(self.section) or {}).get("keep_checkpoints"))
+
+    def runs_on(self, recipe: dict) -> str:
+        """Where this stage runs for this recipe: its row's `where`, except a stage with an API form (generate)
+        whose recipe serves it by an API (`generate.backend: api`): then the controller, priced at token prices."""
+        if self.api_estimate is not None and api_backend(recipe):
+            return CONTROLLER
+        return self.where
+
+    def estimator(self, recipe: dict) -> Callable:
+        """The estimator this recipe's form of the stage takes (see `estimate` and `api_estimate`)."""
+        return self.api_estimate if self.runs_on(recipe) != self.where else self.estimate
+
+    def on_controller(self, recipe: dict) -> bool:
+        """Runs beside the CLI, never on a cluster: controller stages, an API teacher, and a CPU stage with
+        `where: local`."""
+        if self.runs_on(recipe) == CONTROLLER:
+            return True
+        return self.may_run_here and (recipe.get(self.section) or {}).get("where", "local") == "local"
+
+    def memory(self, recipe: dict, accelerator: str | None = None) -> dict:
+        """{per_gpu_gib, usable_gib, fits, arithmetic} of this GPU stage's configuration on `accelerator`
+        (default: the recipe's); {} for stages that use no GPU."""
+        if self.runs_on(recipe) != GPU:
+            return {}
+        cfg = recipe[self.section]
+        accel = accelerator or cfg["accelerator"]
+        if self.work == "training":
+            ok, parts, arithmetic = memory.fits(memory.sft_config(recipe, accelerator=accel))
+            need, usable = parts["total_gib"], parts["usable_gib"]
+            if not parts["fits_cpu"]:
+                arithmetic += "\n  (node CPU RAM does not hold the offloaded optimizer)"
+        else:
+            ok, parts, arithmetic = memory.vllm_fits(recipe["models"][self.model], estimates.accelerator(accel)[0],
+                                                     int(cfg["tensor_parallel"]), *self.vllm_tokens(recipe))
+            need, usable = parts.get("need_gib", float("inf")), parts.get("usable_gib", 0.0)
+        return {"per_gpu_gib": round(need, 1), "usable_gib": round(usable, 1), "fits": bool(ok),
+                "accelerator": accel, "arithmetic": arithmetic}
+
+    def vllm_tokens(self, recipe: dict) -> tuple[float, float]:
+        """(longest, mean) tokens of one sequence this vLLM stage holds: the teacher's prompts and its response
+        (generate), or the student's answers to them (eval: its own section's response length)."""
+        prompt, cfg = recipe["generate"]["mean_prompt_tokens"], recipe[self.section]
+        return prompt + cfg["max_tokens"], prompt + cfg["mean_response_tokens"] / 2
+
+
+def api_backend(recipe: dict) -> bool:
+    """The teacher is served by an API: `generate.backend: api`, or a `generate.model` with no backend said."""
+    gen = recipe.get("generate") or {}
+    return gen.get("backend", "api" if gen.get("model") else "vllm") == "api"
+
+
+def _rewrite(recipe: dict):
+    from costmodel import api_prices
+
+    return estimates.estimate_rewrite(recipe, api_prices.token_price(recipe["rewrite"]["model"]))
+
+
+def _generate_api(recipe: dict):
+    from costmodel import api_prices
+
+    return estimates.estimate_generate_api(recipe, api_prices.token_price(recipe["generate"]["model"]))
+
+
+def _convert(recipe: dict):
+    return estimates.StageEstimate("convert", "none", arithmetic="on the controller: $0.00",
+                                   price_source="controller ($0)")
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("generate", "generate", "generate", GPU, "managed", "generate", (),
+          "teacher traces (vLLM on GPU, transformers on CPU)",
+          partial(estimates.estimate_generate, stage="generate"), storage.traces_written, "problems",
+          options="vllm", model="teacher", work="vLLM decode", measures="decode", api_estimate=_generate_api),
+    Stage("filter", "filter", "filter", CPU, "cluster", "filter", ("generate",),
+          "rejection sampling: grade traces (math-verify, sandboxed code, multiple choice)",
+          estimates.estimate_filter, storage.graded_written, "records", options="filter", may_run_here=True),
+    Stage("rewrite", "rewrite", None, CONTROLLER, None, "rewrite", ("filter",),
+          "reformat kept traces through an OpenAI-compatible API (Batch by default)", _rewrite,
+          storage.rewritten_written, "requests", options="api-batch"),
+    Stage("convert", "convert", None, CONTROLLER, None, "convert", ("rewrite",),
+          "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory", _convert, storage.records_written,
+          None),
+    Stage("sft", "sft", "sft", GPU, "managed", "sft", ("convert",),
+          "render the LLaMA-Factory config and train", estimates.estimate_sft, storage.model_written, "steps",
+          options="training", model="student", work="training", measures="mfu", scratch=("checkpoints/checkpoint-",),
+          pulls="logs"),
+    Stage("eval", "evaluate", "eval", GPU, "managed", "eval", ("sft",),
+          "benchmarks vs the published table",
+          partial(estimates.estimate_generate, stage="eval"), storage.answers_written, "samples",
+          options="vllm", model="student", work="vLLM decode", measures="decode"),
+)
+NAMES = tuple(s.name for s in STAGES)
+GPU_STAGES = tuple(s.name for s in STAGES if s.where == GPU)
+_BY_NAME = {s.name: s for s in STAGES}
+
+
+def stage(name: str) -> Stage:
+    if name not in _BY_NAME:
+        raise BadInput(f"unknown stage {name!r}: expected one of {', '.join(NAMES)}")
+    return _BY_NAME[name]
+
+
+def later(name: str) -> tuple[str, ...]:
+    """The stages after `name`, in pipeline order."""
+    return NAMES[NAMES.index(name) + 1:]
