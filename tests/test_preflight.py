@@ -139,6 +139,9 @@ def s3(monkeypatch):
     for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(var, value)
+    from reproduce.executors import bucket
+
+    monkeypatch.setattr(bucket, "_S3", [])   # the executor's client of this process: made in here, with these keys
     with moto.mock_aws():
         import boto3
 
