@@ -28,6 +28,7 @@ CHECKS = [
     ["prices", "H100:8", "--spot", "--top", "3"],
     ["plan", "--scale", "smoke", "--set", "sft.num_train_epochs=1"],
     ["stage", "sft", "--budget", "450", "--dry-run"],
+    ["preflight", "--scale", "smoke"],
     ["status"], ["runs"], ["audit"], ["audit", "--csv"], ["audit", "--plot", "spend.png"], ["calibration"],
     *([program, "--help"] for program in ("generate", "filter", "rewrite", "convert", "sft", "evaluate")),
 ]
