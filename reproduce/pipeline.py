@@ -100,8 +100,9 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
 
     if resume_run:
         run_id = resume_run
-        artifacts = resume.take_over(ledger, run_id, me, budget, executor)
+        artifacts, node_stops = resume.take_over(ledger, run_id, me, budget, executor)
     else:
+        node_stops = {}
         run_id = run_id or new_run_id()
         artifacts = artifacts_dir(run_id)
         ledger.create_run(run_id, recipe=plan.recipe, scale=plan.scale, backend=ex_name, budget=budget,
@@ -130,6 +131,11 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
     known = resume.known_facts(ledger, run_id)
     for i, name in enumerate(selected):
         p = rows[name]
+        if name in node_stops:
+            # stopped on the node against the same budget: say so (a new --budget or --set re-admits it)
+            later = [s for s in selected[i:] if s not in finished]
+            progress.note(name, node_stops[name])
+            return end(3, "stopped", name, node_stops[name] + _what_would_fit(watch, rows, later, known))
         if name in finished:
             progress.note(name, "already finished in this run: skipped")
             continue

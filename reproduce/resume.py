@@ -75,23 +75,54 @@ def rest_of_plan(ledger, r: Resumed, plan, backend: str, only: list | None) -> t
 
 def take_over(ledger, run_id: str, me: dict, budget: float | None, executor) -> Path:
     """Claim the run (atomic: of two resumers one proceeds, the other exits 2 naming it), record the resume,
-    and close every attempt the controller left open at what it last saw. Returns the run's artifacts."""
+    and close every attempt the controller left open: at what it last saw, or, where the node's watchdog stopped
+    it, at what it cost to that stop. Returns (the run's artifacts, {stage: why its node stopped it})."""
     found = ledger.run(run_id)
     if found is None:
         raise UserError(f"--resume {run_id!r}: no such run; see `reproduce runs`")
     ledger.claim_run(run_id, me)
     ledger.add_event(run_id, None, "run", ok=True, reason="resumed", numbers={**me, "budget": budget},
                      at=executor.now())
+    same_budget = budget is None or budget == ledger.budget(run_id)
     if budget is not None and budget != found["budget"]:
         ledger.add_event(run_id, None, "budget", ok=True, reason=f"budget changed to ${budget:,.2f} on resume",
                          numbers={"budget": budget, "was": found["budget"]}, at=executor.now())
+    artifacts = Path(found["artifacts"])
+    stops = {}
     for a in ledger.open_attempts(run_id):   # the controller died mid-stage: count what we last saw
         fields = {k: a[k] for k in _KEPT}
+        stopped = _stopped_on_node(executor, run_id, a, artifacts, found)
+        if stopped:   # its watchdog stopped it: what it cost to its stop, once, on the same attempt
+            why = f"stopped on the node: {stopped.get('why', '')}"
+            hours = max(float(stopped.get("at", 0)) - float(a["started_at"] or 0), 0.0) / 3600
+            fields.update(state="CANCELLED", ended_at=stopped.get("at"), hours=hours,
+                          gpu_hours=hours * (a["gpus"] or 0), compute_usd=max(float(stopped.get("cost_usd") or 0),
+                                                                              a["compute_usd"] or 0.0), message=why)
+            ledger.add_stage_row(run_id, a["stage"], "cancelled", at=executor.now(), attempt=a["attempt"], **fields)
+            ledger.add_event(run_id, a["stage"], "node_stop", ok=True, reason=f"stage {a['stage']} {why}",
+                             numbers=stopped, at=executor.now())
+            stops[a["stage"]] = f"stage {a['stage']} {why}"
+            continue
         fields.update(state="INTERRUPTED", ended_at=a["at"],
                       message="the controller stopped without recording an end; spend counted to its last "
                               "progress row" + ("" if executor.simulated else "; check `sky status` and `sky jobs queue`"))
         ledger.add_stage_row(run_id, a["stage"], "interrupted", at=executor.now(), attempt=a["attempt"], **fields)
-    return Path(found["artifacts"])
+    return artifacts, stops if same_budget else {}   # a new budget re-admits a stage its node stopped
+
+
+def _stopped_on_node(executor, run_id: str, a: dict, artifacts: Path, found: dict) -> dict | None:
+    """The open attempt's stopped.json, when its own watchdog wrote it (an older attempt's does not count)."""
+    import yaml
+
+    from reproduce.executors.base import RunContext
+
+    bucket = (yaml.safe_load(found.get("recipe_yaml") or "{}") or {}).get("bucket")
+    ctx = RunContext(run_id=run_id, recipe={}, stage=a["stage"], plan=None, artifacts=artifacts, bucket=bucket)
+    try:
+        stopped = executor.stopped_on_node(ctx)
+    except Exception:   # noqa: BLE001 - an unreadable bucket: the attempt counts as interrupted
+        return None
+    return stopped if stopped and int(stopped.get("attempt", -1)) == a["attempt"] else None
 
 
 def known_facts(ledger, run_id: str) -> dict:

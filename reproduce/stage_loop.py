@@ -43,18 +43,20 @@ class Attempt:
     """One attempt of one stage: its ledger number, context, cloud handle and last status."""
     name: str
     plan: object
-    number: int
+    number: int | None
     started: float
-    ctx: RunContext
+    ctx: RunContext | None
     poll_s: float
     handle: str | None = None
+    spent_before: float = 0.0
+    later: list = field(default_factory=list)
     status: StageStatus = field(default_factory=lambda: StageStatus(state="PENDING"))
 
 
 def run_stage(w, name: str, p, envs: dict, spent_before: float, later: list) -> Outcome:
     """Launch, watch and settle one stage; the Outcome says how it ended. A lost lease is raised (another
     process owns the run); a UserError is recorded, then raised."""
-    a = begin(w, name, p, envs)
+    a = begin(w, name, p, envs, spent_before, later)
     try:
         launch(w, a)
         outcome = watch(w, a, spent_before, later)
@@ -71,36 +73,53 @@ def run_stage(w, name: str, p, envs: dict, spent_before: float, later: list) -> 
     return settle(w, a, outcome)
 
 
-def begin(w, name: str, p, envs: dict) -> Attempt:
-    """The attempt's `started` row and its context (whose on_handle records every cloud handle at once)."""
+def begin(w, name: str, p, envs: dict, spent_before: float = 0.0, later: list = ()) -> Attempt:
+    """The attempt's context (whose on_handle records every cloud handle at once) and how often to poll it.
+    Its ledger number comes with its `started` row (open_attempt), or from the orphan it re-attaches to."""
     # at least ~100 polls over the stage's planned hours (never under 10 s): a short, dear stage (an API
     # teacher) must be watched often enough for its forecast to act before most of it is paid
     poll_s = min(w.poll_s, max(10.0, p.hours * 36)) if p.hours > 0 else w.poll_s
     if p.kind == "api":   # paid by the request, planned in dollars, not hours: watch it at least every 30 s
         poll_s = min(poll_s, 30.0)
-    ex, ledger = w.executor, w.ledger
-    started = ex.now()
-    number = ledger.add_stage_row(w.run_id, name, "started", at=started, state="PENDING", started_at=started,
-                                  simulated=w.simulated, **plan_fields(p))
+    ex = w.executor
+    a = Attempt(name, p, None, ex.now(), None, poll_s)
 
     def on_handle(h: str) -> None:
-        ledger.add_event(w.run_id, name, "handle", ok=True, reason=h, numbers={"handle": h, "attempt": number},
-                         at=ex.now())
+        w.ledger.add_event(w.run_id, name, "handle", ok=True, reason=h, numbers={"handle": h, "attempt": a.number},
+                           at=ex.now())
 
-    ctx = RunContext(run_id=w.run_id, recipe=w.recipe, stage=name, plan=p, artifacts=w.artifacts, envs=envs,
-                     bucket=w.bucket, on_handle=on_handle)
-    return Attempt(name, p, number, started, ctx, poll_s)
+    a.ctx = RunContext(run_id=w.run_id, recipe=w.recipe, stage=name, plan=p, artifacts=w.artifacts, envs=envs,
+                       bucket=w.bucket, on_handle=on_handle)
+    a.spent_before, a.later = spent_before, list(later)
+    return a
+
+
+def open_attempt(w, a: Attempt) -> None:
+    """A new attempt: its `started` row, and its allowance into the task envs for the watchdog on the node
+    (reproduce.watchdog): what it may spend, at which $/h cap, until which UTC deadline."""
+    from reproduce import watchdog
+
+    a.started = w.executor.now()
+    a.number = w.ledger.add_stage_row(w.run_id, a.name, "started", at=a.started, state="PENDING",
+                                      started_at=a.started, simulated=w.simulated, **plan_fields(a.plan))
+    allowed = watchdog.allowance(a.name, a.number, a.plan, w.budget, a.spent_before, a.later, a.started)
+    if allowed is not None:
+        a.ctx.envs = {**a.ctx.envs, **allowed.envs()}
 
 
 def launch(w, a: Attempt) -> None:
-    """Re-attach to the job a controller that died left running (it may still be billing), else launch."""
+    """Re-attach to the job a controller that died left running (it may still be billing), continuing its
+    attempt so that what it costs is counted once; else a new attempt, launched."""
     orphan = _orphan(w.ledger, w.run_id, a.name)
     if orphan:
-        a.handle = w.executor.reattach(orphan, a.ctx)
+        a.handle = w.executor.reattach(orphan[0], a.ctx)
         if a.handle:
+            a.number, a.started = orphan[1], orphan[2]
             a.ctx.on_handle(a.handle)
             w.progress.note(a.name, f"re-attached to {a.handle}, launched before the controller stopped")
-    a.handle = a.handle or w.executor.launch(a.ctx)
+            return
+    open_attempt(w, a)
+    a.handle = w.executor.launch(a.ctx)
 
 
 def watch(w, a: Attempt, spent_before: float, later: list) -> Outcome:
@@ -123,6 +142,8 @@ def watch(w, a: Attempt, spent_before: float, later: list) -> Outcome:
         cost = st.cost_usd + st.api_usd
         fc = forecast.update(st, cost, now)
         w.progress.status(name, st, p.total_usd, forecast=fc, eta_s=forecast.eta_s)
+        if st.stopped:   # the watchdog on the node stopped it against its allowance
+            return node_stop(w, name, st.stopped, now)
         if st.done:
             if st.state == "SUCCEEDED":
                 return Outcome("finished")
@@ -142,9 +163,19 @@ def watch(w, a: Attempt, spent_before: float, later: list) -> Outcome:
         ex.wait(a.poll_s)
 
 
+def node_stop(w, name: str, stopped: dict, at: float) -> Outcome:
+    """The node's own stop (its stopped.json), recorded as the guard's decision."""
+    why = f"stage {name} stopped on the node: {stopped.get('why', 'no reason given')}"
+    decision = guard.Decision(True, "node_stop", why, dict(stopped))
+    guard.record(w.ledger, w.run_id, name, decision, at=at)
+    return Outcome("stopped", why, decision)
+
+
 def settle(w, a: Attempt, outcome: Outcome) -> Outcome:
     """What the outcome means in the ledger; a UserError that failed the stage is raised once recorded."""
     ex, p, name = w.executor, a.plan, a.name
+    if a.number is None:   # it failed before its attempt was recorded (a failed re-attach): record one now
+        open_attempt(w, a)
     if outcome.kind in ("stopped", "interrupted"):
         _teardown(w, a, strict=outcome.kind == "stopped")
     elif outcome.error is not None and a.handle is not None:
@@ -308,15 +339,17 @@ def _rest_at(later: list, factor: float) -> tuple[float, str]:
     return scaled, f" (rest: GPU stages not measured yet x {factor:.2f}, the overrun observed here)"
 
 
-def _orphan(ledger, run_id: str, name: str) -> str | None:
-    """The cloud handle of this stage's last attempt when that attempt never recorded its end (the controller
+def _orphan(ledger, run_id: str, name: str) -> tuple | None:
+    """(handle, attempt, started_at) of this stage's last attempt when that attempt never recorded its end (the controller
     died while it ran): a job that may still be running, and billing."""
     handles = [e["numbers"] for e in ledger.events(run_id, "handle") if e["stage"] == name]
     if not handles:
         return None
     last = handles[-1]
     attempts = [a for a in ledger.attempts(run_id, name) if a["attempt"] == last.get("attempt")]
-    return last["handle"] if attempts and attempts[-1]["event"] == "interrupted" else None
+    if not attempts or attempts[-1]["event"] != "interrupted":
+        return None
+    return last["handle"], attempts[-1]["attempt"], attempts[-1]["started_at"] or attempts[-1]["at"]
 
 
 def record_storage(w, ctx: RunContext, p, share: float, hours: float = 0.0) -> None:
