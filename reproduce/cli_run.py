@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import List, Optional
 
 import typer
@@ -58,11 +59,18 @@ def all_stages(
     sim_seed: int = SEED_OPTION,
     sim_pace: float = PACE_OPTION,
     bucket: Optional[str] = BUCKET_OPTION,
+    detach: bool = typer.Option(False, "--detach", metavar="",
+                                help="Run the controller in the background (own session, log file); print the run id."),
 ) -> None:
     """Plan, confirm, run every stage within --budget (exit 3 before crossing it), then audit."""
-    execute(recipe, budget, backend, scale, sets or [], dry_run, resume, yes,
-            dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
-            bucket=bucket)
+    sim = dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace)
+    again = None
+    if detach:   # the same command, confirmed here, then run by a controller of its own
+        again = ["all", "--backend", backend, "-y"] + [f"--{k}={v}" for k, v in (
+            ("recipe", recipe), ("budget", budget), ("scale", scale), ("resume", resume), ("bucket", bucket),
+            ("sim-slowdown", sim_slowdown), ("sim-preemption-rate", sim_preemption_rate), ("sim-seed", sim_seed),
+            ("sim-pace", sim_pace)) if v is not None] + [f"--set={s}" for s in sets or []]
+    execute(recipe, budget, backend, scale, sets or [], dry_run, resume, yes, sim, bucket=bucket, detach=again)
 
 
 def stage(
@@ -91,8 +99,11 @@ def stage(
             only=[name], bucket=bucket)
 
 
-def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None, bucket=None) -> None:
-    """Parse, plan, confirm, run, audit."""
+def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None, bucket=None,
+            detach: list | None = None) -> None:
+    """Parse, plan, confirm, run, audit (or, with `detach`, the command line a background controller runs)."""
+    import os
+
     from reproduce import pipeline
     from reproduce.cli_audit import open_ledger
 
@@ -104,6 +115,9 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         return
     if not _confirm(plan, args.budget, yes):
         return
+    if detach is not None:
+        _detach(detach, resume)
+        return
     ledger = args.ledger or open_ledger()
     if resume and sets:   # an explicit re-plan: recorded, and every later resume applies it too
         ledger.add_event(resume, None, "recipe_changed", ok=True, reason=f"--set {' --set '.join(sets)} on resume",
@@ -112,8 +126,28 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         typer.echo(f"stage {only[0]} already finished in run {resume}; nothing to do", err=True)
         return
     result = pipeline.run(plan, args.recipe, executor, ledger, args.budget, resume_run=resume, stages=only,
-                          bucket=args.recipe.get("bucket"))
+                          bucket=args.recipe.get("bucket"), run_id=os.environ.get("REPRODUCE_RUN_ID") or None)
     _audit(ledger, result)
+
+
+def _detach(argv: list, resume: str | None) -> None:
+    """The controller in its own session (no terminal: a closed one sends it nothing), writing to
+    runs/RUN/controller.log; prints the run id and how to follow and stop it."""
+    import os
+    import subprocess
+
+    from reproduce.pipeline import artifacts_dir, new_run_id
+
+    run_id = resume or new_run_id()
+    log = artifacts_dir(run_id).parent / "controller.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reproduce.cli", *argv],
+                                env={**os.environ, "REPRODUCE_RUN_ID": run_id}, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    typer.echo(run_id)
+    typer.echo(f"run {run_id}: controller pid {proc.pid} in the background, log {log}\n"
+               f"  follow: reproduce logs {run_id} --follow\n  stop:   reproduce cancel {run_id}", err=True)
 
 
 class _Args:
@@ -264,13 +298,20 @@ def status(as_json: bool = JSON_OPTION) -> None:
 
     ledger = open_ledger()
     rows = [r for r in run_rows(ledger) if r["status"] in ("running", "interrupted")]
+    if not rows and not as_json:
+        typer.echo("no runs in progress")
+        return
+    from reproduce.cli_control import liveness
+
+    for r in rows:   # is its controller alive, and since when is it not (its last heartbeat)
+        live = liveness(ledger, r["run"])
+        r["controller"] = "alive" if live["alive"] else (
+            "dead since " + time.strftime("%Y-%m-%d %H:%M", time.localtime(live["since"])) if live["since"] else "dead")
     if as_json:
         print_json(rows)
         return
-    if not rows:
-        typer.echo("no runs in progress")
-        return
-    typer.echo(table(rows, ["run", "status", "backend", "stage", "spent_usd", "budget", "started", "pid"]))
+    typer.echo(table(rows, ["run", "status", "controller", "backend", "stage", "spent_usd", "budget", "started",
+                            "pid"]))
     for r in rows:
         if r["status"] == "interrupted":
             typer.echo(f"resume {r['run']}: reproduce all --resume {r['run']}")
