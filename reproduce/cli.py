@@ -21,7 +21,7 @@ def _root() -> None:
     """Reproduce reasoning-model recipes (Sky-T1) on the cheapest cloud GPUs, within a budget."""
 
 
-COMMAND_MODULES = ("cli_prices", "cli_plan", "cli_run", "cli_audit", "cli_stages", "cli_preflight")
+COMMAND_MODULES = ("cli_prices", "cli_plan", "cli_run", "cli_audit", "cli_stages", "cli_preflight", "cli_control")
 
 
 def _register() -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import List, Optional
 
 import typer
@@ -63,13 +64,23 @@ def all_stages(
     bucket: Optional[str] = BUCKET_OPTION,
     infra: Optional[List[str]] = INFRA_OPTION,
     skip_check: Optional[List[str]] = SKIP_CHECK_OPTION,
+    detach: bool = typer.Option(False, "--detach", metavar="",
+                                help="Run the controller in the background (own session, log file); print the run id."),
 ) -> None:
     """Plan, confirm, run every stage within --budget (exit 3 before crossing it), then audit."""
     from reproduce.plan import infra_sets
 
-    execute(recipe, budget, backend, scale, (sets or []) + infra_sets(infra), dry_run, resume, yes,
-            dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace),
-            bucket=bucket, skip_checks=skip_check or [])
+    sim = dict(seed=sim_seed, slowdown=sim_slowdown, preemption_rate=sim_preemption_rate, pace_s=sim_pace)
+    sets = (sets or []) + infra_sets(infra)
+    again = None
+    if detach:   # the same command, confirmed here, then run by a controller of its own
+        again = ["all", "--backend", backend, "-y"] + [f"--{k}={v}" for k, v in (
+            ("recipe", recipe), ("budget", budget), ("scale", scale), ("resume", resume), ("bucket", bucket),
+            ("sim-slowdown", sim_slowdown), ("sim-preemption-rate", sim_preemption_rate), ("sim-seed", sim_seed),
+            ("sim-pace", sim_pace)) if v is not None] + [f"--set={s}" for s in sets] + \
+            [f"--skip-check={c}" for c in skip_check or []]
+    execute(recipe, budget, backend, scale, sets, dry_run, resume, yes, sim, bucket=bucket, detach=again,
+            skip_checks=skip_check or [])
 
 
 def stage(
@@ -101,15 +112,77 @@ def stage(
 
 
 def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim, only=None, bucket=None,
-            skip_checks=()) -> None:
+            detach: list | None = None, skip_checks=()) -> None:
+    """Parse, plan, check (the $0 preflight), confirm, run, audit (or, with `detach`, the command line a
+    background controller runs)."""
+    import os
+
+    from reproduce import pipeline, preflight
+    from reproduce.cli_audit import open_ledger
+
+    args = _parse(recipe_name, budget, backend, scale, sets, resume, sim, bucket, dry_run)
+    plan, executor, chosen = _plan(args, only, dry_run)
+    run_id = os.environ.get("REPRODUCE_RUN_ID") or resume or pipeline.new_run_id()
+    if not dry_run:   # $0 checks of every real-world contact: a failure launches nothing (exit 2)
+        checked = preflight.guard(preflight.Context(args.recipe, plan, chosen, args.recipe.get("bucket"), run_id),
+                                  skip_checks)
+    if dry_run:
+        typer.echo(render_tasks(plan, args.recipe, executor, chosen))
+        typer.echo("dry run: nothing launched, nothing spent, nothing recorded", err=True)
+        return
+    if not _confirm(plan, args.budget, yes):
+        return
+    if detach is not None:
+        _detach(detach, run_id)
+        return
+    ledger = args.ledger or open_ledger()
+    if resume and sets:   # an explicit re-plan: recorded, and every later resume applies it too
+        ledger.add_event(resume, None, "recipe_changed", ok=True, reason=f"--set {' --set '.join(sets)} on resume",
+                         numbers={"sets": list(sets), "stages": args.resumed.changed_stages})
+    if resume and only and only[0] in ledger.finished_stages(resume):
+        typer.echo(f"stage {only[0]} already finished in run {resume}; nothing to do", err=True)
+        return
+    preflight.record(ledger, run_id, checked)
+    result = pipeline.run(plan, args.recipe, executor, ledger, args.budget, resume_run=resume, stages=only,
+                          bucket=args.recipe.get("bucket"), run_id=run_id)
+    _audit(ledger, result)
+
+
+def _detach(argv: list, run_id: str) -> None:
+    """The controller in its own session (no terminal: a closed one sends it nothing), writing to
+    runs/RUN/controller.log; prints the run id and how to follow and stop it."""
+    import os
+    import subprocess
+
+    from reproduce.pipeline import artifacts_dir
+
+    log = artifacts_dir(run_id).parent / "controller.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reproduce.cli", *argv],
+                                env={**os.environ, "REPRODUCE_RUN_ID": run_id}, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    typer.echo(run_id)
+    typer.echo(f"run {run_id}: controller pid {proc.pid} in the background, log {log}\n"
+               f"  follow: reproduce logs {run_id} --follow\n  stop:   reproduce cancel {run_id}", err=True)
+
+
+class _Args:
+    """What the flags resolve to: the recipe, budget and backend (a resumed run's own unless given)."""
+
+    def __init__(self, recipe, budget, backend, sim, ledger=None, resumed=None):
+        self.recipe, self.budget, self.backend, self.sim = recipe, budget, backend, sim
+        self.ledger, self.resumed = ledger, resumed
+
+
+def _parse(recipe_name, budget, backend, scale, sets, resume, sim, bucket, dry_run) -> _Args:
+    """Every flag checked (exit 2 naming the bad value), the recipe resolved, or a resumed run's read back."""
     import math
 
-    import yaml
-
-    from reproduce import pipeline
     from reproduce import recipe as recipes
-    from reproduce.cli_audit import open_ledger, render_audit
-    from reproduce.plan import build_plan, check_backend, check_budget
+    from reproduce import resume as resumes
+    from reproduce.cli_audit import open_ledger
+    from reproduce.plan import check_backend, check_budget
 
     budget_usd = check_budget(budget)
     check_backend(backend)
@@ -120,52 +193,36 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
                         "from 0 to 10")
     if not (math.isfinite(sim["pace_s"]) and 0 <= sim["pace_s"] <= 60):
         raise UserError(f"--sim-pace {sim['pace_s']!r}: expected real seconds per poll from 0 to 60")
-    ledger, found, spent = None, None, 0.0
     if resume:
         ledger = open_ledger()
-        found = ledger.run(resume)
-        if found is None:
-            raise UserError(f"--resume {resume!r}: no such run in {ledger.path}; see `reproduce runs`")
-        changed = [flag for flag, given, was in (("--recipe", recipe_name, found["recipe"]),
-                                                  ("--scale", scale, found["scale"]))
-                   if given and given != was and not (flag == "--recipe" and _same_recipe(given, was))]
-        if changed:   # the run's recipe is what its plan, ledger rows and artifacts were made from
-            raise UserError(f"--resume {resume} continues the run's own recipe; {', '.join(changed)} would change "
-                            f"it mid-run: start a new run instead (reproduce all {' '.join(changed)} ...)")
-        resolved = resumed_recipe(ledger, resume, found)
-        recipe_change = change_on_resume(ledger, resume, resolved, sets) if sets else None
-        if budget_usd is None:
-            budget_usd = ledger.budget(resume)
-        if backend == "auto":
-            backend = found["backend"]
-        if backend == "sim":   # the virtual clock goes on from where the run's records end
-            sim = {**sim, "start": max([r["at"] for r in ledger.progress_rows(resume)] + [found["created_at"]])}
-        spent = ledger.spent(resume)
+        r = resumes.open_run(ledger, resume, recipe_name, scale, sets, budget_usd, backend, sim)
+        args = _Args(r.recipe, r.budget, r.backend, r.sim, ledger, r)
     else:
         if budget_usd is None:
             raise UserError("--budget is required: a positive number of US dollars, e.g. --budget 450")
-        resolved = recipes.load(recipe_name, sets, scale or "full")
+        args = _Args(recipes.load(recipe_name, sets, scale or "full"), budget_usd, backend, sim)
     if bucket:  # kept with the run's recipe so --resume finds the same bucket
         from reproduce.executors.bucket import check
 
-        resolved["bucket"] = check(bucket, strict=not dry_run)
-    bucket = resolved.get("bucket")
-    executor, chosen, why = pipeline.make_executor(backend, resolved, sim)
-    plan = build_plan(resolved, budget_usd, chosen)
-    if resume and only:
-        _check_inputs(ledger, resume, only[0], found)
-    if resume:   # the plan from here: the stages not finished yet, after what was spent
-        finished = ledger.finished_stages(resume)
-        for name in [s.stage for s in plan.stages if s.stage in finished and (not only or s.stage in only)]:
-            typer.echo(f"[{name}] already finished in this run: skipped", err=True)
-        plan = plan.only([s.stage for s in plan.stages if s.stage not in finished])
-        plan.spent_usd = spent
-        known = pipeline.known_facts(ledger, resume)
-        if known and plan.stages:   # what the run measured before it stopped, not the recipe's assumptions
-            from reproduce import replan
+        args.recipe["bucket"] = check(bucket, strict=not dry_run)
+    return args
 
-            rows, _, _ = replan.replan(resolved, known, [s.stage for s in plan.stages], budget_usd, chosen, None)
-            plan.stages = [rows[s.stage] for s in plan.stages]
+
+def _plan(args: _Args, only, dry_run: bool):
+    """(plan, executor, backend): the plan of what is to run (a resumed run: the stages not finished, re-priced
+    from what it measured), shown; refused over the budget (exit 3) or without what the backend needs."""
+    from reproduce import pipeline
+    from reproduce import resume as resumes
+    from reproduce.plan import build_plan
+
+    executor, chosen, why = pipeline.make_executor(args.backend, args.recipe, args.sim)
+    plan = build_plan(args.recipe, args.budget, chosen)
+    spent = 0.0
+    if args.resumed:
+        plan, skipped = resumes.rest_of_plan(args.ledger, args.resumed, plan, chosen, only)
+        for name in skipped:
+            typer.echo(f"[{name}] already finished in this run: skipped", err=True)
+        spent = args.resumed.spent
     if only:
         plan = plan.only(only)
     _show_plan(plan)
@@ -174,7 +231,7 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         raise OverBudget(f"plan costs {money(plan.total_usd)}" + (f" after {money(spent)} spent" if spent else "")
                          + f", over the {money(plan.budget)} budget by {money(-plan.headroom)}: not started "
                          "(try `reproduce plan --optimize`)")
-    if chosen == "sky" and not bucket and not dry_run:
+    if chosen == "sky" and not args.recipe.get("bucket") and not dry_run:
         raise UserError("--bucket is required with SkyPilot: s3://NAME or gs://NAME holds the run's artifacts "
                         "(or set REPRODUCE_BUCKET)")
     if chosen == "sky" and not dry_run:
@@ -183,32 +240,27 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
         refuse_whatif(plan)
     if not dry_run:
         executor.preflight([s.stage for s in plan.stages])
-        from reproduce import preflight   # $0 checks of every real-world contact: a failure launches nothing
+    return plan, executor, chosen
 
-        run_id = resume or pipeline.new_run_id()
-        checked = preflight.guard(preflight.Context(resolved, plan, chosen, bucket, run_id), skip_checks)
-    if dry_run:
-        typer.echo(render_tasks(plan, resolved, executor, chosen))
-        typer.echo("dry run: nothing launched, nothing spent, nothing recorded", err=True)
-        return
-    if not yes:
-        if not sys.stdin.isatty():
-            typer.echo("not started: no terminal to confirm on; pass -y to run", err=True)
-            raise typer.Exit(1)
-        if not typer.confirm(f"Run {len(plan.stages)} stage(s), est. {money(plan.total_usd)} of "
-                             f"{money(budget_usd)}?", default=False):
-            typer.echo("not started", err=True)
-            raise typer.Exit(1)
-    ledger = ledger or open_ledger()
-    if resume and sets:   # an explicit re-plan: recorded, and every later resume applies it too
-        ledger.add_event(resume, None, "recipe_changed", ok=True, reason=f"--set {' --set '.join(sets)} on resume",
-                         numbers={"sets": list(sets), "stages": recipe_change})
-    if resume and only and only[0] in ledger.finished_stages(resume):
-        typer.echo(f"stage {only[0]} already finished in run {resume}; nothing to do", err=True)
-        return
-    preflight.record(ledger, run_id, checked)
-    result = pipeline.run(plan, resolved, executor, ledger, budget_usd, resume_run=resume, stages=only,
-                          bucket=bucket, run_id=run_id)
+
+def _confirm(plan, budget_usd, yes: bool) -> bool:
+    """-y, or a yes on the terminal; without a terminal to ask on: not started (exit 1)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        typer.echo("not started: no terminal to confirm on; pass -y to run", err=True)
+        raise typer.Exit(1)
+    if not typer.confirm(f"Run {len(plan.stages)} stage(s), est. {money(plan.total_usd)} of "
+                         f"{money(budget_usd)}?", default=False):
+        typer.echo("not started", err=True)
+        raise typer.Exit(1)
+    return True
+
+
+def _audit(ledger, result) -> None:
+    """Where the money went, the scores when it finished, and the exit code of how it ended."""
+    from reproduce.cli_audit import render_audit
+
     typer.echo(f"run {result.run_id}: artifacts in {result.artifacts}; ledger {ledger.path}", err=True)
     typer.echo(render_audit(ledger.audit(result.run_id)))
     scores = result.artifacts / "eval" / "table.md"
@@ -220,67 +272,6 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     if result.exit_code:
         typer.echo(f"error: {result.reason} (resume with `reproduce all --resume {result.run_id}`)", err=True)
         raise typer.Exit(result.exit_code)
-
-
-def _same_recipe(given: str, name: str) -> bool:
-    """`--recipe` naming the run's own recipe (by name or by its file) changes nothing."""
-    from pathlib import Path
-
-    return Path(given).stem == name
-
-
-def resumed_recipe(ledger, run_id: str, found: dict) -> dict:
-    """The recipe the run started with, flags and all, with every change recorded on a resume since."""
-    import yaml
-
-    from reproduce.recipe import parse_value, set_key
-
-    recipe = yaml.safe_load(found["recipe_yaml"])
-    for e in ledger.events(run_id, "recipe_changed"):
-        for item in e["numbers"].get("sets", []):
-            key, _, raw = item.partition("=")
-            set_key(recipe, key.strip(), parse_value(raw))
-    return recipe
-
-
-def change_on_resume(ledger, run_id: str, recipe: dict, sets: list[str]) -> list[str]:
-    """`--resume R --set k=v`: allowed for the sections of stages not finished yet (what is done stays as it
-    was done); checked like any recipe value. Changes `recipe` in place; returns the stages it affects."""
-    from reproduce import recipe_schema, stagetable
-    from reproduce.recipe import parse_value, set_key
-
-    finished = ledger.finished_stages(run_id)
-    open_sections = {s.section: s.name for s in stagetable.STAGES if s.name not in finished}
-    touched = []
-    for item in sets:
-        key, sep, raw = item.partition("=")
-        section = key.strip().split(".")[0]
-        if not sep or section not in open_sections:
-            done = [s.name for s in stagetable.STAGES if s.section == section]
-            raise UserError(f"--resume {run_id} --set {item}: only the sections of stages still to run may change "
-                            f"({', '.join(sorted(open_sections))})" + (f"; {done[0]} is finished" if done else ""))
-        set_key(recipe, key.strip(), parse_value(raw))
-        touched.append(open_sections[section])
-    recipe_schema.check(recipe, origin=lambda key: "from --set on resume")
-    return sorted(set(touched))
-
-
-def _check_inputs(ledger, run_id: str, name: str, found: dict) -> None:
-    """`reproduce stage NAME --run R` only when R finished every stage NAME reads from, and their outputs
-    (each stage's summary.json) are in the run's artifacts."""
-    from pathlib import Path
-
-    from reproduce import stagetable
-
-    finished = ledger.finished_stages(run_id)
-    for need in stagetable.stage(name).needs:
-        if need not in finished:
-            state = ledger.stage_state(run_id, need)
-            raise UserError(f"stage {name} reads {need}'s outputs, and {need} in run {run_id} is {state}: "
-                            f"run it first (reproduce stage {need} --run {run_id}) or resume the run")
-        if not (Path(found["artifacts"]) / need / "summary.json").is_file() and not found.get("simulated"):
-            raise UserError(f"stage {name} reads {need}'s outputs, and {Path(found['artifacts']) / need} has no "
-                            f"summary.json: the artifacts of run {run_id} are incomplete")
 
 
 def _show_plan(plan) -> None:
@@ -328,13 +319,20 @@ def status(as_json: bool = JSON_OPTION) -> None:
 
     ledger = open_ledger()
     rows = [r for r in run_rows(ledger) if r["status"] in ("running", "interrupted")]
+    if not rows and not as_json:
+        typer.echo("no runs in progress")
+        return
+    from reproduce.cli_control import liveness
+
+    for r in rows:   # is its controller alive, and since when is it not (its last heartbeat)
+        live = liveness(ledger, r["run"])
+        r["controller"] = "alive" if live["alive"] else (
+            "dead since " + time.strftime("%Y-%m-%d %H:%M", time.localtime(live["since"])) if live["since"] else "dead")
     if as_json:
         print_json(rows)
         return
-    if not rows:
-        typer.echo("no runs in progress")
-        return
-    typer.echo(table(rows, ["run", "status", "backend", "stage", "spent_usd", "budget", "started", "pid"]))
+    typer.echo(table(rows, ["run", "status", "controller", "backend", "stage", "spent_usd", "budget", "started",
+                            "pid"]))
     for r in rows:
         if r["status"] == "interrupted":
             typer.echo(f"resume {r['run']}: reproduce all --resume {r['run']}")

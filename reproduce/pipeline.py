@@ -23,10 +23,12 @@ from pathlib import Path
 
 from costmodel import budget as guard
 from costmodel import forecast
-from costmodel.ledger import LeaseLost, home
+from costmodel.ledger import home
 from reproduce.errors import UserError
-from reproduce import stagetable
-from reproduce.executors.base import RunContext, StageStatus
+from reproduce import resume, stagetable
+from reproduce.executors.base import StageStatus
+from reproduce.resume import known_facts  # noqa: F401 - the CLI's and the tests' name for it
+from reproduce.stage_loop import Outcome, plan_fields, read_summary, run_stage
 
 
 
@@ -99,26 +101,9 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
 
     if resume_run:
         run_id = resume_run
-        found = ledger.run(run_id)
-        if found is None:
-            raise UserError(f"--resume {run_id!r}: no such run; see `reproduce runs`")
-        ledger.claim_run(run_id, me)   # atomic: of two resumers one proceeds, the other exits 2 naming it
-        artifacts = Path(found["artifacts"])
-        ledger.add_event(run_id, None, "run", ok=True, reason="resumed", numbers={**me, "budget": budget},
-                         at=executor.now())
-        if budget is not None and budget != found["budget"]:
-            ledger.add_event(run_id, None, "budget", ok=True, reason=f"budget changed to ${budget:,.2f} on resume",
-                             numbers={"budget": budget, "was": found["budget"]}, at=executor.now())
-        for a in ledger.open_attempts(run_id):   # the controller died mid-stage: count what we last saw
-            fields = {k: a[k] for k in ("state", "kind", "accelerator", "nodes", "gpus", "spot", "cloud", "region",
-                                        "zone", "instance_type", "price_per_hour", "price_source", "price_date",
-                                        "started_at", "hours", "gpu_hours", "preemptions", "compute_usd",
-                                        "simulated")}
-            fields.update(state="INTERRUPTED", ended_at=a["at"],
-                          message="the controller stopped without recording an end; spend counted to its last "
-                                  "progress row" + ("" if simulated else "; check `sky status` and `sky jobs queue`"))
-            ledger.add_stage_row(run_id, a["stage"], "interrupted", at=executor.now(), attempt=a["attempt"], **fields)
+        artifacts, node_stops = resume.take_over(ledger, run_id, me, budget, executor)
     else:
+        node_stops = {}
         run_id = run_id or new_run_id()
         artifacts = artifacts_dir(run_id)
         ledger.create_run(run_id, recipe=plan.recipe, scale=plan.scale, backend=ex_name, budget=budget,
@@ -128,7 +113,7 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
         for name in selected:
             p = rows[name]
             ledger.add_stage_row(run_id, name, "planned", at=executor.now(), simulated=simulated,
-                                 **_plan_fields(p), hours=p.hours, gpu_hours=p.gpu_hours,
+                                 **plan_fields(p), hours=p.hours, gpu_hours=p.gpu_hours,
                                  compute_usd=p.compute_usd, api_usd=p.api_usd, arithmetic=p.arithmetic)
         ledger.add_event(run_id, None, "run", ok=True, reason="started", numbers={**me, "budget": budget},
                          at=executor.now())
@@ -144,9 +129,14 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
     finished = ledger.finished_stages(run_id)
     watch = _Watch(run_id, recipe, executor, ledger, budget, artifacts, bucket, simulated, progress, poll_s, every,
                    teardown_s, plan.backend)
-    known = known_facts(ledger, run_id)
+    known = resume.known_facts(ledger, run_id)
     for i, name in enumerate(selected):
         p = rows[name]
+        if name in node_stops:
+            # stopped on the node against the same budget: say so (a new --budget or --set re-admits it)
+            later = [s for s in selected[i:] if s not in finished]
+            progress.note(name, node_stops[name])
+            return end(3, "stopped", name, node_stops[name] + _what_would_fit(watch, rows, later, known))
         if name in finished:
             progress.note(name, "already finished in this run: skipped")
             continue
@@ -169,18 +159,20 @@ def run(plan, recipe: dict, executor, ledger, budget: float | None, resume_run: 
             # the stage program refuses a batch over what is left for it (reproduce/stages/rewrite.py)
             stage_envs["REPRODUCE_API_BUDGET_USD"] = f"{budget - spent - rest:.2f}"
         try:
-            outcome = _run_stage(watch, name, p, stage_envs, spent, [rows[s] for s in later])
+            outcome = run_stage(watch, name, p, stage_envs, spent, [rows[s] for s in later])
         except KeyboardInterrupt:
-            end(130, "cancelled", name, "Ctrl-C")
-            raise
+            outcome = Outcome("interrupted", "Ctrl-C")
         except UserError as e:
             end(2, "failed", name, str(e))
             raise
-        if outcome is not None:
-            code, why = outcome
-            if code == 3:
+        if outcome.kind == "interrupted":
+            end(130, "cancelled", name, "Ctrl-C")
+            raise KeyboardInterrupt
+        if outcome.kind != "finished":
+            why = outcome.why
+            if outcome.kind == "stopped":
                 why += _what_would_fit(watch, rows, [name, *later], known, stopped=name)
-            return end(code, "stopped" if code == 3 else "failed", name, why)
+            return end(outcome.code, outcome.kind, name, why)
         if later:
             _replan(watch, name, p, rows, later, known)
     # "finished" only when every stage of the recipe is; one stage of a run (`reproduce stage`) pauses it
@@ -208,11 +200,6 @@ class _Watch:
 
     def __post_init__(self):
         self.observed = {}
-
-
-def known_facts(ledger, run_id: str) -> dict:
-    """What earlier stages of this run measured (a resumed run re-plans from them too)."""
-    return {e["stage"]: e["numbers"] for e in ledger.events(run_id, "measured") if e["stage"]}
 
 
 def _replan(w: _Watch, name: str, p, rows: dict, later: list[str], known: dict) -> None:
@@ -315,234 +302,6 @@ def _ceil10(x: float) -> float:
     return math.ceil(x / 10) * 10
 
 
-def _orphan(ledger, run_id: str, name: str) -> str | None:
-    """The cloud handle of this stage's last attempt when that attempt never recorded its end (the controller
-    died while it ran): a job that may still be running, and billing."""
-    handles = [e["numbers"] for e in ledger.events(run_id, "handle") if e["stage"] == name]
-    if not handles:
-        return None
-    last = handles[-1]
-    attempts = [a for a in ledger.attempts(run_id, name) if a["attempt"] == last.get("attempt")]
-    return last["handle"] if attempts and attempts[-1]["event"] == "interrupted" else None
-
-
-def _forecast_stop(w: _Watch, name: str, p, fc, spent_before: float, later: list):
-    """The forecast's decision (costmodel.forecast): stop when even the low end of what the run needs passes
-    the budget. The running stage's slowdown is assumed, with its spread, for later GPU stages of a kind of
-    work nothing has measured yet; what it shows is kept for the advice of a stop."""
-    paid_part = p.total_usd - p.storage_usd   # what the observed rate scales; the bucket is by GB
-    factor = fc.factor(paid_part)
-    rest = forecast.rest_bounds(later, factor, fc.spread)
-    decision = forecast.decide(name, spent_before, fc, p.storage_usd, rest, w.budget)
-    if decision.ok and paid_part > 0:
-        w.observed[name] = (factor, fc.cost)
-    return decision
-
-
-def _run_stage(w: _Watch, name: str, p, envs: dict, spent_before: float, later: list):
-    """Launch and watch one stage. None on success, else (exit code, why). At every poll: the hard cap
-    (spend by the next poll would pass the budget) and the forecast (at the observed rate the run cannot
-    finish within the budget)."""
-    rest = sum(r.total_usd for r in later)
-    # at least ~100 polls over the stage's planned hours (never under 10 s): a short, dear stage (an API
-    # teacher) must be watched often enough for its forecast to act before most of it is paid
-    poll_s = min(w.poll_s, max(10.0, p.hours * 36)) if p.hours > 0 else w.poll_s
-    if p.kind == "api":   # paid by the request, planned in dollars, not hours: watch it at least every 30 s
-        poll_s = min(poll_s, 30.0)
-    ex, ledger = w.executor, w.ledger
-    orphan = _orphan(ledger, w.run_id, name)
-    started = ex.now()
-    attempt = ledger.add_stage_row(w.run_id, name, "started", at=started, state="PENDING", started_at=started,
-                                   simulated=w.simulated, **_plan_fields(p))
-
-    def on_handle(h: str) -> None:
-        ledger.add_event(w.run_id, name, "handle", ok=True, reason=h, numbers={"handle": h, "attempt": attempt},
-                         at=ex.now())
-
-    ctx = RunContext(run_id=w.run_id, recipe=w.recipe, stage=name, plan=p, artifacts=w.artifacts, envs=envs,
-                     bucket=w.bucket, on_handle=on_handle)
-    handle = None
-    st = StageStatus(state="PENDING")
-    rate = _Rate()
-    try:
-        if orphan:
-            handle = ex.reattach(orphan, ctx)
-            if handle:
-                on_handle(handle)
-                w.progress.note(name, f"re-attached to {handle}, launched before the controller stopped")
-        handle = handle or ex.launch(ctx)
-        last_state, last_row = None, started
-        while True:
-            st = ex.poll(handle)
-            ledger.heartbeat(w.run_id)   # LeaseLost if another process took this run over
-            now = ex.now()
-            if p.kind == "api":   # what it paid is what the ledger has of its usage log, as it goes
-                if _record_usage(w, name, attempt, now) is not None:
-                    paid, lines = ledger.attempt_api_usd(w.run_id, name, attempt)
-                    st.api_usd = max(st.api_usd, paid)
-                    if st.progress is None and (p.api_tokens or {}).get("requests"):
-                        st.progress = {"done": lines, "total": p.api_tokens["requests"], "unit": "requests"}
-            cost = st.cost_usd + st.api_usd
-            fc = rate.forecast(st, cost, now)
-            w.progress.status(name, st, p.total_usd, forecast=fc.central if fc else None, eta_s=rate.eta_s)
-            if st.done:
-                break
-            if st.state != last_state or now - last_row >= w.every:
-                ledger.add_stage_row(w.run_id, name, "progress", at=now, attempt=attempt,
-                                     **_actual(st, p, started, now, w.simulated))
-                last_state, last_row = st.state, now
-            decision = guard.should_stop(spent_before, cost, st.price_per_hour, poll_s, w.budget, w.teardown_s)
-            if not decision.ok and fc is not None:
-                decision = _forecast_stop(w, name, p, fc, spent_before, later)
-            if decision.ok:
-                guard.record(ledger, w.run_id, name, decision, at=now)
-                ex.cancel(handle)
-                st = ex.poll(handle)
-                if p.kind == "api":
-                    _record_usage(w, name, attempt, ex.now())
-                why = f"stage {name} stopped by the budget guard: {decision.reason}"
-                ledger.add_stage_row(w.run_id, name, "cancelled", at=ex.now(), attempt=attempt,
-                                     **_actual(st, p, started, ex.now(), w.simulated, message=why))
-                _record_storage(w, ctx, p, _share(st))
-                w.progress.status(name, st, p.total_usd, force=True)
-                return 3, why
-            ex.wait(poll_s)
-    except KeyboardInterrupt:
-        if handle is not None:
-            ex.cancel(handle)
-            try:
-                st = ex.poll(handle)
-            except Exception:
-                pass
-        if p.kind == "api":
-            _record_usage(w, name, attempt, ex.now())
-        ledger.add_stage_row(w.run_id, name, "cancelled", at=ex.now(), attempt=attempt,
-                             **_actual(st, p, started, ex.now(), w.simulated,
-                                       message="cancelled by Ctrl-C; torn down", state="CANCELLED"))
-        raise
-    except LeaseLost:
-        # another process owns the run now: a cloud job it can re-attach to is left to it; a job of this
-        # process (local, sim) goes, so that two never run the same stage
-        if handle is not None and not ex.detached:
-            ex.cancel(handle)
-        raise
-    except Exception as e:
-        if handle is not None:
-            ex.cancel(handle)
-        ledger.add_stage_row(w.run_id, name, "failed", at=ex.now(), attempt=attempt,
-                             **_actual(st, p, started, ex.now(), w.simulated, message=f"{type(e).__name__}: {e}",
-                                       state="FAILED"))
-        if isinstance(e, UserError):
-            raise
-        return 1, f"stage {name} failed to launch: {e}"
-    now = ex.now()
-    if st.state != "SUCCEEDED":
-        ledger.add_stage_row(w.run_id, name, "failed" if st.state == "FAILED" else "cancelled", at=now,
-                             attempt=attempt, **_actual(st, p, started, now, w.simulated))
-        _record_storage(w, ctx, p, _share(st))
-        return 1, f"stage {name} {st.state.lower()}: {st.message or 'no message'}"
-    summary = read_summary(w.artifacts, name)
-    # a usage log (one line per paid result) is the record; a summary's api_usage only where there is none
-    usage = [] if _record_usage(w, name, attempt, now) is not None else (summary.get("api_usage") or [])
-    calibration = []
-    if not w.simulated:
-        from costmodel.calibration import observations
-
-        try:
-            calibration = observations(name, summary, w.recipe, p.to_dict())
-        except Exception:   # a summary missing a field must not lose the stage's accounting
-            calibration = []
-    message = st.message or ("" if summary or p.kind != "api" else "no summary.json: API spend not reported")
-    ledger.finish_stage(w.run_id, name, attempt, at=now, api_usage=usage, calibration=calibration,
-                        **_actual(st, p, started, now, w.simulated, message=message))
-    row = stagetable.stage(name)
-    if row.scratch and not row.keeps_scratch(w.recipe):   # it cannot produce anything now: stop paying for it
-        try:
-            gone = ex.discard(ctx, row.scratch)
-        except Exception as e:   # noqa: BLE001 - the stage's accounting must survive a failed delete
-            gone = None
-            w.progress.note(name, f"could not delete its checkpoints from the bucket ({e}); they stay, and are "
-                                  "paid for")
-        if gone:
-            what = f"{name} succeeded: deleted its checkpoints from the bucket ({gone if gone > 0 else 'all'} " \
-                   f"object(s) under {name}/{', '.join(row.scratch)}*; {row.section}.keep_checkpoints keeps them)"
-            ledger.add_event(w.run_id, name, "discarded", ok=True, reason=what,
-                             numbers={"objects": gone, "prefixes": list(row.scratch)}, at=ex.now())
-            w.progress.note(name, what)
-    _record_storage(w, ctx, p, 1.0, (now - started) / 3600)
-    return None
-
-
-def _record_storage(w: _Watch, ctx: RunContext, p, share: float, hours: float = 0.0) -> None:
-    """What the stage left in the run's bucket, measured where the executor can (else the plan's GB x the
-    share of the work done), priced by costmodel.storage: committed spend from now on. A stage that succeeded
-    also pays for the scratch it deleted, for the HOURS it ran."""
-    if not p.storage:
-        return
-    from costmodel import storage
-
-    try:
-        measured = w.executor.written_gb(ctx, share)
-    except Exception:   # noqa: BLE001 - a failed listing must not lose the stage's accounting
-        measured = None
-    gb, how = measured or (p.storage["gb_written"] * share, f"not measured: the plan's GB x {share:.0%} done")
-    scratch = (p.storage.get("scratch_gb") or 0.0) if share >= 1 else 0.0   # a stopped stage's is in its GB
-    cost = storage.cost(w.recipe, p.stage, gb, p.storage["store"], p.storage["days_kept"], scratch, max(hours, 0.0))
-    w.ledger.add_storage(w.run_id, p.stage, {**cost, "measured": how}, at=w.executor.now())
-
-
-def _share(st: StageStatus) -> float:
-    """The part of a stage's work its last progress report says is done (0 without one)."""
-    prog = st.progress or {}
-    total = float(prog.get("total") or 0)
-    return min(float(prog.get("done") or 0) / total, 1.0) if total > 0 else 0.0
-
-
-class _Rate:
-    """$ and time per unit of progress within this attempt (costmodel.forecast.StageRate): the forecast and
-    the ETA rest on it."""
-
-    def __init__(self):
-        from costmodel.forecast import StageRate
-
-        self._rate = StageRate()
-
-    @property
-    def eta_s(self):
-        return self._rate.eta_s
-
-    def forecast(self, st: StageStatus, cost: float, now: float):
-        """A costmodel.forecast.Forecast once enough of the stage is measured, else None."""
-        prog = st.progress or {}
-        total = float(prog.get("total") or 0)
-        if total <= 0 or st.state not in ("RUNNING", "RECOVERING"):
-            return None
-        self._rate.feed(cost, float(prog.get("done") or 0), total, now)
-        return self._rate.estimate()
-
-
-def _record_usage(w: _Watch, stage: str, attempt: int, at: float) -> int | None:
-    """New lines of ARTIFACTS/<stage>/usage.jsonl into the ledger; None when the stage keeps no such log."""
-    path = Path(w.artifacts) / stage / "usage.jsonl"
-    if not path.is_file():
-        return None
-    lines = []
-    for raw in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except ValueError:   # a line cut by a kill mid-write: the next poll reads it whole
-            break
-    return w.ledger.add_usage_lines(w.run_id, stage, lines, at=at, attempt=attempt, simulated=w.simulated)
-
-
-def read_summary(artifacts: Path, stage: str) -> dict:
-    path = Path(artifacts) / stage / "summary.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _api_batch(ledger, run_id, name, p, spent, rest, budget, at) -> str | None:
     tokens = p.api_tokens or {}
     if not tokens.get("model"):
@@ -554,25 +313,6 @@ def _api_batch(ledger, run_id, name, p, spent, rest, budget, at) -> str | None:
         return None
     guard.record(ledger, run_id, name, decision, at=at)
     return None if decision.ok else decision.reason
-
-
-def _plan_fields(p) -> dict:
-    return {"kind": p.kind, "accelerator": p.accelerator, "nodes": p.nodes, "gpus": p.gpus, "spot": p.spot,
-            "cloud": p.cloud, "region": p.region, "zone": p.zone, "instance_type": p.instance_type,
-            "price_per_hour": p.price_per_hour, "price_source": p.price_source, "price_date": p.price_date}
-
-
-def _actual(st: StageStatus, p, started: float, now: float, simulated: bool, message: str | None = None,
-            state: str | None = None) -> dict:
-    hours = st.elapsed_s / 3600
-    gpus = st.gpus or 0
-    return {"state": state or st.state, "kind": p.kind, "accelerator": p.accelerator,
-            "nodes": p.nodes, "gpus": gpus, "spot": st.spot, "cloud": st.cloud, "region": st.region,
-            "zone": st.zone, "instance_type": st.instance_type, "price_per_hour": st.price_per_hour,
-            "price_source": st.price_source, "price_date": p.price_date, "started_at": started,
-            "ended_at": now, "hours": hours, "gpu_hours": hours * gpus, "preemptions": st.preemptions,
-            "compute_usd": st.cost_usd, "message": st.message if message is None else message,
-            "simulated": simulated}
 
 
 def alive(numbers: dict) -> bool:

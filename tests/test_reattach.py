@@ -49,7 +49,7 @@ def run_once(home, monkeypatch):
 
 
 def resume(led, plan, recipe, quiet, run_id, adapter):
-    from reproduce.cli_run import resumed_recipe  # noqa: F401 - the same module the CLI resumes through
+    from reproduce.resume import resumed_recipe  # noqa: F401 - the same module the CLI resumes through
 
     return pipeline.run(plan, recipe, SkyExecutor(adapter=adapter), led, 450.0, resume_run=run_id, stages=["sft"],
                         progress=quiet, bucket="s3://my-runs", poll_s=1)

@@ -58,6 +58,7 @@ class StageStatus:
     message: str = ""
     api_usd: float = 0.0         # API $ paid so far by this attempt (API stages)
     progress: dict | None = None  # {done, total, unit, updated_at}: ARTIFACTS/<stage>/progress.json
+    stopped: dict | None = None   # ARTIFACTS/<stage>/stopped.json: the node's watchdog stopped it (why, $)
 
     @property
     def done(self) -> bool:
@@ -87,6 +88,7 @@ class Executor(Protocol):
     def reattach(self, handle: str, run: RunContext) -> str | None: ...
     def written_gb(self, run: RunContext, share: float = 1.0) -> tuple[float, str] | None: ...
     def discard(self, run: RunContext, prefixes: tuple) -> int | None: ...
+    def stopped_on_node(self, run: RunContext) -> dict | None: ...
 
 
 class BaseExecutor:
@@ -114,6 +116,12 @@ class BaseExecutor:
         """(GB the stage left where the run keeps its artifacts, how that was known), measured after it
         ended; `share`: the part of its work done. None: nothing is kept in a bucket, or it cannot be measured."""
         return None
+
+    def stopped_on_node(self, run: RunContext) -> dict | None:
+        """The stage's stopped.json (reproduce.watchdog): its node stopped it, why and at what cost; None."""
+        from reproduce.watchdog import read_stopped
+
+        return read_stopped(run.artifacts, run.stage)
 
     def discard(self, run: RunContext, prefixes: tuple) -> int | None:
         """Delete what a stage that succeeded kept only to resume itself (keys under <stage>/ starting with

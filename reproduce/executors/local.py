@@ -141,10 +141,12 @@ class LocalExecutor(BaseExecutor):
         message = {"FAILED": f"exit {rc}: " + " | ".join(job.tail[-3:]) + f" (log: {job.log})",
                    "STARTING": f"building the stage environment, once per setup (log: {job.log})"}.get(state, "")
         from reproduce.stages.lib.common import read_progress
+        from reproduce.watchdog import STOPPED_EXIT, read_stopped
 
+        stopped = read_stopped(job.artifacts, job.stage) if rc == STOPPED_EXIT and not job.cancelled else None
         return StageStatus(state=state, elapsed_s=end - job.started, cost_usd=0.0, price_per_hour=0.0,
                            price_source="local machine", cloud="local", spot=False, gpus=_gpu_count(),
-                           message=message, progress=read_progress(job.artifacts / job.stage))
+                           message=message, progress=read_progress(job.artifacts / job.stage), stopped=stopped)
 
     def cancel(self, handle: str) -> None:
         job = self.jobs.get(handle)

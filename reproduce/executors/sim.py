@@ -55,6 +55,8 @@ class _Sim:
     summary_written: bool = False
     paid: float = 0.0                    # API $ paid this attempt (appended to usage.jsonl as it is paid)
     saved: float = 0.0                   # share of the work saved so far (checkpoints, shards)
+    node_stop: dict | None = None        # when and why its node's watchdog would stop it (its stopped.json)
+    orphaned: bool = False               # its controller died: only its node's watchdog can stop it
 
     @property
     def total_h(self) -> float:
@@ -130,21 +132,53 @@ class SimExecutor(BaseExecutor):
                 done += gap
                 t = startup + done + len(sim.preemptions_at) * recovery
                 sim.preemptions_at.append(t)
-        _write_state(run, {**saved, "attempts": attempt + 1, "saved_share": done_before})
+        sim.node_stop = _node_watchdog(sim, self.clock)
+        _write_state(run, {**saved, "attempts": attempt + 1, "saved_share": done_before, "node_stop": sim.node_stop})
         self.sims[handle] = sim
+        if run.on_handle:   # a controller killed from here on leaves a job to re-attach to
+            run.on_handle(handle)
         return handle
+
+    def reattach(self, handle: str, run: RunContext) -> str | None:
+        """A job of this simulated world whose controller died: watched again where it is now."""
+        sim = self.sims.get(handle)
+        if sim is None or sim.cancelled_at is not None:
+            return None
+        sim.orphaned = True
+        return handle
+
+    def stopped_on_node(self, run: RunContext) -> dict | None:
+        """The node's stop of the stage's last job, had its controller died: the simulated world runs on
+        until that stop (the clock moves to it), as a real job runs on without its controller."""
+        stop = _read_state(run).get("node_stop")
+        if not stop:
+            return None
+        job = next((s for s in reversed(list(self.sims.values())) if s.run.stage == run.stage), None)
+        if job is not None:
+            if job.cancelled_at is not None or self.poll_done_before(job, stop["at"]):
+                return None
+            job.orphaned = True
+        self.clock = max(self.clock, float(stop["at"]))
+        return stop
+
+    def poll_done_before(self, sim: _Sim, at: float) -> bool:
+        """The job ended on its own (succeeded) before its node would have stopped it."""
+        return sim.launched_at + sim.total_h * 3600 <= at
 
     def poll(self, handle: str) -> StageStatus:
         sim = self.sims[handle]
         plan = sim.run.plan
         now_h = ((sim.cancelled_at if sim.cancelled_at is not None else self.clock) - sim.launched_at) / 3600
         end_h = sim.total_h if sim.fail_at_h is None else sim.fail_at_h
+        stopped = sim.node_stop if sim.orphaned and sim.node_stop else None
+        if stopped:   # its node's watchdog stopped it (SIGTERM, the grace, exit)
+            end_h = min(end_h, (stopped["at"] - sim.launched_at) / 3600)
         elapsed_h = min(now_h, end_h)
         preempted = [p for p in sim.preemptions_at if p <= elapsed_h]
         if sim.cancelled_at is not None:
             state = "CANCELLED"
         elif now_h >= end_h:
-            state = "FAILED" if sim.fail_at_h is not None else "SUCCEEDED"
+            state = "FAILED" if sim.fail_at_h is not None or stopped else "SUCCEEDED"
         elif elapsed_h < sim.startup_h:
             state = "STARTING"
         elif preempted and elapsed_h < preempted[-1] + sim.recovery_h:
@@ -169,7 +203,8 @@ class SimExecutor(BaseExecutor):
                            cloud=plan.cloud, region=plan.region, zone=plan.zone,
                            instance_type=plan.instance_type, spot=plan.spot,
                            gpus=int(plan.gpus or 0), preemptions=len(preempted),
-                           message="simulated failure" if state == "FAILED" else "",
+                           message=("stopped on the node" if stopped else "simulated failure") if state == "FAILED" else "",
+                           stopped=stopped if state == "FAILED" else None,
                            api_usd=paid if plan.kind == "api" else 0.0,
                            progress={"done": round(share * sim.units, 3), "total": sim.units, "unit": sim.unit,
                                      "updated_at": self.clock})
@@ -241,6 +276,29 @@ class SimExecutor(BaseExecutor):
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
         tmp.replace(out / "summary.json")
         sim.summary_written = True
+
+
+def _node_watchdog(sim: _Sim, launched_at: float) -> dict | None:
+    """When the job's own watchdog (reproduce.watchdog, the same rule and allowance) stops it: its checks
+    every REPRODUCE_WATCH_S over the simulated timeline, progress from when the program runs; None when it
+    finishes first. The stopped.json it would write."""
+    from reproduce import watchdog
+
+    a = watchdog.Allowance.from_envs(sim.run.envs or {})
+    if a is None or sim.run.plan.kind not in ("gpu", "cpu") or a.cap_per_hour <= 0:
+        return None
+    a.launched_at = launched_at   # the simulated clock's launch
+    step = float((sim.run.envs or {}).get("REPRODUCE_WATCH_S") or watchdog.WATCH_S) / 3600
+    w, t = watchdog.Watch(a), step
+    while t < sim.total_h:
+        progress = None if t < sim.startup_h else {"done": sim.share(t) * sim.units, "total": sim.units}
+        why = w.check(progress, launched_at + t * 3600)
+        if why:
+            at = launched_at + (t + a.grace_s / 3600) * 3600
+            return {"stage": a.stage, "attempt": a.attempt, "why": why, "at": at, "cost_usd": w.cost(at),
+                    "saved": True, "simulated": True}
+        t += step
+    return None
 
 
 def _usage_lines(path: Path) -> list[dict]:

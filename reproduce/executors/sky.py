@@ -64,6 +64,7 @@ class _Launched:
     torn_down: bool = False
     bucket_url: str | None = None       # the run's folder in the bucket, pulled when the stage succeeds
     artifacts: object = None            # the local artifacts folder it is pulled into
+    attempt: int | None = None          # the ledger attempt it runs (its watchdog's stopped.json names it)
 
 
 class SkyExecutor(BaseExecutor):
@@ -130,7 +131,8 @@ class SkyExecutor(BaseExecutor):
             raise
         handle = f"{mode}:{name}:{job_id}"
         self.runs[handle] = _Launched(run.stage, mode, name, job_id, run.plan, spot, self.clock(),
-                                      bucket_url=url, artifacts=run.artifacts)
+                                      bucket_url=url, artifacts=run.artifacts,
+                                      attempt=int(envs.get("REPRODUCE_ATTEMPT") or -1))
         if run.on_handle:
             run.on_handle(handle)
         return handle
@@ -177,6 +179,12 @@ class SkyExecutor(BaseExecutor):
             from reproduce.executors import bucket
 
             st.progress = bucket.read_json(r.bucket_url, f"{r.stage}/progress.json")
+        if st.state == "FAILED" and r.bucket_url:   # the watchdog on the node may have stopped it
+            from reproduce.executors import bucket
+
+            stopped = bucket.read_json(r.bucket_url, f"{r.stage}/stopped.json")
+            if stopped and (r.attempt is None or int(stopped.get("attempt", -2)) == r.attempt):
+                st.stopped = stopped
         if st.state == "SUCCEEDED" and r.bucket_url and r.artifacts is not None:
             from reproduce.executors import bucket
 
@@ -299,6 +307,15 @@ class SkyExecutor(BaseExecutor):
         if url is None or self._runs_here(run):
             return None
         return bucket.delete_prefixes(url, run.stage, prefixes)
+
+    def stopped_on_node(self, run: RunContext) -> dict | None:
+        """The stage's stopped.json in the run's bucket (where its watchdog wrote it), else locally."""
+        from reproduce.executors import bucket
+
+        url = bucket_url(run)
+        if url is None or self._runs_here(run):
+            return super().stopped_on_node(run)
+        return bucket.read_json(url, f"{run.stage}/stopped.json")
 
     def _runs_here(self, run: RunContext) -> bool:
         return stagetable.stage(run.stage).on_controller(run.recipe or {})
