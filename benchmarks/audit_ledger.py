@@ -66,7 +66,7 @@ def main() -> None:
     run_id = build(path, args.rows)
     print(f"built {args.rows:,} api_usage rows in {time.perf_counter() - t0:,.1f} s ({path}, "
           f"{path.stat().st_size / 1e6:,.0f} MB)")
-    from reproduce.cli_audit import render_audit
+    from reproduce.cli.audit import render_audit
 
     times = []
     for _ in range(3):

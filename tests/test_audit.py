@@ -57,7 +57,7 @@ def test_plot_writes_a_png(stopped_run, capsys, tmp_path):
 
 
 def test_spend_series_ends_at_the_audit_total(stopped_run):
-    from reproduce.cli_audit import spend_series
+    from reproduce.cli.audit import spend_series
 
     with Ledger() as led:
         times, spend, spans = spend_series(led, stopped_run)

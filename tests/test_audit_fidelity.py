@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from reproduce import cli_audit
+from reproduce.cli import audit as cli_audit
 
 DECONTAM = {"ngram": 8, "checked": 24, "contaminated": 12, "near_duplicates": 1, "kept": 11,
             "by_source": {"apps": {"checked": 4, "contaminated": 4, "near_duplicates": 0, "kept": 0},

@@ -1,4 +1,4 @@
-"""docs/cli.md is made from the commands (reproduce.clidoc): it must be what they say now, and the README's
+"""docs/cli.md is made from the commands (reproduce.cli.doc): it must be what they say now, and the README's
 command table may only name commands that exist."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_cli_reference_is_current():
-    from reproduce import clidoc
+    from reproduce.cli import doc as clidoc
 
     assert (ROOT / "docs" / "cli.md").read_text() == clidoc.render(), \
-        "docs/cli.md is stale: run `python -m reproduce.clidoc > docs/cli.md`"
+        "docs/cli.md is stale: run `python -m reproduce.cli.doc > docs/cli.md`"
 
 
 def test_every_command_the_readme_names_is_in_the_reference():
@@ -24,7 +24,7 @@ def test_every_command_the_readme_names_is_in_the_reference():
 
 
 def test_every_command_has_an_example():
-    from reproduce import clidoc
+    from reproduce.cli import doc as clidoc
 
     sections = clidoc.render().split("\n## ")[1:]
     for section in sections:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import cli
 from costmodel import memory, search
-from reproduce import cli_optimize
+from reproduce.cli import optimize as cli_optimize
 from reproduce import recipe as recipes
 from reproduce.plan import build_plan
 

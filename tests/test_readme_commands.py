@@ -29,6 +29,7 @@ CHECKS = [
     ["plan", "--scale", "smoke", "--set", "sft.num_train_epochs=1"],
     ["stage", "sft", "--budget", "450", "--dry-run"],
     ["preflight", "--scale", "smoke"],
+    ["logs", "--help"], ["cancel", "--help"],   # they take a RUN id the sim run above makes at random
     ["status"], ["runs"], ["audit"], ["audit", "--csv"], ["audit", "--plot", "spend.png"], ["calibration"],
     *([program, "--help"] for program in ("generate", "filter", "rewrite", "convert", "sft", "evaluate")),
 ]

@@ -1,7 +1,7 @@
 """The CLI reference, docs/cli.md, made from the commands themselves (their options, help and examples), so the
 docs cannot drift from the code: tests/test_clidoc.py fails when the checked-in file is not what this prints.
 
-    python -m reproduce.clidoc > docs/cli.md
+    python -m reproduce.cli.doc > docs/cli.md
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def render() -> str:
 
     root = typer.main.get_command(app)
     lines = ["# CLI reference", "",
-             "Made by `python -m reproduce.clidoc > docs/cli.md` from the commands' own options and help; "
+             "Made by `python -m reproduce.cli.doc > docs/cli.md` from the commands' own options and help; "
              "`tests/test_clidoc.py` checks it is current.", ""]
     for name in sorted(root.commands):
         cmd = root.commands[name]

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from reproduce.output import JSON_OPTION, print_json, table
+from reproduce.cli.output import JSON_OPTION, print_json, table
 
 # The most GPUs one node holds on any cloud SkyPilot prices: GCP's a2-megagpu-16g, 16 x A100 40GB
 # (cloud.google.com/compute/docs/gpus#a100-gpus, A100 machine types, 2024-12); the others stop at 8.
@@ -14,7 +14,7 @@ COLUMNS = ["cloud", "region", "zone", "instance", "GPUs", "on-demand $/h", "spot
 
 
 def register(app: typer.Typer) -> None:
-    from reproduce.cli_plan import examples
+    from reproduce.cli.plan import examples
 
     app.command("prices", epilog=examples("reproduce prices H100:8 --spot", "reproduce prices H200:8 --cloud aws --json",
                                           "reproduce prices A100-80GB:8 --on-demand --top 5"))(prices)

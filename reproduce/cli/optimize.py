@@ -10,7 +10,7 @@ import math
 
 import typer
 
-from reproduce.output import money, print_json, table
+from reproduce.cli.output import money, print_json, table
 
 VARIANT_SUFFIX = "-optimized"
 # Recipe fields that name a recipe rather than say how it runs: a variant file may differ in these.

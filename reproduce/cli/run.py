@@ -13,9 +13,9 @@ from typing import List, Optional
 
 import typer
 
-from reproduce.cli_plan import BUDGET_OPTION, INFRA_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_OPTION
+from reproduce.cli.plan import BUDGET_OPTION, INFRA_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_OPTION
 from reproduce.errors import OverBudget, UserError
-from reproduce.output import JSON_OPTION, money, print_json, table
+from reproduce.cli.output import JSON_OPTION, money, print_json, table
 
 BACKEND_OPTION = typer.Option("auto", "--backend", metavar="auto|sky|local|sim",
                               help="auto: SkyPilot if an infra is enabled, else this machine; sim: a simulation.")
@@ -34,7 +34,7 @@ PACE_OPTION = typer.Option(0.0, "--sim-pace", metavar="SECONDS",
 
 
 def register(app: typer.Typer) -> None:
-    from reproduce.cli_plan import examples
+    from reproduce.cli.plan import examples
 
     app.command("all", epilog=examples(
         "reproduce all --budget 450 --bucket s3://my-runs",
@@ -118,7 +118,7 @@ def execute(recipe_name, budget, backend, scale, sets, dry_run, resume, yes, sim
     import os
 
     from reproduce import pipeline, preflight
-    from reproduce.cli_audit import open_ledger
+    from reproduce.cli.audit import open_ledger
 
     args = _parse(recipe_name, budget, backend, scale, sets, resume, sim, bucket, dry_run)
     plan, executor, chosen = _plan(args, only, dry_run)
@@ -181,7 +181,7 @@ def _parse(recipe_name, budget, backend, scale, sets, resume, sim, bucket, dry_r
 
     from reproduce import recipe as recipes
     from reproduce import resume as resumes
-    from reproduce.cli_audit import open_ledger
+    from reproduce.cli.audit import open_ledger
     from reproduce.plan import check_backend, check_budget
 
     budget_usd = check_budget(budget)
@@ -259,7 +259,7 @@ def _confirm(plan, budget_usd, yes: bool) -> bool:
 
 def _audit(ledger, result) -> None:
     """Where the money went, the scores when it finished, and the exit code of how it ended."""
-    from reproduce.cli_audit import render_audit
+    from reproduce.cli.audit import render_audit
 
     typer.echo(f"run {result.run_id}: artifacts in {result.artifacts}; ledger {ledger.path}", err=True)
     typer.echo(render_audit(ledger.audit(result.run_id)))
@@ -275,7 +275,7 @@ def _audit(ledger, result) -> None:
 
 
 def _show_plan(plan) -> None:
-    from reproduce.cli_plan import render_plan
+    from reproduce.cli.plan import render_plan
 
     typer.echo(render_plan(plan))
 
@@ -315,14 +315,14 @@ def render_tasks(plan, recipe: dict, executor, backend: str) -> str:
 
 def status(as_json: bool = JSON_OPTION) -> None:
     """Runs in progress (and interrupted ones you can --resume)."""
-    from reproduce.cli_audit import open_ledger, run_rows
+    from reproduce.cli.audit import open_ledger, run_rows
 
     ledger = open_ledger()
     rows = [r for r in run_rows(ledger) if r["status"] in ("running", "interrupted")]
     if not rows and not as_json:
         typer.echo("no runs in progress")
         return
-    from reproduce.cli_control import liveness
+    from reproduce.cli.control import liveness
 
     for r in rows:   # is its controller alive, and since when is it not (its last heartbeat)
         live = liveness(ledger, r["run"])

@@ -1,4 +1,5 @@
-"""`reproduce`: the command line. Each noun lives in its own module (cli_*.py) and registers itself here.
+"""`reproduce`: the command line. Each noun lives in its own module of this package (reproduce/cli/NOUN.py)
+and registers itself here.
 
 Heavy imports (sky, torch, boto3, openai) happen inside commands, so `reproduce --help` stays fast.
 User errors become one line and exit 2; over budget exits 3 (reproduce.errors).
@@ -21,14 +22,14 @@ def _root() -> None:
     """Reproduce reasoning-model recipes (Sky-T1) on the cheapest cloud GPUs, within a budget."""
 
 
-COMMAND_MODULES = ("cli_prices", "cli_plan", "cli_run", "cli_audit", "cli_stages", "cli_preflight", "cli_control")
+COMMAND_MODULES = ("prices", "plan", "run", "audit", "stages", "preflight", "control")
 
 
 def _register() -> None:
     import importlib
 
     for name in COMMAND_MODULES:
-        importlib.import_module(f"reproduce.{name}").register(app)
+        importlib.import_module(f"reproduce.cli.{name}").register(app)
 
 
 _register()

@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from reproduce.output import JSON_OPTION, money, print_json, table
+from reproduce.cli.output import JSON_OPTION, money, print_json, table
 
 RECIPE_OPTION = typer.Option(None, "--recipe", "-r", show_default="sky-t1-32b-preview", metavar="NAME|FILE",
                              help="Recipe name or path to a recipe YAML.")
@@ -58,7 +58,7 @@ def plan(
     resolved = with_infra(recipes.load(recipe, sets or [], scale or "full"), infra)
     p = build_plan(resolved, budget, backend)
     if optimize:
-        from reproduce import cli_optimize
+        from reproduce.cli import optimize as cli_optimize
 
         result = cli_optimize.optimize(resolved, p, as_json)
         p = result or p

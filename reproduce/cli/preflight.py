@@ -10,14 +10,14 @@ from typing import List, Optional
 
 import typer
 
-from reproduce.cli_plan import BUDGET_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_OPTION
-from reproduce.cli_run import BACKEND_OPTION, BUCKET_OPTION, SKIP_CHECK_OPTION
+from reproduce.cli.plan import BUDGET_OPTION, RECIPE_OPTION, SCALE_OPTION, SET_OPTION
+from reproduce.cli.run import BACKEND_OPTION, BUCKET_OPTION, SKIP_CHECK_OPTION
 from reproduce.errors import UserError
-from reproduce.output import JSON_OPTION, print_json
+from reproduce.cli.output import JSON_OPTION, print_json
 
 
 def register(app: typer.Typer) -> None:
-    from reproduce.cli_plan import examples
+    from reproduce.cli.plan import examples
 
     app.command("preflight", epilog=examples(
         "reproduce preflight --bucket s3://my-runs",

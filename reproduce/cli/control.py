@@ -1,6 +1,6 @@
 """`reproduce cancel RUN`, `reproduce logs RUN [STAGE] [--follow]`: a run from another terminal.
 
-    reproduce all --budget 450 --detach -y     # the controller in the background (reproduce.cli_run)
+    reproduce all --budget 450 --detach -y     # the controller in the background (reproduce.cli.run)
     reproduce logs 20261124-101500-ab12 --follow
     reproduce cancel 20261124-101500-ab12      # stops everything the run launched; says what was paid
 
@@ -21,13 +21,13 @@ from typing import Optional
 import typer
 
 from reproduce.errors import UserError
-from reproduce.output import money
+from reproduce.cli.output import money
 
 STOP_WAIT_S = 120.0   # how long `cancel` waits for a live controller to tear its stage down and let go
 
 
 def register(app: typer.Typer) -> None:
-    from reproduce.cli_plan import examples
+    from reproduce.cli.plan import examples
 
     app.command("cancel", epilog=examples("reproduce cancel RUN"))(cancel)
     app.command("logs", epilog=examples("reproduce logs RUN", "reproduce logs RUN sft --follow"))(logs)
@@ -51,7 +51,7 @@ def cancel(run_id: str = typer.Argument(..., metavar="RUN", help="The run to sto
            wait_s: float = typer.Option(STOP_WAIT_S, "--wait", metavar="SECONDS",
                                         help="How long to wait for a live controller to let go.")) -> None:
     """Stop everything run RUN launched (its controller, jobs, clusters, API batches); say what was paid."""
-    from reproduce.cli_audit import open_ledger
+    from reproduce.cli.audit import open_ledger
 
     ledger = open_ledger()
     _found(ledger, run_id)
@@ -140,7 +140,7 @@ def logs(run_id: str = typer.Argument(..., metavar="RUN"),
          follow: bool = typer.Option(False, "--follow", "-f", metavar="", help="Keep printing while the controller runs.")) -> None:
     """Print run RUN's controller log, or one stage's; --follow keeps printing until its controller stops."""
     from reproduce import stagetable
-    from reproduce.cli_audit import open_ledger
+    from reproduce.cli.audit import open_ledger
 
     ledger = open_ledger()
     found = _found(ledger, run_id)

@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 
 from reproduce.errors import UserError
-from reproduce.output import JSON_OPTION, money, print_json, table
+from reproduce.cli.output import JSON_OPTION, money, print_json, table
 
 CSV_COLUMNS = ["stage", "state", "attempts", "cloud", "region", "instance_type", "spot", "price_per_hour",
                "price_source", "planned_gpu_hours", "gpu_hours", "planned_usd", "compute_usd", "api_usd", "storage_usd",
@@ -22,7 +22,7 @@ CSV_COLUMNS = ["stage", "state", "attempts", "cloud", "region", "instance_type",
 
 
 def register(app: typer.Typer) -> None:
-    from reproduce.cli_plan import examples
+    from reproduce.cli.plan import examples
 
     app.command("audit", epilog=examples("reproduce audit", "reproduce audit RUN --json",
                                          "reproduce audit RUN --plot spend.png", "reproduce audit RUN --billed"))(audit)
@@ -59,7 +59,7 @@ def audit(
     if billed:
         if as_csv or plot:
             raise UserError("--billed: --csv and --plot are not available with it (use --json)")
-        from reproduce.cli_billed import audit_billed
+        from reproduce.cli.billed import audit_billed
 
         ledger = open_ledger()
         run_id = run or ledger.latest_run_id()

@@ -15,7 +15,7 @@ import os
 import typer
 
 from reproduce.errors import UserError
-from reproduce.output import money, print_json, table
+from reproduce.cli.output import money, print_json, table
 
 ADMIN_KEY_ENV = "OPENAI_ADMIN_KEY"
 LOCAL_MODELS = ("local-formatter",)   # smoke scale's rewriter (reproduce.stages.smoke.local_openai): never billed
