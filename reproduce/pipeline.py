@@ -346,7 +346,8 @@ class Progress:
             done = f"  {prog['done']:,.0f}/{prog['total']:,.0f} {prog.get('unit', '')} " \
                    f"({prog['done'] / prog['total']:.0%})" + (f" ETA {_clock(eta_s)}" if eta_s and not st.done else "")
         line = (f"[{stage}] {st.state:<10} {_clock(st.elapsed_s)} elapsed  ${st.cost_usd + st.api_usd:,.2f} "
-                f"of est ${estimate_usd:,.2f}" + (f" (forecast ${forecast:,.2f})" if forecast is not None else "")
+                + (f"+ ${st.committed_usd:,.2f} committed " if st.committed_usd else "")
+                + f"of est ${estimate_usd:,.2f}" + (f" (forecast ${forecast:,.2f})" if forecast is not None else "")
                 + done + (f"  preemptions {st.preemptions}" if st.preemptions else "")
                 + (f"  {st.message}" if st.message and (st.done or st.state == "STARTING") else ""))
         changed = self.last.get(stage) != st.state

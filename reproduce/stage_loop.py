@@ -139,8 +139,9 @@ def watch(w, a: Attempt, spent_before: float, later: list) -> Outcome:
                 st.api_usd = max(st.api_usd, paid)
                 if st.progress is None and (p.api_tokens or {}).get("requests"):
                     st.progress = {"done": lines, "total": p.api_tokens["requests"], "unit": "requests"}
+            st.committed_usd = record_batches(w, name, a.number, now)
         cost = st.cost_usd + st.api_usd
-        fc = forecast.update(st, cost, now)
+        fc = forecast.update(st, cost, now)   # the rate of what is paid, over what is done
         w.progress.status(name, st, p.total_usd, forecast=fc, eta_s=forecast.eta_s)
         if st.stopped:   # the watchdog on the node stopped it against its allowance
             return node_stop(w, name, st.stopped, now)
@@ -152,7 +153,9 @@ def watch(w, a: Attempt, spent_before: float, later: list) -> Outcome:
             ledger.add_stage_row(w.run_id, name, "progress", at=now, attempt=a.number,
                                  **actual(st, p, a.started, now, w.simulated))
             last_state, last_row = st.state, now
-        decision = guard.should_stop(spent_before, cost, st.price_per_hour, a.poll_s, w.budget, w.teardown_s)
+        # the hard cap counts a submitted batch whole: it bills without us
+        decision = guard.should_stop(spent_before, cost + st.committed_usd, st.price_per_hour, a.poll_s, w.budget,
+                                     w.teardown_s)
         if not decision.ok:
             decision = forecast.decide(spent_before, w.budget) or decision
             if decision.ok and forecast.observed:
@@ -219,7 +222,42 @@ def _teardown(w, a: Attempt, strict: bool) -> None:
             if strict:
                 raise
     if a.plan.kind == "api":
+        for line in cancel_batches(w.ledger, w.run_id, w.artifacts, a.name, a.number, w.simulated, ex.now()):
+            w.progress.note(a.name, line.split("] ", 1)[-1])
         record_usage(w, a.name, a.number, ex.now())
+
+
+def record_batches(w, stage: str, attempt: int, at: float) -> float:
+    """The batches the stage submitted (ARTIFACTS/<stage>/batches.jsonl): each new one recorded in the ledger
+    once, with what it commits. -> $ committed and not paid yet."""
+    from reproduce.stages.lib import batch_log
+
+    stage_dir = Path(w.artifacts) / stage
+    seen = {e["numbers"].get("batch_id") for e in w.ledger.events(w.run_id, "batch") if e["stage"] == stage}
+    for b in batch_log.lines(stage_dir / batch_log.FILE):
+        if b.get("event") == "submitted" and b["batch_id"] not in seen:
+            seen.add(b["batch_id"])
+            w.ledger.add_event(w.run_id, stage, "batch", ok=True, at=at,
+                               reason=f"submitted batch {b['batch_id']}: {b['requests']} requests, "
+                                      f"${b['usd']:.4f} committed (billed whether or not the controller watches)",
+                               numbers={"batch_id": b["batch_id"], "requests": b["requests"], "usd": b["usd"],
+                                        "attempt": attempt})
+    return batch_log.committed_usd(stage_dir)[0]
+
+
+def cancel_batches(ledger, run_id: str, artifacts, stage: str, attempt: int | None, simulated: bool,
+                   at: float) -> list[str]:
+    """Cancel the batches an API stage left open and record what they finished (billed) in the ledger; the
+    stage's process must be gone (one writer of its usage log). -> what was done, one line each."""
+    from reproduce.stages.rewrite import cancel_batches as cancel
+
+    said = cancel(artifacts, stage)
+    if said:
+        ledger.add_event(run_id, stage, "batch_cancel", ok=True, at=at, reason="; ".join(said),
+                         numbers={"attempt": attempt})
+        ledger.add_usage_lines(run_id, stage, usage_lines(artifacts, stage), at=at, attempt=attempt,
+                               simulated=simulated)
+    return said
 
 
 def _finish(w, a: Attempt, now: float) -> None:
@@ -348,16 +386,17 @@ def share(st: StageStatus) -> float:
 
 def record_usage(w, stage: str, attempt: int, at: float) -> int | None:
     """New lines of ARTIFACTS/<stage>/usage.jsonl into the ledger; None when the stage keeps no such log."""
-    path = Path(w.artifacts) / stage / "usage.jsonl"
-    if not path.is_file():
+    if not (Path(w.artifacts) / stage / "usage.jsonl").is_file():
         return None
-    lines = []
-    for raw in path.read_text().splitlines():
-        try:
-            lines.append(json.loads(raw))
-        except ValueError:   # a line cut by a kill mid-write: the next poll reads it whole
-            break
-    return w.ledger.add_usage_lines(w.run_id, stage, lines, at=at, attempt=attempt, simulated=w.simulated)
+    return w.ledger.add_usage_lines(w.run_id, stage, usage_lines(w.artifacts, stage), at=at, attempt=attempt,
+                                    simulated=w.simulated)
+
+
+def usage_lines(artifacts, stage: str) -> list[dict]:
+    """The whole lines of ARTIFACTS/<stage>/usage.jsonl (a line cut by a kill mid-write: the next read has it)."""
+    from reproduce.stages.lib import batch_log
+
+    return batch_log.lines(Path(artifacts) / stage / "usage.jsonl")
 
 
 def read_summary(artifacts: Path, stage: str) -> dict:

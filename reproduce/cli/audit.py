@@ -141,6 +141,9 @@ def render_audit(a: dict) -> str:
                or (d["kind"] in ("stop", "forecast") and d["ok"])]
     if refused:
         lines += ["", "Budget guard:"] + [f"  {d['stage']}: {d['kind']}: {d['reason']}" for d in refused]
+    batches = [d for d in a["decisions"] if d["kind"] in ("batch", "batch_cancel")]
+    if batches:   # a submitted batch bills whether or not we watch: counted whole from its submission
+        lines += ["", "API batches:"] + [f"  {d['stage']}: {d['reason']}" for d in batches]
     waived = [d for d in a["decisions"] if d["kind"] == "check_waived"]
     if waived:   # reproduce.preflight: a check the user waived with --skip-check
         lines += ["", "Preflight checks waived:"] + [f"  {d['reason']}" for d in waived]

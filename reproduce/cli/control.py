@@ -101,38 +101,17 @@ def cancel_orphans(ledger, run_id: str) -> list[str]:
             fields = {k: a[k] for k in resume._KEPT}
             fields.update(state="CANCELLED", ended_at=a["at"], message="cancelled by `reproduce cancel`")
             ledger.add_stage_row(run_id, a["stage"], "cancelled", at=time.time(), attempt=a["attempt"], **fields)
-        done += cancel_batches(Path(found["artifacts"]))
+        from reproduce import stage_loop, stagetable
+
+        for row in stagetable.STAGES:   # an API stage's batches bill without us
+            attempts = ledger.attempts(run_id, row.name)
+            done += stage_loop.cancel_batches(ledger, run_id, Path(found["artifacts"]), row.name,
+                                              attempts[-1]["attempt"] if attempts else None,
+                                              bool(found.get("simulated")), time.time())
         ledger.add_event(run_id, None, "run", ok=False, reason="cancelled", numbers={**me, "by": "reproduce cancel"})
     finally:
         ledger.release_run(run_id, me)
     return done
-
-
-def cancel_batches(artifacts: Path) -> list[str]:
-    """Cancel the OpenAI batches the rewrite's cache (ARTIFACTS/rewrite/cache.sqlite) still has open: a
-    submitted batch keeps billing without us."""
-    import sqlite3
-
-    path = artifacts / "rewrite" / "cache.sqlite"
-    if not path.is_file():
-        return []
-    with sqlite3.connect(path) as conn:
-        ids = [r[0] for r in conn.execute("SELECT id FROM batches WHERE status = 'open'")]
-    if not ids:
-        return []
-    from openai import OpenAI
-
-    client, out = OpenAI(), []
-    for batch_id in ids:
-        try:
-            client.batches.cancel(batch_id)
-            out.append(f"[rewrite] cancelled OpenAI batch {batch_id}")
-        except Exception as e:   # noqa: BLE001 - say it, keep cancelling the rest
-            out.append(f"[rewrite] could not cancel OpenAI batch {batch_id}: {e}")
-            continue
-        with sqlite3.connect(path) as conn:
-            conn.execute("UPDATE batches SET status = 'cancelled' WHERE id = ?", (batch_id,))
-    return out
 
 
 def logs(run_id: str = typer.Argument(..., metavar="RUN"),

@@ -57,6 +57,7 @@ class StageStatus:
     preemptions: int = 0
     message: str = ""
     api_usd: float = 0.0         # API $ paid so far by this attempt (API stages)
+    committed_usd: float = 0.0   # API $ in submitted batches not yet paid: billed whether or not we watch
     progress: dict | None = None  # {done, total, unit, updated_at}: ARTIFACTS/<stage>/progress.json
     stopped: dict | None = None   # ARTIFACTS/<stage>/stopped.json: the node's watchdog stopped it (why, $)
 

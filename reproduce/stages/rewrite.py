@@ -12,6 +12,10 @@ Reads ARTIFACTS/filter/kept.jsonl; writes ARTIFACTS/rewrite/rewritten.jsonl (eac
   backoff and jitter (the client's own retries are off, so every retry is ours and counted).
 - Every result is cached in SQLite under sha256(model, messages, params): a rerun pays nothing for what is
   done. Batches in flight are recorded there too, so a rerun after a crash polls them instead of resubmitting.
+- A submitted batch bills whether or not anyone watches it: each is admitted whole (paid + open batches'
+  estimates + its own <= REPRODUCE_API_BUDGET_USD) and its commitment is appended to batches.jsonl before the
+  next request (the controller counts it from then on); `cancel_batches` cancels what is open and collects what
+  a cancelled batch finished (billed), so a rerun pays nothing twice.
 - Every paid result's usage is appended to ARTIFACTS/rewrite/usage.jsonl (one line: model, batch, tokens, $,
   at) before its cache row is committed, so a crash never hides money paid: the pipeline records new lines
   as they appear, and summary.json's `api_usage` sums every line, also those paid before a crash. A cached
@@ -127,16 +131,26 @@ def estimate_tokens(records: list[dict], recipe: dict) -> dict:
     cfg = rewrite_config(recipe)
     prompt = completion = 0
     for record in records:
-        body = build_request(record, cfg)
-        prompt += math.ceil(sum(len(m["content"]) for m in body["messages"]) / CHARS_PER_TOKEN)
-        trace = math.ceil(len(str(record.get("response") or "")) / CHARS_PER_TOKEN)
-        completion += min(math.ceil(cfg["output_ratio"] * trace), cfg["max_tokens"])
+        p, c = request_tokens(build_request(record, cfg), record, cfg)
+        prompt, completion = prompt + p, completion + c
+    return {"requests": len(records), "prompt_tokens": prompt, "completion_tokens": completion,
+            "usd": round(tokens_usd(cfg, prompt, completion), 6), "model": cfg["model"],
+            "batch": bool(cfg.get("batch"))}
+
+
+def request_tokens(body: dict, record: dict, cfg: dict) -> tuple[int, int]:
+    """(prompt, completion) tokens one request is estimated at: chars/4 of its messages, and `output_ratio` x
+    the trace it copies, capped at max_tokens."""
+    prompt = math.ceil(sum(len(m["content"]) for m in body["messages"]) / CHARS_PER_TOKEN)
+    trace = math.ceil(len(str(record.get("response") or "")) / CHARS_PER_TOKEN)
+    return prompt, min(math.ceil(cfg["output_ratio"] * trace), cfg["max_tokens"])
+
+
+def tokens_usd(cfg: dict, prompt: int, completion: int) -> float:
     try:
-        usd = api_cost(cfg["model"], prompt, completion, 0, batch=bool(cfg.get("batch")))
+        return api_cost(cfg["model"], prompt, completion, 0, batch=bool(cfg.get("batch")))
     except BadInput as e:   # a model the price table does not know
         raise StageError(f"recipe rewrite.model: {e}") from None
-    return {"requests": len(records), "prompt_tokens": prompt, "completion_tokens": completion,
-            "usd": round(usd, 6), "model": cfg["model"], "batch": bool(cfg.get("batch"))}
 
 
 def api_budget() -> float | None:
@@ -411,8 +425,21 @@ def chunk_lines(lines: list[tuple[str, bytes]], max_requests=None, max_bytes=Non
 
 
 def run_batches(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dict,
-                poll_s: float = POLL_S, sleep=time.sleep) -> set:
-    """Batch API: submit, poll, collect, resubmit failed lines. -> keys that failed MAX_ATTEMPTS times."""
+                poll_s: float = POLL_S, sleep=time.sleep, tokens: dict | None = None, log_dir: str | None = None) -> set:
+    """Batch API: submit, poll, collect, resubmit failed lines. -> keys that failed MAX_ATTEMPTS times.
+
+    A submitted batch bills for what it finishes even if nobody polls it, so each one is admitted whole before it
+    is submitted: what this run paid + what the batches still open commit (their estimates, `tokens`: key ->
+    (prompt, completion)) + this batch's estimate must stay within REPRODUCE_API_BUDGET_USD. The commitment is
+    logged (batch_log, in `log_dir`) before the next request is sent, for the controller's guard and for
+    `reproduce cancel`. A batch that does not fit is not submitted; those already open are still collected
+    (they are paid for), and then the stage stops (exit 3)."""
+    from reproduce.stages.lib import batch_log
+
+    tokens = tokens or {}
+    commit = lambda keys: tokens_usd(cfg, sum(tokens.get(k, (0, 0))[0] for k in keys),   # noqa: E731
+                                     sum(tokens.get(k, (0, 0))[1] for k in keys))
+    logged = batch_log.open_batches(log_dir) if log_dir else {}
     attempts = collections.Counter()
     # Batches a previous run left in flight: poll them rather than pay again.
     open_batches = {}
@@ -420,32 +447,44 @@ def run_batches(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dic
         open_batches[batch_id] = json.loads(keys)
         for k in open_batches[batch_id]:
             attempts[k] = max(attempts[k], attempt)
+        if log_dir and batch_id not in logged:   # a cache older than the log: its commitment, recorded now
+            _log_submitted(log_dir, batch_id, open_batches[batch_id], commit(open_batches[batch_id]), cfg)
         _log(f"resuming batch {batch_id} ({len(open_batches[batch_id])} requests) left in flight by an earlier run")
     in_flight = {k for keys in open_batches.values() for k in keys}
     to_submit = [k for k in pending if k not in in_flight]
-    given_up, cap, first = set(), api_budget(), True
+    given_up, cap, refused = set(), api_budget(), None
     while to_submit or open_batches:
-        if to_submit and not first:   # the first round was priced by its estimate; a resubmission by what was paid
-            over_budget(usage, cap, f"resubmitting {len(to_submit)} failed requests")
-        first = False
         for chunk in chunk_lines([(k, batch_line(k, pending[k])) for k in to_submit]):
+            keys = [k for k, _ in chunk]
+            usd = commit(keys)
+            committed = sum(commit(v) for v in open_batches.values())
+            if cap is not None and usage.usd() + committed + usd > cap + 1e-9 and usd > 0:
+                refused = (f"a batch of {len(keys)} requests (estimated ${usd:.4f}) would bring paid "
+                           f"${usage.usd():.4f} + committed ${committed:.4f} to ${usage.usd() + committed + usd:.4f}, "
+                           f"past the REPRODUCE_API_BUDGET_USD=${cap:g} left for this stage: not submitted "
+                           "(results so far are cached: run again with more budget to finish)")
+                _log(refused)
+                break
             data = b"".join(line for _, line in chunk)
             file, r1 = with_retries(lambda: client.files.create(file=("rewrite.jsonl", data), purpose="batch"))
             batch, r2 = with_retries(lambda: client.batches.create(
                 input_file_id=file.id, endpoint="/v1/chat/completions", completion_window="24h",
                 metadata={"stage": "rewrite"}))
             stats["retries"] += r1 + r2
-            keys = [k for k, _ in chunk]
             for k in keys:
                 attempts[k] += 1
             conn.execute("INSERT INTO batches VALUES (?,?,?,?,?)",
                          (batch.id, json.dumps(keys), max(attempts[k] for k in keys), "open", time.time()))
             conn.commit()
+            if log_dir:
+                _log_submitted(log_dir, batch.id, keys, usd, cfg, client)
             open_batches[batch.id] = keys
             stats["batches"] += 1
-            _log(f"submitted batch {batch.id}: {len(keys)} requests, {len(data):,} bytes")
+            _log(f"submitted batch {batch.id}: {len(keys)} requests, {len(data):,} bytes, ${usd:.4f} committed")
         to_submit = []
-        failed = _poll(client, open_batches, pending, cfg, conn, usage, stats, poll_s, sleep)
+        failed = _poll(client, open_batches, pending, cfg, conn, usage, stats, poll_s, sleep, log_dir)
+        if refused:
+            raise OverBudget(refused)
         for k in failed:
             if attempts[k] < MAX_ATTEMPTS:
                 to_submit.append(k)
@@ -457,7 +496,24 @@ def run_batches(client, pending: dict, cfg: dict, conn, usage: Usage, stats: dic
     return given_up
 
 
-def _poll(client, open_batches: dict, pending, cfg, conn, usage, stats, poll_s, sleep) -> set:
+def _log_submitted(log_dir: str, batch_id: str, keys: list, usd: float, cfg: dict, client=None) -> None:
+    from reproduce.stages.lib import batch_log
+
+    batch_log.append(log_dir, event="submitted", batch_id=batch_id, requests=len(keys), usd=round(usd, 6),
+                     model=cfg["model"], base_url=_public_url(client))
+
+
+def _public_url(client) -> str | None:
+    """The API's address for `reproduce cancel` (scheme, host, port, path: never a user, password or query)."""
+    import urllib.parse
+
+    if client is None:
+        return None
+    u = urllib.parse.urlsplit(str(client.base_url))
+    return urllib.parse.urlunsplit((u.scheme, u.hostname + (f":{u.port}" if u.port else ""), u.path, "", ""))
+
+
+def _poll(client, open_batches: dict, pending, cfg, conn, usage, stats, poll_s, sleep, log_dir=None) -> set:
     """Poll every open batch until it ends; store results as each one ends. -> failed keys."""
     import openai
 
@@ -471,39 +527,119 @@ def _poll(client, open_batches: dict, pending, cfg, conn, usage, stats, poll_s, 
             except openai.NotFoundError:  # e.g. a batch recorded by a run against another server
                 _log(f"batch {batch_id} is unknown to the API; its requests go round again")
                 failed.update(open_batches.pop(batch_id))
-                conn.execute("UPDATE batches SET status = 'lost' WHERE id = ?", (batch_id,))
-                conn.commit()
+                _ended(conn, log_dir, batch_id, "lost", 0, 0)
                 continue
             stats["retries"] += r
             if batch.status not in TERMINAL:
                 continue
-            keys = open_batches.pop(batch_id)
-            done = set()
-            if batch.output_file_id:  # expired batches keep what they finished
-                text, r = with_retries(lambda: client.files.content(batch.output_file_id).text)
-                stats["retries"] += r
-                for line in text.splitlines():
-                    if not line.strip():
-                        continue
-                    item = json.loads(line)
-                    key, response = item.get("custom_id"), item.get("response") or {}
-                    # every paid line is kept, even one a changed kept.jsonl no longer asks for
-                    if key and response.get("status_code") == 200 and key not in done:
-                        store(conn, key, cfg["model"], response["body"], True, usage, batch_id=batch_id)
-                        done.add(key)
-                usage.sync()
-            lost = [k for k in keys if k not in done and k in pending]
+            done, lost = collect(client, batch, open_batches.pop(batch_id), pending, cfg["model"], conn, usage,
+                                 stats, log_dir)
             failed.update(lost)
             stats["completed"] += len(done & set(pending))
-            if batch.errors and batch.errors.data:  # e.g. the input file was rejected, or a token limit hit
-                e = batch.errors.data[0]
-                _log(f"batch {batch_id}: {e.code}: {(e.message or '')[:200]}")
-            conn.execute("UPDATE batches SET status = ? WHERE id = ?", (batch.status, batch_id))
-            conn.commit()
-            counts = batch.request_counts
-            _log(f"batch {batch_id} {batch.status}: {len(done)} done, {len(lost)} failed"
-                 + (f" (API counts {counts.completed}/{counts.total} completed)" if counts else ""))
     return failed
+
+
+def collect(client, batch, keys: list, pending, model: str, conn, usage, stats, log_dir=None) -> tuple[set, list]:
+    """An ended batch's results into the cache and the usage log (an expired or cancelled batch keeps what it
+    finished, and is billed for it). -> (keys done, keys of `pending` lost)."""
+    done = set()
+    if batch.output_file_id:
+        text, r = with_retries(lambda: client.files.content(batch.output_file_id).text)
+        stats["retries"] += r
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            key, response = item.get("custom_id"), item.get("response") or {}
+            # every paid line is kept, even one a changed kept.jsonl no longer asks for
+            if key and response.get("status_code") == 200 and key not in done:
+                store(conn, key, model, response["body"], True, usage, batch_id=batch.id)
+                done.add(key)
+        usage.sync()
+    lost = [k for k in keys if k not in done and k in pending]
+    if batch.errors and batch.errors.data:  # e.g. the input file was rejected, or a token limit hit
+        e = batch.errors.data[0]
+        _log(f"batch {batch.id}: {e.code}: {(e.message or '')[:200]}")
+    _ended(conn, log_dir, batch.id, batch.status, len(done), len(lost))
+    counts = batch.request_counts
+    _log(f"batch {batch.id} {batch.status}: {len(done)} done, {len(lost)} failed"
+         + (f" (API counts {counts.completed}/{counts.total} completed)" if counts else ""))
+    return done, lost
+
+
+def _ended(conn, log_dir, batch_id: str, status: str, done: int, failed: int) -> None:
+    conn.execute("UPDATE batches SET status = ? WHERE id = ?", (status, batch_id))
+    conn.commit()
+    if log_dir:
+        from reproduce.stages.lib import batch_log
+
+        batch_log.append(log_dir, event="ended", batch_id=batch_id, status=status, done=done, failed=failed)
+
+
+def cancel_batches(artifacts, stage: str = "rewrite", wait_s: float = 60.0, poll_s: float = 1.0,
+                   sleep=time.sleep, clock=time.monotonic) -> list[str]:
+    """Cancel every batch the stage left open (it keeps billing without us), then collect what each finished
+    before it stopped: that part is billed, so it goes into the usage log (the ledger records it) and the cache
+    (a resume pays nothing twice). A batch still cancelling after `wait_s` stays open in the cache, and the next
+    run of the stage collects it. -> one line per batch, for the user."""
+    import openai
+
+    out_dir = os.path.join(str(artifacts), stage)
+    path = os.path.join(out_dir, "cache.sqlite")
+    if not os.path.isfile(path):
+        return []
+    from reproduce.stages.lib import batch_log
+
+    conn = open_cache(path)
+    try:
+        left = {b: json.loads(k) for b, k in conn.execute("SELECT id, keys FROM batches WHERE status = 'open'")}
+        if not left:
+            return []
+        logged = batch_log.open_batches(out_dir)
+        model = next((b["model"] for b in logged.values() if b.get("model")), LOCAL_MODEL)
+        if model == LOCAL_MODEL and not os.environ.get("OPENAI_BASE_URL"):
+            return [f"[{stage}] {len(left)} batch(es) of the local formatter ended with it: nothing is billed"]
+        base = os.environ.get("OPENAI_BASE_URL") or next((b["base_url"] for b in logged.values()
+                                                          if b.get("base_url")), None)
+        client = openai.OpenAI(api_key=os.environ.get("OPENAI_API_KEY") or "unused-local-key", base_url=base,
+                               max_retries=0, timeout=60)
+        said, usage, stats = [], Usage(os.path.join(out_dir, "usage.jsonl")), collections.Counter()
+        try:
+            for batch_id in list(left):
+                committed = logged.get(batch_id, {}).get("usd")
+                what = f"OpenAI batch {batch_id} ({len(left[batch_id])} requests" +                        (f", ${committed:.4f} committed at submission)" if committed is not None else ")")
+                try:
+                    with_retries(lambda: client.batches.cancel(batch_id))
+                except openai.NotFoundError:
+                    said.append(f"[{stage}] {what}: unknown to the API, nothing to cancel")
+                    _ended(conn, out_dir, batch_id, "lost", 0, 0)
+                    left.pop(batch_id)
+                except Exception as e:   # noqa: BLE001 - e.g. it completed meanwhile: collected below
+                    said.append(f"[{stage}] could not cancel {what}: {type(e).__name__}: {str(e)[:160]}")
+                else:
+                    said.append(f"[{stage}] cancelled {what}")
+            end = clock() + wait_s
+            while left:
+                for batch_id in list(left):
+                    batch, _ = with_retries(lambda: client.batches.retrieve(batch_id))
+                    if batch.status in TERMINAL:
+                        before = usage.usd()
+                        done, _lost = collect(client, batch, left.pop(batch_id), (), model, conn, usage, stats,
+                                              out_dir)
+                        said.append(f"[{stage}] batch {batch_id} {batch.status}: {len(done)} results it finished "
+                                    f"are billed (${usage.usd() - before:.4f}) and kept in the cache")
+                if left and clock() >= end:
+                    said += [f"[{stage}] batch {b} is still cancelling after {wait_s:g} s: up to its committed $ "
+                             f"may still be billed; `reproduce all --resume` collects what it finished" for b in left]
+                    break
+                if left:
+                    sleep(poll_s)
+        finally:
+            usage.close()
+            client.close()
+        return said
+    finally:
+        conn.close()
 
 
 def make_client(model: str, timeout_s: float = 600):
@@ -575,6 +711,7 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
         pending_records = [r for r, k in zip(pending_records, list(pending)) if k not in done_before]
         pending = {k: b for k, b in pending.items() if k not in done_before}
         estimate = estimate_tokens(pending_records, {"rewrite": cfg})
+        tokens = {k: request_tokens(pending[k], r, cfg) for k, r in zip(pending, pending_records)}
         estimate["cached"] = len(done_before)
         if estimate_only or dry_run:
             if dry_run:
@@ -595,7 +732,8 @@ def run(recipe: dict, artifacts: str, sync: bool = False, dry_run: bool = False,
                  f"{len(done_before)} cached; estimated ${estimate['usd']:.4f}")
             try:
                 if use_batch:
-                    failed = run_batches(client, pending, cfg, conn, usage, stats, poll_s=poll_s)
+                    failed = run_batches(client, pending, cfg, conn, usage, stats, poll_s=poll_s, tokens=tokens,
+                                         log_dir=out_dir)
                 else:
                     failed = run_sync(client, pending, cfg, conn, usage, stats, workers)
             finally:

@@ -66,10 +66,14 @@ class LocalOpenAI:
     """The server. `with LocalOpenAI() as srv: srv.base_url` -> "http://127.0.0.1:PORT/v1"."""
 
     def __init__(self, port: int = 0, fail_chat=(), fail_batch_lines=(), fail_batches: int = 0,
-                 host: str = "127.0.0.1", api_key: str | None = None, models=None, batch_allowed: bool = True):
+                 host: str = "127.0.0.1", api_key: str | None = None, models=None, batch_allowed: bool = True,
+                 hold_polls: int = 0):
         # What a preflight asks (reproduce.preflight.api): with `api_key` every request must carry it (else 401);
         # `models` are the ids models.retrieve knows (None: any); `batch_allowed=False` answers 403 on /batches.
         self.api_key, self.models, self.batch_allowed = api_key, models, batch_allowed
+        # `hold_polls`: a batch stays in_progress this many more polls (a batch in flight, to be cancelled);
+        # a batch cancelled in_progress has finished the first half of its lines, and bills them
+        self.hold_polls = hold_polls
         self.fail_chat = list(fail_chat)
         self.fail_batches = fail_batches
         self.fail_batch_lines = (dict(fail_batch_lines) if isinstance(fail_batch_lines, dict)
@@ -195,7 +199,18 @@ class LocalOpenAI:
                  "request_counts": {"total": len(out) + len(err), "completed": 0, "failed": 0}}
         fail = self.fail_batches > 0
         self.fail_batches -= fail
-        self.batches[batch["id"]] = {"batch": batch, "out": out, "err": err, "step": 0, "fail": fail}
+        self.batches[batch["id"]] = {"batch": batch, "out": out, "err": err, "step": 0, "fail": fail,
+                                     "held": self.hold_polls}
+        return batch
+
+    def cancel_batch(self, batch_id: str) -> dict:
+        entry = self.batches.get(batch_id)
+        if entry is None:
+            raise ApiError(404, f"no batch {batch_id!r}")
+        batch = entry["batch"]
+        if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+            raise ApiError(400, f"Cannot cancel a batch with status '{batch['status']}'.")
+        batch.update(status="cancelling", cancelling_at=int(time.time()))
         return batch
 
     def get_model(self, model_id: str) -> dict:
@@ -214,6 +229,17 @@ class LocalOpenAI:
         if entry is None:
             raise ApiError(404, f"no batch {batch_id!r}")
         batch = entry["batch"]
+        if batch["status"] == "cancelling":
+            finished = entry["out"][:len(entry["out"]) // 2] if entry["step"] >= 1 else []
+            batch.update(status="cancelled", cancelled_at=int(time.time()))
+            batch["request_counts"].update(completed=len(finished), failed=0)
+            if finished:
+                data = "".join(json.dumps(x) + "\n" for x in finished).encode()
+                batch["output_file_id"] = self._store(data, f"{batch_id}_output.jsonl", "batch_output")["id"]
+            return batch
+        if batch["status"] == "in_progress" and entry["held"] > 0:
+            entry["held"] -= 1
+            return batch
         if entry["step"] < len(BATCH_STEPS) - 1:  # each poll moves the batch one step on
             entry["step"] += 1
             batch["status"] = BATCH_STEPS[entry["step"]]
@@ -272,6 +298,7 @@ def _handler(server: LocalOpenAI):
                 ("files.content", "GET", r"/v1/files/([^/]+)/content", lambda fid: _file(server, fid)["data"]),
                 ("files.retrieve", "GET", r"/v1/files/([^/]+)", lambda fid: _file(server, fid)["meta"]),
                 ("batches.create", "POST", r"/v1/batches", lambda: server.create_batch(json.loads(body))),
+                ("batches.cancel", "POST", r"/v1/batches/([^/]+)/cancel", server.cancel_batch),
                 ("batches.retrieve", "GET", r"/v1/batches/([^/]+)", server.get_batch),
                 ("batches.list", "GET", r"/v1/batches", server.list_batches),
                 ("models.retrieve", "GET", r"/v1/models/(.+)", server.get_model),
