@@ -259,11 +259,10 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
                                  checkpoint_hours)
         return base_hours + startup + extra, n
 
-    if offer is None:  # this machine: no bill
-        est.hours, est.price_source = base_hours, "local machine ($0)"
+    if offer is None:  # this machine: at what the user says an hour of it costs (costs.local_usd_per_hour)
+        est.hours = base_hours
         est.gpu_hours = est.hours * est.gpus
-        est.arithmetic = f"local: {est.gpu_hours:,.2f} GPU-h at $0"
-        return _total(est)
+        return _local(est, costs, f"local: {est.gpu_hours:,.2f} GPU-h", " at $0")
     est.cloud, est.region, est.zone, est.instance_type = offer.cloud, offer.region, offer.zone, offer.instance_type
     est.price_source, est.price_date = offer.source, offer.date
     # Spot and on-demand side by side: each at the cheapest offer of its own market.
@@ -293,6 +292,17 @@ def price_gpu_stage(est: StageEstimate, base_hours: float, offer, spot: bool, co
     per_gpu = est.price_per_hour / est.gpus
     est.arithmetic = (f"{est.gpus} x ${per_gpu:,.2f}/h x {est.hours:,.2f} h = ${est.compute_usd:,.2f}"
                       f"  ({base_hours:,.2f} h work + {est.overhead_hours:,.2f} h startup/preemption)")
+    return _total(est)
+
+
+def _local(est: StageEstimate, costs: dict, work: str, free: str) -> StageEstimate:
+    """A stage on this machine: free, or at the rate the user declared for it (a lab's own box), which the
+    guard and the watchdog then hold it to like any cloud's."""
+    rate = float(costs.get("local_usd_per_hour") or 0.0)
+    est.price_per_hour, est.compute_usd = rate, rate * est.hours
+    est.price_source = (f"local machine at ${rate:,.2f}/h (declared: recipe costs.local_usd_per_hour)" if rate
+                        else "local machine ($0)")
+    est.arithmetic = f"{work} x ${rate:,.2f}/h = ${est.compute_usd:,.2f}" if rate else work + free
     return _total(est)
 
 
@@ -416,8 +426,7 @@ def estimate_filter(recipe: dict) -> StageEstimate:
     est.cpu_hours = cpu_s / 3600
     if f["where"] == "local":
         est.hours = est.base_hours = est.cpu_hours / costs["filter_cpus_local"]
-        est.price_source = "local machine ($0)"
-        est.arithmetic = f"{est.cpu_hours:,.2f} CPU-h on {costs['filter_cpus_local']} local cores = $0.00"
+        _local(est, costs, f"{est.cpu_hours:,.2f} CPU-h on {costs['filter_cpus_local']} local cores", " = $0.00")
     else:
         est.base_hours = est.cpu_hours / f["cpus"]
         est.hours = est.base_hours + costs["startup_hours"]

@@ -130,7 +130,9 @@ def build_plan(recipe: dict, budget=None, backend: str = "auto", calibration: di
         for row in rows:
             if row.kind == "gpu":
                 row.kind, row.gpus, row.gpu_hours, row.cpu_hours = "cpu", 0, 0.0, row.hours
-                row.arithmetic = "this machine's CPU at $0 (tiny model; GPU throughput figures do not apply)"
+                rate = (f"x ${row.price_per_hour:,.2f}/h x {row.hours:,.4f} h = ${row.compute_usd:,.2f}"
+                        if row.price_per_hour else "at $0")
+                row.arithmetic = f"this machine's CPU {rate} (tiny model; GPU throughput figures do not apply)"
                 row.assumptions, row.memory, row.fallbacks = [], {}, []
     plan = Plan(recipe["name"], recipe["scale"], backend, budget, rows)
     if where is not None:

@@ -153,6 +153,7 @@ RULES: dict[str, Check] = {
     "costs.spot_preemptions_per_hour": number(0, 10), "costs.recovery_hours": number(0, 48),
     "costs.startup_hours": number(0, 48), "costs.cpu_node_usd_per_hour": NON_NEGATIVE,
     "costs.filter_cpus_local": whole(), "costs.bucket_days": number(0, 3650),
+    "costs.local_usd_per_hour": NON_NEGATIVE, "costs.stop_grace_s": number(0, 3600),
     # where stages may be placed (costmodel.infra): infra names narrow what SkyPilot has enabled
     "placement.infra": INFRA_LIST, "placement.exclude": INFRA_LIST, "placement.rates": MAPPING,
 }
@@ -165,6 +166,7 @@ DEFAULTS = {
     "sft.num_nodes": 1, "sft.use_spot": "auto", "sft.method": "sft", "sft.liger_kernel": False,
     "sft.keep_checkpoints": False,
     "eval.use_spot": "auto",
+    "costs.local_usd_per_hour": 0.0, "costs.stop_grace_s": 300,
 }
 SECTIONS = ("name", "models", "sources", "generate", "filter", "rewrite", "convert", "sft", "eval", "costs")
 LISTS = ("sources", "eval.benchmarks")         # lists of named mappings

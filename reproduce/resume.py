@@ -107,7 +107,24 @@ def take_over(ledger, run_id: str, me: dict, budget: float | None, executor) -> 
                       message="the controller stopped without recording an end; spend counted to its last "
                               "progress row" + ("" if executor.simulated else "; check `sky status` and `sky jobs queue`"))
         ledger.add_stage_row(run_id, a["stage"], "interrupted", at=executor.now(), attempt=a["attempt"], **fields)
-    return artifacts, stops if same_budget else {}   # a new budget re-admits a stage its node stopped
+    if not same_budget:
+        return artifacts, {}   # a new budget re-admits a stage its node stopped
+    return artifacts, {**_stopped_before(ledger, run_id), **stops}
+
+
+def _stopped_before(ledger, run_id: str) -> dict:
+    """{stage: why} of stages whose last attempt its node stopped on an earlier resume, with neither the budget
+    nor the recipe changed since: the same stop holds (a resume does not launch what cannot fit again)."""
+    stops, finished = {}, ledger.finished_stages(run_id)
+    events = ledger.events(run_id)
+    for e in ledger.events(run_id, "node_stop"):
+        stage, attempt = e["stage"], int(e["numbers"].get("attempt", -1))
+        if stage in finished or any(int(a["attempt"]) > attempt for a in ledger.attempts(run_id, stage)):
+            continue
+        if any(x["kind"] in ("budget", "recipe_changed") and x["id"] > e["id"] for x in events):
+            continue
+        stops[stage] = e["reason"]
+    return stops
 
 
 def _stopped_on_node(executor, run_id: str, a: dict, artifacts: Path, found: dict) -> dict | None:

@@ -102,7 +102,8 @@ def open_attempt(w, a: Attempt) -> None:
     a.started = w.executor.now()
     a.number = w.ledger.add_stage_row(w.run_id, a.name, "started", at=a.started, state="PENDING",
                                       started_at=a.started, simulated=w.simulated, **plan_fields(a.plan))
-    allowed = watchdog.allowance(a.name, a.number, a.plan, w.budget, a.spent_before, a.later, a.started)
+    allowed = watchdog.allowance(a.name, a.number, a.plan, w.budget, a.spent_before, a.later, a.started,
+                                 float(w.recipe.get("costs", {}).get("stop_grace_s", watchdog.GRACE_S)))
     if allowed is not None:
         a.ctx.envs = {**a.ctx.envs, **allowed.envs()}
 

@@ -6,9 +6,11 @@ import io
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 import time
 
 import pytest
@@ -203,3 +205,75 @@ def test_killed_at_random_points_spend_stays_within_the_budget(home, slowdown, s
     assert all(a["event"] != "started" for a in attempts)   # every job ended, and was recorded
     if slowdown >= 3:   # a run that cannot fit ends early, whoever stops it
         assert spent < 0.35 * BUDGET
+
+
+# ---- 4. locally: SIGKILL the controller during a slowed stage ---------------------------------------------
+STAGE_VENV = Path(__file__).resolve().parents[1] / ".venv-stage"
+
+
+def _cli(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "reproduce.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _until(check, timeout_s):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    return None
+
+
+def _gone(pid: int) -> bool:
+    try:   # a zombie under a pid 1 that does not reap counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not (STAGE_VENV / "bin" / "python").exists(), reason="needs .venv-stage (make test builds it)")
+def test_sigkill_the_controller_the_slowed_stage_stops_itself_and_the_resume_pays_it_once(home, monkeypatch):
+    # this machine declared at $1 a second, generate slowed (1,024-token answers): its allowance runs out
+    # mid-stage, with nobody but its watchdog to notice
+    monkeypatch.setenv("REPRODUCE_STAGE_VENV", str(STAGE_VENV))
+    monkeypatch.setenv("REPRODUCE_WATCH_S", "0.5")
+    for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    out = _cli("all", "--scale", "smoke", "--backend", "local", "--budget", "25", "-y", "--detach",
+               "--set", "costs.local_usd_per_hour=3600", "--set", "generate.max_tokens=1024")
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip().splitlines()[-1]
+
+    from reproduce.cli.control import liveness
+
+    def launched():
+        with Ledger() as led:
+            handles = [e["numbers"]["handle"] for e in led.events(run_id, "handle") if e["stage"] == "generate"]
+            live = liveness(led, run_id) if led.run(run_id) else {}
+            return (handles[0], live["pid"]) if handles and live.get("alive") else None
+
+    found = _until(launched, 120)
+    assert found, _cli("logs", run_id).stdout[-2000:]
+    handle, controller = found
+    os.kill(controller, signal.SIGKILL)                       # the laptop closes
+    assert _until(lambda: _gone(controller), 10)
+    stage_pid = int(handle.rsplit(":", 1)[1])
+    with Ledger() as led:
+        artifacts = Path(led.run(run_id)["artifacts"])
+    stopped = _until(lambda: watchdog.read_stopped(artifacts, "generate"), 120)
+    assert stopped, (artifacts.parent / "logs" / "generate.log").read_text()[-2000:]
+    assert _until(lambda: _gone(stage_pid), 30)                 # the stage stopped itself: nothing runs on
+    assert stopped["cost_usd"] <= float(stopped["allowance"]["allowance_usd"])
+
+    for _ in range(2):                                        # resumed twice: recorded once, paid once
+        again = _cli("all", "--resume", run_id, "--budget", "25", "-y")
+        assert again.returncode == 3 and "stopped on the node" in again.stderr, again.stderr[-2000:]
+    with Ledger() as led:
+        assert len(led.events(run_id, "node_stop")) == 1
+        attempts = {a["attempt"] for a in led.attempts(run_id, "generate")}
+        assert len(attempts) == 1                             # never launched again
+        assert led.spent(run_id) == pytest.approx(stopped["cost_usd"], rel=0.05)
+        assert led.spent(run_id) <= 25.0
+        assert not led.open_attempts(run_id)

@@ -15,6 +15,7 @@ Logs: `<artifacts>/../logs/<stage>.log`, with any secret value in the output rep
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -57,6 +58,7 @@ class _Job:
     pump: threading.Thread | None = None
     aux: subprocess.Popen | None = None        # the local OpenAI-compatible server of a smoke rewrite
     artifacts: Path | None = None              # where the stage writes progress.json
+    rate: float = 0.0                          # $/h the user declared for this machine (costs.local_usd_per_hour)
 
 
 class LocalExecutor(BaseExecutor):
@@ -112,16 +114,36 @@ class LocalExecutor(BaseExecutor):
             env.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="local")
         # setup and run each in their own bash, as SkyPilot runs them; a failed setup never runs `run`
         wrapper = f"set -e\n{prepare}echo {shlex.quote(PHASE_RUN)}\nexec bash -c {shlex.quote(script)}\n"
+        with log.open("a") as f:
+            f.write(f"==> {stage} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        offset = log.stat().st_size
+        # the stage writes into a pipe whose reader (reproduce.executors.redact) is not this process: a stage
+        # outlives a controller that dies, and its output must too
+        read_end, write_end = os.pipe()
         try:
-            proc = subprocess.Popen(["bash", "-c", wrapper], cwd=tasks.workdir(), env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            writer = subprocess.Popen([sys.executable, "-m", "reproduce.executors.redact", str(log)], stdin=read_end,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tasks.workdir(),
+                                      env={**_plain(os.environ), "REPRODUCE_REDACT": json.dumps(secrets)},
+                                      start_new_session=True)
+            try:
+                proc = subprocess.Popen(["bash", "-c", wrapper], cwd=tasks.workdir(), env=env,
+                                        stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            except BaseException:
+                _kill_group(writer)
+                raise
         except BaseException:
             _stop(aux)
             raise
+        finally:
+            os.close(read_end)
+            os.close(write_end)
         handle = f"local:{stage}:{proc.pid}"
+        if run.on_handle:   # it outlives a controller that dies (its own session): a resume must find it
+            run.on_handle(handle)
         job = _Job(stage, proc, log, time.time(), phase="STARTING" if prepare else "RUNNING", aux=aux,
-                   artifacts=artifacts)
-        job.pump = threading.Thread(target=self._pump, args=(job, secrets), daemon=True)
+                   artifacts=artifacts, rate=float(getattr(run.plan, "price_per_hour", 0.0) or 0.0))
+        job.pump = threading.Thread(target=self._pump, args=(job, writer, offset), daemon=True)
         job.pump.start()
         self.jobs[handle] = job
         return handle
@@ -144,8 +166,9 @@ class LocalExecutor(BaseExecutor):
         from reproduce.watchdog import STOPPED_EXIT, read_stopped
 
         stopped = read_stopped(job.artifacts, job.stage) if rc == STOPPED_EXIT and not job.cancelled else None
-        return StageStatus(state=state, elapsed_s=end - job.started, cost_usd=0.0, price_per_hour=0.0,
-                           price_source="local machine", cloud="local", spot=False, gpus=_gpu_count(),
+        return StageStatus(state=state, elapsed_s=end - job.started, cost_usd=(end - job.started) / 3600 * job.rate,
+                           price_per_hour=job.rate,
+                           price_source=f"local machine at ${job.rate:,.2f}/h (declared)" if job.rate else "local machine", cloud="local", spot=False, gpus=_gpu_count(),
                            message=message, progress=read_progress(job.artifacts / job.stage), stopped=stopped)
 
     def cancel(self, handle: str) -> None:
@@ -156,6 +179,26 @@ class LocalExecutor(BaseExecutor):
             job.cancelled = True
             _kill_group(job.proc)
         _stop(job.aux)
+
+    def reattach(self, handle: str, run: RunContext) -> str | None:
+        """A stage a dead controller launched here runs on in its own session (its watchdog with it), but its
+        output pipe died with that controller: it cannot be watched again. Stopped (SIGTERM, its grace, then
+        SIGKILL of its group) before the stage is launched again, so two never run at once. -> None."""
+        kind, _, rest = handle.partition(":")
+        pid = rest.rpartition(":")[2]
+        if kind != "local" or not pid.isdigit() or not _ours(int(pid), run.run_id):
+            return None
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(int(pid), sig)
+            except (ProcessLookupError, PermissionError):
+                return None
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and _ours(int(pid), run.run_id):
+                time.sleep(0.1)
+            if not _ours(int(pid), run.run_id):
+                break
+        return None
 
     def wait(self, seconds: float) -> None:
         time.sleep(seconds)
@@ -214,23 +257,32 @@ class LocalExecutor(BaseExecutor):
                 f"if [ ! -e {q(str(marker))} ]; then\n  rm -rf {q(str(venv))}\n  {make}\n"
                 f"  bash -c {q('set -e' + chr(10) + setup)}\n  touch {q(str(marker))}\nfi\nexec 9>&-\n")
 
-    def _pump(self, job: _Job, secrets: list) -> None:
-        """Copy the stage's output into its log, secrets redacted; note the phase; stop helpers at the end."""
+    def _pump(self, job: _Job, writer: subprocess.Popen, offset: int) -> None:
+        """Follow the stage's log (redacted as it was written) from `offset`: note the phase and the last lines;
+        at the end (the stage gone, its log writer done) its exit code; then stop its helpers."""
         try:
+            with job.log.open("rb") as f:
+                f.seek(offset)
+                rest = b""
+                while True:
+                    chunk = f.read()
+                    if not chunk:
+                        if writer.poll() is not None:
+                            break
+                        time.sleep(0.1)
+                        continue
+                    *lines, rest = (rest + chunk).split(b"\n")
+                    for raw in lines:
+                        line = raw.decode(errors="replace")
+                        if line.startswith(PHASE_RUN):
+                            job.phase = "RUNNING"
+                        elif line.startswith(PHASE_SETUP):
+                            job.phase = "STARTING"
+                        else:
+                            job.tail = (job.tail + [line.rstrip()])[-20:]
+            rc = job.proc.wait()
             with job.log.open("a") as out:
-                out.write(f"==> {job.stage} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-                for raw in job.proc.stdout:
-                    line = tasks.redact(raw.decode(errors="replace"), secrets)
-                    if line.startswith(PHASE_RUN):
-                        job.phase = "RUNNING"
-                    elif line.startswith(PHASE_SETUP):
-                        job.phase = "STARTING"
-                    else:
-                        job.tail = (job.tail + [line.rstrip()])[-20:]
-                    out.write(line)
-                    out.flush()
-                rc = job.proc.wait()
-                out.write(f"==> {job.stage} exit {rc}\n")
+                out.write(("\n" if rest else "") + f"==> {job.stage} exit {rc}\n")
         finally:
             job.ended = time.time()
             _stop(job.aux)
@@ -293,6 +345,21 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _plain(env) -> dict:
+    """The environment of a helper that needs no secrets: PATH, locale and the like."""
+    return {k: v for k, v in env.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "TMPDIR")}
+
+
+def _ours(pid: int, run_id: str) -> bool:
+    """A live (not zombie) process of this run's stage wrapper: its environment names the run (pids are reused)."""
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX":
+            return False
+        return f"RUN_ID={run_id}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
 
 
 def _stop(proc: subprocess.Popen | None) -> None:
