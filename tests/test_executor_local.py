@@ -1,4 +1,5 @@
 """The local executor runs a task's real `setup` and `run` in bash subprocesses, with real venvs."""
+import os
 import sys
 import time
 from pathlib import Path
@@ -249,6 +250,24 @@ def test_cancel_kills_the_process_group(env, ready):
     ex.cancel(handle)   # idempotent
     assert ex.poll(handle).state == "CANCELLED"
     assert not alive(child)
+
+
+def test_a_resume_stops_the_stage_a_dead_controller_left_running_before_launching_it_again(env, ready):
+    ex = LocalExecutor("full", state_dir=env / "home")
+    run, seen = ctx(env, "filter"), []
+    run.on_handle = seen.append                      # recorded at launch: a resume can find it
+    handle = ex.launch(run)
+    pid_file = env / "run1" / "artifacts" / "child.pid"
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert seen == [handle]
+    resumed = LocalExecutor("full", state_dir=env / "home")   # the next controller: none of the old one's jobs
+    assert resumed.reattach(handle, ctx(env, "filter")) is None and not alive(child)
+    other = RunContext(run_id="another-run", recipe={}, stage="filter", plan={}, artifacts=env, envs={})
+    assert resumed.reattach(f"local:filter:{os.getpid()}", other) is None   # never a process of another run
+    assert ex.poll(handle).done
 
 
 FAKE_STAGE = """\
