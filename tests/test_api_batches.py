@@ -156,6 +156,11 @@ def test_cancel_of_a_run_cancels_its_open_batches_and_says_what_was_paid(tmp_pat
         with Ledger() as led:
             led.create_run("r2", recipe="sky-t1-32b-preview", scale="smoke", backend="local", budget=5.0,
                            artifacts=str(art), recipe_yaml=(art / "recipe.yaml").read_text())
+            led.add_event("r2", None, "run", ok=True, reason="started", numbers={"pid": 2**22 + 1, "host": "gone"},
+                          at=time.time())   # its controller died
+        rows = {r["run"]: r for r in json.loads(cli_out(["status", "--json"]))}   # nobody watches it: it bills
+        assert rows["r2"]["committed_usd"] == pytest.approx(batch_log.committed_usd(art / "rewrite")[0], abs=1e-4)
+        assert rows["r2"]["committed_usd"] > 0
         monkeypatch.setenv("OPENAI_BASE_URL", srv.base_url)
         monkeypatch.setenv("OPENAI_API_KEY", SECRET)
         from reproduce import cli

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -324,15 +325,22 @@ def status(as_json: bool = JSON_OPTION) -> None:
         return
     from reproduce.cli.control import liveness
 
+    from reproduce import stagetable
+    from reproduce.stages.lib import batch_log
+
     for r in rows:   # is its controller alive, and since when is it not (its last heartbeat)
         live = liveness(ledger, r["run"])
         r["controller"] = "alive" if live["alive"] else (
             "dead since " + time.strftime("%Y-%m-%d %H:%M", time.localtime(live["since"])) if live["since"] else "dead")
+        # API batches submitted and not yet collected bill without us: what they commit, beside what was paid
+        artifacts = Path((ledger.run(r["run"]) or {}).get("artifacts") or ".")
+        r["committed_usd"] = round(sum(batch_log.committed_usd(artifacts / s)[0] for s in stagetable.NAMES), 6)
     if as_json:
         print_json(rows)
         return
-    typer.echo(table(rows, ["run", "status", "controller", "backend", "stage", "spent_usd", "budget", "started",
-                            "pid"]))
+    columns = ["run", "status", "controller", "backend", "stage", "spent_usd"]
+    columns += ["committed_usd"] if any(r["committed_usd"] for r in rows) else []
+    typer.echo(table(rows, columns + ["budget", "started", "pid"]))
     for r in rows:
         if r["status"] == "interrupted":
             typer.echo(f"resume {r['run']}: reproduce all --resume {r['run']}")
