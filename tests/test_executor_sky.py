@@ -411,3 +411,19 @@ def test_cloud_stages_push_the_artifacts_first_and_pull_the_results_on_success(s
     assert len(synced) == 1  # nothing to pull while it runs
     assert ex.poll(handle).state == "SUCCEEDED"
     assert synced[-1] == ("pull", "s3://my-bucket/runs/Run_1", "/artifacts")
+
+
+def test_a_cluster_downs_itself_when_its_job_ends_not_when_ssh_closes(monkeypatch):
+    """The one SDK call of a cluster launch binds to SkyPilot's own sky.launch signature, with autostop waiting
+    for jobs only: the watchdog's deadline bounds the job, so it bounds the node with no controller alive."""
+    import inspect
+
+    import sky
+    from sky.skylet.autostop_lib import AutostopWaitFor
+
+    real, seen = inspect.signature(sky.launch), {}
+    monkeypatch.setattr(sky, "launch", lambda *a, **k: seen.update(real.bind(*a, **k).arguments) or "request")
+    monkeypatch.setattr(sky, "get", lambda request: (7, None))
+    assert sky_adapter.launch_cluster(sky.Task(run="true"), "reproduce-r-filter", idle_minutes=5) == 7
+    assert seen["wait_for"] is AutostopWaitFor.JOBS and seen["down"] is True
+    assert seen["idle_minutes_to_autostop"] == 5 and seen["cluster_name"] == "reproduce-r-filter"

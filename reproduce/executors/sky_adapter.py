@@ -15,10 +15,18 @@ def _sky():
 
 
 def launch_cluster(task, cluster_name: str, down: bool = True, idle_minutes: int = 5) -> int | None:
-    """Provision, set up and submit the task; the cluster downs itself `idle_minutes` after its job ends."""
+    """Provision, set up and submit the task; the cluster downs itself `idle_minutes` after its job ends.
+
+    Idle means no job pending or running (`wait_for=jobs`): an SSH session left open does not keep it up. The
+    job's own end is bounded by the watchdog's deadline (reproduce.watchdog), so the cluster's is too, with no
+    controller alive. SkyPilot's unconditional limit (`wait_for=none`) would also down a hung node, but it
+    counts from the submission whatever the job does, so a job that ends early with no controller would leave
+    its node idle, and billed, until then."""
     sky = _sky()
+    from sky.skylet.autostop_lib import AutostopWaitFor
+
     job_id, _ = sky.get(sky.launch(task, cluster_name=cluster_name, idle_minutes_to_autostop=idle_minutes,
-                                   down=down, retry_until_up=True))
+                                   wait_for=AutostopWaitFor.JOBS, down=down, retry_until_up=True))
     return job_id
 
 
