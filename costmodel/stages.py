@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from costmodel import estimates, memory, storage
+from costmodel import estimates, handoff, memory, storage
 from costmodel.errors import BadInput
+from costmodel.handoff import Handoff
 
 GPU, CPU, CONTROLLER = "gpu", "cpu", "controller"
 
@@ -48,6 +49,8 @@ class Stage:
     pulls: str = "output"        # what the controller pulls of what it wrote when it ran elsewhere: output (all of
                                  #   it) | logs (logs and trainer state, never weights: storage.SFT_PULLED_GB)
     may_run_here: bool = False   # a CPU stage the recipe may keep beside the CLI (<section>.where: local)
+    handoff: Handoff | None = None   # the workload it measured that the later stages' plan assumed
+                                 #   (costmodel.handoff: read after it finishes, applied when re-planning)
     # Its secrets are its task YAML's `secrets:` (reproduce.tasks), its fit knobs its section's (costmodel.memory).
 
     def keeps_scratch(self, recipe: dict) -> bool:
@@ -124,16 +127,18 @@ STAGES: tuple[Stage, ...] = (
     Stage("generate", "generate", "generate", GPU, "managed", "generate", (),
           "teacher traces (vLLM on GPU, transformers on CPU)",
           partial(estimates.estimate_generate, stage="generate"), storage.traces_written, "problems",
-          options="vllm", model="teacher", work="vLLM decode", measures="decode", api_estimate=_generate_api),
+          options="vllm", model="teacher", work="vLLM decode", measures="decode", api_estimate=_generate_api,
+          handoff=handoff.GENERATE),
     Stage("filter", "filter", "filter", CPU, "cluster", "filter", ("generate",),
           "rejection sampling: grade traces (math-verify, sandboxed code, multiple choice)",
-          estimates.estimate_filter, storage.graded_written, "records", options="filter", may_run_here=True),
+          estimates.estimate_filter, storage.graded_written, "records", options="filter", may_run_here=True,
+          handoff=handoff.FILTER),
     Stage("rewrite", "rewrite", None, CONTROLLER, None, "rewrite", ("filter",),
           "reformat kept traces through an OpenAI-compatible API (Batch by default)", _rewrite,
           storage.rewritten_written, "requests", options="api-batch"),
     Stage("convert", "convert", None, CONTROLLER, None, "convert", ("rewrite",),
           "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory", _convert, storage.records_written,
-          None),
+          None, handoff=handoff.CONVERT),
     Stage("sft", "sft", "sft", GPU, "managed", "sft", ("convert",),
           "render the LLaMA-Factory config and train", estimates.estimate_sft, storage.model_written, "steps",
           options="training", model="student", work="training", measures="mfu", scratch=("checkpoints/checkpoint-",),
