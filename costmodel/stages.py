@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from costmodel import estimates, handoff, memory, storage
+from costmodel import estimates, handoff, memory
 from costmodel.errors import BadInput
 from costmodel.handoff import Handoff
 
@@ -34,7 +34,8 @@ class Stage:
     help: str
     estimate: Callable           # gpu: (recipe, offer, calibration, on_demand_offer=, spot=) -> StageEstimate
                                  # others: (recipe) -> StageEstimate
-    writes: Callable             # (recipe) -> (GB it leaves in the run's bucket, what they are): costmodel.storage
+    writes: Callable             # (recipe) -> (GB it leaves in the run's bucket, what they are), beside its
+                                 #   estimator; costmodel.storage prices them
     progress: str | None         # the unit its progress is counted in (problems, records, requests, steps);
                                  #   None: it reports none (the simulator counts one step)
     options: str | None = None   # the settings the optimizer tries (costmodel.search.OPTIONS): vllm | filter |
@@ -126,26 +127,26 @@ def _convert(recipe: dict):
 STAGES: tuple[Stage, ...] = (
     Stage("generate", "generate", "generate", GPU, "managed", "generate", (),
           "teacher traces (vLLM on GPU, transformers on CPU)",
-          partial(estimates.estimate_generate, stage="generate"), storage.traces_written, "problems",
+          partial(estimates.estimate_generate, stage="generate"), estimates.traces_written, "problems",
           options="vllm", model="teacher", work="vLLM decode", measures="decode", api_estimate=_generate_api,
           handoff=handoff.GENERATE),
     Stage("filter", "filter", "filter", CPU, "cluster", "filter", ("generate",),
           "rejection sampling: grade traces (math-verify, sandboxed code, multiple choice)",
-          estimates.estimate_filter, storage.graded_written, "records", options="filter", may_run_here=True,
+          estimates.estimate_filter, estimates.graded_written, "records", options="filter", may_run_here=True,
           handoff=handoff.FILTER),
     Stage("rewrite", "rewrite", None, CONTROLLER, None, "rewrite", ("filter",),
           "reformat kept traces through an OpenAI-compatible API (Batch by default)", _rewrite,
-          storage.rewritten_written, "requests", options="api-batch"),
+          estimates.rewritten_written, "requests", options="api-batch"),
     Stage("convert", "convert", None, CONTROLLER, None, "convert", ("rewrite",),
-          "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory", _convert, storage.records_written,
+          "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory", _convert, estimates.records_written,
           None, handoff=handoff.CONVERT),
     Stage("sft", "sft", "sft", GPU, "managed", "sft", ("convert",),
-          "render the LLaMA-Factory config and train", estimates.estimate_sft, storage.model_written, "steps",
+          "render the LLaMA-Factory config and train", estimates.estimate_sft, estimates.model_written, "steps",
           options="training", model="student", work="training", measures="mfu", scratch=("checkpoints/checkpoint-",),
           pulls="logs"),
     Stage("eval", "evaluate", "eval", GPU, "managed", "eval", ("sft",),
           "benchmarks vs the published table",
-          partial(estimates.estimate_generate, stage="eval"), storage.answers_written, "samples",
+          partial(estimates.estimate_generate, stage="eval"), estimates.answers_written, "samples",
           options="vllm", model="student", work="vLLM decode", measures="decode"),
 )
 NAMES = tuple(s.name for s in STAGES)
