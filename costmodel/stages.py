@@ -41,7 +41,7 @@ class Stage:
                                  #   estimator; costmodel.storage prices them
     progress: str | None         # the unit its progress is counted in (problems, records, requests, steps);
                                  #   None: it reports none (the simulator counts one step)
-    options: str | None = None   # the settings the optimizer tries (costmodel.search.OPTIONS): vllm | filter |
+    options: str | None = None   # the settings the optimizer tries (costmodel.search.OPTIONS): vllm | where |
                                  #   api-batch | training; None: nothing to choose
     model: str | None = None     # gpu stages: the recipe's models.<model> it loads (memory, throughput)
     work: str | None = None      # what bounds its speed: a finished stage's measured speed re-plans the
@@ -59,7 +59,11 @@ class Stage:
                                  #   check; reproduce.recipe_schema adds what the row implies (a GPU stage's
                                  #   accelerator, a vLLM stage's parallelism, `where`, `keep_checkpoints`)
     defaults: dict = field(default_factory=dict, hash=False)  # its section's keys a recipe may leave out
-    # Its secrets are its task YAML's `secrets:` (reproduce.tasks), its fit knobs its section's (costmodel.memory).
+    fit: tuple = ()              # GPU stages: changes that lower memory per GPU, tried in order to name the knob
+                                 #   that makes it fit (reproduce.plan.no_fit): (key, value) of its section, or a
+                                 #   list of them changed together
+    secrets: tuple = ()          # a controller stage's (it has no task YAML): what it may see of the environment
+    # A node stage's secrets are its task YAML's `secrets:` (reproduce.tasks).
 
     def keeps_scratch(self, recipe: dict) -> bool:
         return bool((recipe.get(self.section) or {}).get("keep_checkpoints"))
@@ -70,6 +74,10 @@ class Stage:
         if self.api_estimate is not None and api_backend(recipe):
             return CONTROLLER
         return self.where
+
+    def uses_api(self, recipe: dict) -> bool:
+        """Calls a token-priced API: a Batch-API stage (rewrite), or a stage with an API form served by one."""
+        return self.options == "api-batch" or self.runs_on(recipe) != self.where
 
     def estimator(self, recipe: dict) -> Callable:
         """The estimator this recipe's form of the stage takes (see `estimate` and `api_estimate`)."""
@@ -175,26 +183,34 @@ STAGES: tuple[Stage, ...] = (
           "teacher traces (vLLM on GPU, transformers on CPU)",
           partial(estimates.estimate_generate, stage="generate"), estimates.traces_written, "problems",
           options="vllm", model="teacher", work="vLLM decode", measures="decode", api_estimate=_generate_api,
-          handoff=handoff.GENERATE, knobs=_GENERATE_KNOBS, defaults={"num_nodes": 1, "batch": False}),
+          handoff=handoff.GENERATE, knobs=_GENERATE_KNOBS, defaults={"num_nodes": 1, "batch": False},
+          fit=(("tensor_parallel", 4), ("tensor_parallel", 8), ("accelerator", "H200:8"),
+               [("accelerator", "H200:8"), ("tensor_parallel", 4)],
+               [("accelerator", "H200:8"), ("tensor_parallel", 8)])),
     Stage("filter", "filter", "filter", CPU, "cluster", "filter", ("generate",),
           "rejection sampling: grade traces (math-verify, sandboxed code, multiple choice)",
-          estimates.estimate_filter, estimates.graded_written, "records", options="filter", may_run_here=True,
+          estimates.estimate_filter, estimates.graded_written, "records", options="where", may_run_here=True,
           handoff=handoff.FILTER, knobs=_FILTER_KNOBS, defaults={"grade_after_rewrite": []}),
     Stage("rewrite", "rewrite", None, CONTROLLER, None, "rewrite", ("filter",),
           "reformat kept traces through an OpenAI-compatible API (Batch by default)", _rewrite,
           estimates.rewritten_written, "requests", options="api-batch", knobs=_REWRITE_KNOBS,
-          defaults={"batch": False, "recheck": False}),
+          defaults={"batch": False, "recheck": False},
+          secrets=("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID")),   # its openai client
     Stage("convert", "convert", None, CONTROLLER, None, "convert", ("rewrite",),
           "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory", _convert, estimates.records_written,
           None, handoff=handoff.CONVERT, knobs=_CONVERT_KNOBS),
     Stage("sft", "sft", "sft", GPU, "managed", "sft", ("convert",),
           "render the LLaMA-Factory config and train", estimates.estimate_sft, estimates.model_written, "steps",
           options="training", model="student", work="training", measures="mfu", scratch=("checkpoints/checkpoint-",),
-          pulls="logs", knobs=_SFT_KNOBS, defaults={"num_nodes": 1, "method": "sft", "liger_kernel": False}),
+          pulls="logs", knobs=_SFT_KNOBS, defaults={"num_nodes": 1, "method": "sft", "liger_kernel": False},
+          fit=(("liger_kernel", True), ("gradient_checkpointing", True), ("accelerator", "H200:8"), ("num_nodes", 2),
+               ("num_nodes", 4), ("cpu_offload", True))),
     Stage("eval", "evaluate", "eval", GPU, "managed", "eval", ("sft",),
           "benchmarks vs the published table",
           partial(estimates.estimate_generate, stage="eval"), estimates.answers_written, "samples",
-          options="vllm", model="student", work="vLLM decode", measures="decode", knobs=_EVAL_KNOBS),
+          options="vllm", model="student", work="vLLM decode", measures="decode", knobs=_EVAL_KNOBS,
+          fit=(("tensor_parallel", 4), ("tensor_parallel", 8), ("accelerator", "H200:8"),
+               [("accelerator", "H200:8"), ("tensor_parallel", 8)])),
 )
 NAMES = tuple(s.name for s in STAGES)
 GPU_STAGES = tuple(s.name for s in STAGES if s.where == GPU)

@@ -106,8 +106,11 @@ def written(recipe: dict) -> list[tuple[str, float, str]]:
 
 
 def scratch_gb(recipe: dict) -> dict:
-    """stage -> GB it keeps only while it runs: sft's checkpoints, unless the recipe keeps them."""
-    return {} if recipe["sft"]["keep_checkpoints"] else {"sft": checkpoint_bytes(recipe) / GB}
+    """stage -> GB it keeps only while it runs: a stage with scratch (its row's, sft's checkpoints), unless the
+    recipe keeps them."""
+    from costmodel.stages import STAGES
+
+    return {s.name: checkpoint_bytes(recipe) / GB for s in STAGES if s.scratch and not s.keeps_scratch(recipe)}
 
 
 
