@@ -7,14 +7,15 @@ Prints, read from the source (AST, not grep):
      (reproduce/stages/*; --all lists those too, less each program's reads of its own recipe section);
   2. every `if <x> == "<stage>"` branch (and `in (...)` of stage names), file:line;
   3. the files a new stage must touch: its program and task YAML (the row's program and task), the table, the
-     modules its row's functions live in, and every file holding a table keyed by every stage name
-     (a dict, a rule list by section) that would need its entry.
+     modules its row's required functions live in (and, apart, its optional ones), and every file holding a
+     table keyed by every stage name (a dict, a rule list by section) that would need its entry.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import collections
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from costmodel.stages import STAGES  # noqa: E402
+from costmodel.stages import STAGES, Stage  # noqa: E402
 
 NAMES = {s.name for s in STAGES}
 TABLE = "costmodel/stages.py"
@@ -81,17 +82,20 @@ def full_tables(tree: ast.AST) -> list[int]:
     return out
 
 
-def row_homes() -> set[str]:
-    """The modules the rows' own functions live in (estimators, sizes, handoffs): a new row brings its own."""
-    homes = set()
+def row_homes() -> tuple[set[str], set[str]]:
+    """(modules a new row's required functions live in, those of its optional ones): read off the rows
+    (estimators, sizes: fields without a default; an API form, a handoff: fields with one)."""
+    required = {f.name for f in dataclasses.fields(Stage) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING}
+    homes: tuple[set, set] = (set(), set())
     for s in STAGES:
-        for value in vars(s).values():
+        for key, value in vars(s).items():
             fn = getattr(value, "func", value)   # functools.partial
-            for f in (fn, getattr(value, "read", None)):
+            for f in (fn, getattr(value, "read", None)):   # a Handoff: where its functions live
                 mod = getattr(f, "__module__", None)
                 if callable(f) and mod and mod.startswith(("costmodel", "reproduce")) and mod != "costmodel.stages":
-                    homes.add(mod.replace(".", "/") + ".py")
-    return homes
+                    homes[key not in required].add(mod.replace(".", "/") + ".py")
+    return homes[0], homes[1] - homes[0]
 
 
 def main() -> int:
@@ -124,13 +128,16 @@ def main() -> int:
     print(f"`if ... == <stage>` branches outside the programs: {len(ifs)}")
     for where in ifs:
         print(f"  {where}")
+    required, optional = row_homes()
     touch = ["reproduce/stages/<program>.py", "sky_tasks/<task>.yaml (a node stage)", f"{TABLE} (its row)"]
-    touch += sorted(row_homes() - {TABLE})
+    touch += sorted(required - {TABLE})
     touch += [f"{f} (a table of every stage, line {', '.join(map(str, lines))})" for f, lines in sorted(tables.items())
               if f not in touch]
-    print(f"a new stage touches {len(touch)} files (+ its recipe section in recipes/*.yaml, data):")
+    print(f"a new stage touches {len(touch)} files (+ its section in each recipe, data):")
     for f in touch:
         print(f"  {f}")
+    for f in sorted(optional - set(touch)):
+        print(f"  and only if it has one: {f}")
     return 0
 
 
