@@ -1,9 +1,11 @@
 """The stage table: every per-stage fact in one place, one typed row per stage, in pipeline order.
 
-It lives in costmodel so the cost model reads it as the CLI does (storage, calibration, search iterate over it;
-reproduce.stagetable re-exports it with the CLI's error). Adding a stage is its program
-(reproduce/stages/<program>.py), its task YAML (sky_tasks/<task>.yaml, unless it runs on the controller), one
-row here and one estimator in costmodel.estimates.
+It lives in costmodel so the cost model reads it as the CLI does (storage, calibration, search, the recipe schema,
+the re-plan and the preflight iterate over it; reproduce.stagetable re-exports it with the CLI's error). Adding a
+stage is four files: its program (reproduce/stages/<program>.py), its task YAML (sky_tasks/<task>.yaml, unless
+it runs on the controller), one row here (with its section's knobs and defaults) and in costmodel.estimates its
+estimator and what it writes to the bucket; then its section in the base recipes (data). A stage whose
+measurements change the later stages' plan adds a handoff (costmodel.handoff).
 
     from costmodel.stages import STAGES, stage
     for s in STAGES: print(s.name, s.where, s.mode)
