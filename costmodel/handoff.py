@@ -45,7 +45,8 @@ def _generate_apply(variant: dict, gen: dict) -> list[str]:
     if gen.get("mean_response_tokens"):
         old = variant["generate"]["mean_response_tokens"]
         variant["generate"]["mean_response_tokens"] = gen["mean_response_tokens"]
-        why.append(f"generate wrote traces of {gen['mean_response_tokens']:,.0f} tokens on average (assumed {old:,.0f})")
+        why.append(f"generate wrote traces of {gen['mean_response_tokens']:,.0f} tokens on average "
+                   f"(assumed {old:,.0f})")
     if gen.get("traces"):
         planned = sum(s["problems"] for s in variant["sources"]) * variant["generate"]["samples_per_problem"]
         if planned and gen["traces"] != planned:

@@ -6,8 +6,8 @@
     storage $ = GB written x days kept x 24 / 730 h a month x $/GB-month
     egress $  = GB pulled to the controller x $/GB out to the internet
 
-Sizes come from each stage's row (`writes`: a function beside its estimator in costmodel.estimates): text at ~4 bytes a token, SFT checkpoints
-at 14 bytes a parameter. Uploads are free (AWS and GCP charge no ingress); request charges ($0.005 per 1,000
+Sizes come from each stage's row (`writes`: a function beside its estimator in costmodel.estimates): text at
+~4 bytes a token, SFT checkpoints at 14 bytes a parameter. Uploads are free (AWS and GCP charge no ingress); request charges ($0.005 per 1,000
 S3 PUTs: a run makes thousands, cents) and the free tiers (AWS: 100 GB a month out) are left out, so the
 figure errs high.
 """
