@@ -483,6 +483,75 @@ def estimate_sft(recipe: dict, offer, calibration=None, on_demand_offer=None, sp
                            checkpoint_hours, on_demand_offer)
 
 
+# ---- what each stage leaves in the run's bucket (its row's `writes`: (recipe) -> (GB, what)) -----------
+# Priced by costmodel.storage: kept so many days, and pulled to the controller where the stage ran elsewhere.
+
+BYTES_PER_TOKEN = 4.0   # Sky-T1_data_17k: 268,380,746 B / 16,401 rows / ~4.1k tokens (recipe sft.mean_sample_tokens)
+CHECKPOINT_BYTES_PER_PARAM = 14   # bf16 weights 2 + fp32 master and Adam m, v 12 (sky_tasks/sft.yaml disk_size)
+WEIGHT_BYTES_PER_PARAM = 2        # the saved bf16 model
+SAVE_TOTAL_LIMIT = 2              # sky_tasks/llamafactory/sft.yaml keeps the last two checkpoints
+GB = 1e9
+
+
+def _trace_bytes(recipe: dict) -> float:
+    gen = recipe["generate"]
+    return (gen["mean_prompt_tokens"] + gen["mean_response_tokens"]) * BYTES_PER_TOKEN
+
+
+def traces_written(recipe: dict) -> tuple[float, str]:
+    samples, trace = workload(recipe)["samples"], _trace_bytes(recipe)
+    return samples * trace / GB, f"{samples:,.0f} traces x {trace / 1e3:,.1f} KB"
+
+
+def graded_written(recipe: dict) -> tuple[float, str]:
+    samples, trace = workload(recipe)["samples"], _trace_bytes(recipe)
+    return samples * trace / GB, f"{samples:,.0f} graded traces (kept + rejected) x {trace / 1e3:,.1f} KB"
+
+
+def rewritten_written(recipe: dict) -> tuple[float, str]:
+    rows = workload(recipe)["rewritten"]
+    rewritten = _trace_bytes(recipe) + (recipe["generate"]["mean_response_tokens"] * recipe["rewrite"]["output_ratio"]
+                                        * BYTES_PER_TOKEN)
+    return rows * rewritten / GB, f"{rows:,.0f} traces + rewrites x {rewritten / 1e3:,.1f} KB"
+
+
+def records_written(recipe: dict) -> tuple[float, str]:
+    sft = recipe["sft"]
+    record = sft["mean_sample_tokens"] * BYTES_PER_TOKEN
+    return sft["samples"] * record / GB, f"{sft['samples']:,} SFT records x {record / 1e3:,.1f} KB"
+
+
+def model_written(recipe: dict) -> tuple[float, str]:
+    keep = recipe["sft"]["keep_checkpoints"]
+    student = recipe["models"]["student"]["params_b"] * 1e9
+    kept, weights = checkpoints(recipe), student * WEIGHT_BYTES_PER_PARAM
+    return ((weights + (checkpoint_bytes(recipe) if keep else 0.0)) / GB,
+            f"{kept} checkpoint{'s' if kept != 1 else ''} x {student / 1e9:g}B params x {CHECKPOINT_BYTES_PER_PARAM} B"
+            + (" (kept)" if keep else " while it trains (deleted when it succeeds)")
+            + f" + model {student / 1e9:g}B x {WEIGHT_BYTES_PER_PARAM} B")
+
+
+def answers_written(recipe: dict) -> tuple[float, str]:
+    answers = workload(recipe)["eval_samples"]
+    answer = (recipe["generate"]["mean_prompt_tokens"] + recipe["eval"]["mean_response_tokens"]) * BYTES_PER_TOKEN
+    return answers * answer / GB, f"{answers:,.0f} answers x {answer / 1e3:,.1f} KB"
+
+
+def checkpoint_bytes(recipe: dict) -> float:
+    return checkpoints(recipe) * recipe["models"]["student"]["params_b"] * 1e9 * CHECKPOINT_BYTES_PER_PARAM
+
+
+def checkpoints(recipe: dict) -> int:
+    """Checkpoints left in the bucket: every save_steps optimizer steps, at most save_total_limit kept."""
+    sft = recipe["sft"]
+    from costmodel.prices import parse_accelerator
+
+    gpus = parse_accelerator(sft["accelerator"])[1] * sft["num_nodes"]
+    batch = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus
+    steps = math.ceil(sft["samples"] * sft["num_train_epochs"] / batch)
+    return min(steps // max(1, int(sft["save_steps"])), int(sft.get("save_total_limit", SAVE_TOTAL_LIMIT)))
+
+
 def _accel(s: str) -> tuple[str, int]:
     name, _, count = str(s).partition(":")
     if name not in GPUS or not count.isdigit() or int(count) < 1:

@@ -75,7 +75,7 @@ def search(recipe: dict, price_fn=None, calibration: dict | None = None, token_p
 # A stage row's `options` (costmodel.stages) -> (recipe, its section, priced?) -> the settings to try.
 OPTIONS = {
     "vllm": lambda recipe, section, priced: _generation_options(recipe, section),
-    "filter": lambda recipe, section, priced: _filter_options(recipe),
+    "where": lambda recipe, section, priced: _where_options(section),
     "api-batch": lambda recipe, section, priced: [{f"{section}.batch": b} for b in (True, False)],
     "training": lambda recipe, section, priced: _sft_options(recipe, priced),
 }
@@ -121,8 +121,9 @@ def _generation_options(recipe: dict, stage: str) -> list[dict]:
     return out
 
 
-def _filter_options(recipe: dict) -> list[dict]:
-    return [{"filter.where": w} for w in ("local", "cpu-node")]
+def _where_options(section: str) -> list[dict]:
+    """A CPU stage the recipe may keep here: here, or on a CPU node."""
+    return [{f"{section}.where": w} for w in ("local", "cpu-node")]
 
 
 def _sft_options(recipe: dict, priced: bool) -> list[dict]:
@@ -206,13 +207,13 @@ def _evaluate(recipe: dict, stage: str, option: dict, price_fn, calibration, tok
                     cand.feasible, cand.rejected = False, f"no price for {cfg['accelerator']}"
                 else:
                     cand.estimate = estimates.estimate_generate(variant, offer, calibration, stage=stage)
-        elif kind == "filter":
-            cand.estimate = estimates.estimate_filter(variant)
+        elif kind == "where":
+            cand.estimate = stages.stage(stage).estimate(variant)
         elif kind == "api-batch":
             from costmodel import api_prices
 
             cand.estimate = estimates.estimate_rewrite(variant, token_price or api_prices.token_price(
-                variant["rewrite"]["model"]))
+                variant[stage]["model"]))
         elif kind == "training":
             _evaluate_sft(recipe, variant, cand, price_fn, calibration, derive, place_fn)
     except BadInput as e:  # e.g. no MFU figure for this combination: not a candidate

@@ -6,8 +6,8 @@
     storage $ = GB written x days kept x 24 / 730 h a month x $/GB-month
     egress $  = GB pulled to the controller x $/GB out to the internet
 
-Sizes come from the recipe's workload (costmodel.estimates.workload): text at ~4 bytes a token, SFT checkpoints
-at 14 bytes a parameter. Uploads are free (AWS and GCP charge no ingress); request charges ($0.005 per 1,000
+Sizes come from each stage's row (`writes`: a function beside its estimator in costmodel.estimates): text at
+~4 bytes a token, SFT checkpoints at 14 bytes a parameter. Uploads are free (AWS and GCP charge no ingress); request charges ($0.005 per 1,000
 S3 PUTs: a run makes thousands, cents) and the free tiers (AWS: 100 GB a month out) are left out, so the
 figure errs high.
 """
@@ -17,16 +17,13 @@ import math
 
 from costmodel import estimates
 from costmodel.errors import BadInput
-from costmodel.prices import parse_accelerator
+# what each stage writes lives with its estimator (a row's `writes`); the sizes' figures, for this module's callers
+from costmodel.estimates import (BYTES_PER_TOKEN, CHECKPOINT_BYTES_PER_PARAM, GB, SAVE_TOTAL_LIMIT,  # noqa: F401
+                                 WEIGHT_BYTES_PER_PARAM, checkpoint_bytes, checkpoints)
 
 DAYS_KEPT = 30          # our default: a month to look at results before deleting the bucket's run folder
 HOURS_PER_MONTH = 730   # the month AWS prices GB-months with (AWS Pricing Calculator)
-BYTES_PER_TOKEN = 4.0   # Sky-T1_data_17k: 268,380,746 B / 16,401 rows / ~4.1k tokens (recipe sft.mean_sample_tokens)
-CHECKPOINT_BYTES_PER_PARAM = 14   # bf16 weights 2 + fp32 master and Adam m, v 12 (sky_tasks/sft.yaml disk_size)
-WEIGHT_BYTES_PER_PARAM = 2        # the saved bf16 model
 SFT_PULLED_GB = 0.01              # the controller pulls sft's logs and trainer state, never weights (estimate)
-SAVE_TOTAL_LIMIT = 2              # sky_tasks/llamafactory/sft.yaml keeps the last two checkpoints
-GB = 1e9
 
 # $/GB-month of standard storage and $/GB of internet egress, the first price tier; list prices as we know
 # them, not re-checked against the pages since (dated by the page's tier table we copied).
@@ -108,66 +105,13 @@ def written(recipe: dict) -> list[tuple[str, float, str]]:
     return [(s.name, *s.writes(recipe)) for s in STAGES]
 
 
-def _trace_bytes(recipe: dict) -> float:
-    gen = recipe["generate"]
-    return (gen["mean_prompt_tokens"] + gen["mean_response_tokens"]) * BYTES_PER_TOKEN
-
-
-def traces_written(recipe: dict) -> tuple[float, str]:
-    samples, trace = estimates.workload(recipe)["samples"], _trace_bytes(recipe)
-    return samples * trace / GB, f"{samples:,.0f} traces x {trace / 1e3:,.1f} KB"
-
-
-def graded_written(recipe: dict) -> tuple[float, str]:
-    samples, trace = estimates.workload(recipe)["samples"], _trace_bytes(recipe)
-    return samples * trace / GB, f"{samples:,.0f} graded traces (kept + rejected) x {trace / 1e3:,.1f} KB"
-
-
-def rewritten_written(recipe: dict) -> tuple[float, str]:
-    rows = estimates.workload(recipe)["rewritten"]
-    rewritten = _trace_bytes(recipe) + (recipe["generate"]["mean_response_tokens"] * recipe["rewrite"]["output_ratio"]
-                                        * BYTES_PER_TOKEN)
-    return rows * rewritten / GB, f"{rows:,.0f} traces + rewrites x {rewritten / 1e3:,.1f} KB"
-
-
-def records_written(recipe: dict) -> tuple[float, str]:
-    sft = recipe["sft"]
-    record = sft["mean_sample_tokens"] * BYTES_PER_TOKEN
-    return sft["samples"] * record / GB, f"{sft['samples']:,} SFT records x {record / 1e3:,.1f} KB"
-
-
-def model_written(recipe: dict) -> tuple[float, str]:
-    keep = recipe["sft"]["keep_checkpoints"]
-    student = recipe["models"]["student"]["params_b"] * 1e9
-    kept, weights = checkpoints(recipe), student * WEIGHT_BYTES_PER_PARAM
-    return ((weights + (checkpoint_bytes(recipe) if keep else 0.0)) / GB,
-            f"{kept} checkpoint{'s' if kept != 1 else ''} x {student / 1e9:g}B params x {CHECKPOINT_BYTES_PER_PARAM} B"
-            + (" (kept)" if keep else " while it trains (deleted when it succeeds)")
-            + f" + model {student / 1e9:g}B x {WEIGHT_BYTES_PER_PARAM} B")
-
-
-def answers_written(recipe: dict) -> tuple[float, str]:
-    answers = estimates.workload(recipe)["eval_samples"]
-    answer = (recipe["generate"]["mean_prompt_tokens"] + recipe["eval"]["mean_response_tokens"]) * BYTES_PER_TOKEN
-    return answers * answer / GB, f"{answers:,.0f} answers x {answer / 1e3:,.1f} KB"
-
-
 def scratch_gb(recipe: dict) -> dict:
-    """stage -> GB it keeps only while it runs: sft's checkpoints, unless the recipe keeps them."""
-    return {} if recipe["sft"]["keep_checkpoints"] else {"sft": checkpoint_bytes(recipe) / GB}
+    """stage -> GB it keeps only while it runs: a stage with scratch (its row's, sft's checkpoints), unless the
+    recipe keeps them."""
+    from costmodel.stages import STAGES
 
+    return {s.name: checkpoint_bytes(recipe) / GB for s in STAGES if s.scratch and not s.keeps_scratch(recipe)}
 
-def checkpoint_bytes(recipe: dict) -> float:
-    return checkpoints(recipe) * recipe["models"]["student"]["params_b"] * 1e9 * CHECKPOINT_BYTES_PER_PARAM
-
-
-def checkpoints(recipe: dict) -> int:
-    """Checkpoints left in the bucket: every save_steps optimizer steps, at most save_total_limit kept."""
-    sft = recipe["sft"]
-    gpus = parse_accelerator(sft["accelerator"])[1] * sft["num_nodes"]
-    batch = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] * gpus
-    steps = math.ceil(sft["samples"] * sft["num_train_epochs"] / batch)
-    return min(steps // max(1, int(sft["save_steps"])), int(sft.get("save_total_limit", SAVE_TOTAL_LIMIT)))
 
 
 def _arith(gb: float, days: float, price: dict, pulled: float, usd: float, scratch: float = 0.0,

@@ -304,7 +304,7 @@ def node_resources(offer, task: str | None = None) -> dict:
 
 def _host_ram_need(s, recipe: dict) -> float | None:
     """GiB of host RAM one node needs (ZeRO offload), None when the stage keeps everything on the GPUs."""
-    if s.name != "sft" or not recipe["sft"].get("cpu_offload"):
+    if s.work != "training" or not recipe[s.section].get("cpu_offload"):
         return None
     from costmodel import memory
 
@@ -314,7 +314,8 @@ def _host_ram_need(s, recipe: dict) -> float | None:
 
 def _with_host(s, recipe: dict, mem: dict, offer) -> dict:
     """The memory verdict with the priced node's own host RAM where the catalog gives it."""
-    if not mem or s.name != "sft" or not recipe["sft"].get("cpu_offload") or not getattr(offer, "host_ram_gib", None):
+    if not mem or s.work != "training" or not recipe[s.section].get("cpu_offload") \
+            or not getattr(offer, "host_ram_gib", None):
         return mem
     from costmodel import memory
 
@@ -426,22 +427,19 @@ def _nodes(n: int) -> str:
 
 # Changes that lower memory per GPU, tried in this order to name the knob that would make a stage fit; a list is
 # one change of several keys (a teacher too big for TP=8 on 80 GB needs the bigger GPU and TP=8 together).
-FIT_KNOBS = {
-    "sft": [("sft.liger_kernel", True), ("sft.gradient_checkpointing", True), ("sft.accelerator", "H200:8"),
-            ("sft.num_nodes", 2), ("sft.num_nodes", 4), ("sft.cpu_offload", True)],
-    "generate": [("generate.tensor_parallel", 4), ("generate.tensor_parallel", 8), ("generate.accelerator", "H200:8"),
-                 [("generate.accelerator", "H200:8"), ("generate.tensor_parallel", 4)],
-                 [("generate.accelerator", "H200:8"), ("generate.tensor_parallel", 8)]],
-    "eval": [("eval.tensor_parallel", 4), ("eval.tensor_parallel", 8), ("eval.accelerator", "H200:8"),
-             [("eval.accelerator", "H200:8"), ("eval.tensor_parallel", 8)]],
-}
+def _fit_knobs(row) -> list:
+    """A row's `fit` as dotted keys of its section: (key, value), or a list of them changed together."""
+    def dotted(change):
+        return [dotted(c) for c in change] if isinstance(change, list) else (f"{row.section}.{change[0]}", change[1])
+    return [dotted(c) for c in row.fit]
+
+
+FIT_KNOBS = {s.name: _fit_knobs(s) for s in stagetable.STAGES if s.fit}
 # When nothing fits: what is left. vLLM runs whole replicas inside one node here (generate.num_nodes shards the
 # problems across nodes, it does not split a model over them).
 API_HINT = "--set generate.backend=api --set generate.model=deepseek-reasoner"
-NO_FIT_ADVICE = {
-    "generate": "no node of up to 8 GPUs holds this teacher at any tensor parallel here (num_nodes shards the "
-                f"problems, it does not split the model): serve it by an API, e.g. {API_HINT}",
-}
+NO_FIT_API = ("no node of up to 8 GPUs holds this teacher at any tensor parallel here (num_nodes shards the "
+              f"problems, it does not split the model): serve it by an API, e.g. {API_HINT}")
 
 
 def no_fit(s, recipe: dict, mem: dict) -> str:
@@ -477,7 +475,9 @@ def no_fit(s, recipe: dict, mem: dict) -> str:
             api = (f", or serve the teacher by an API ({API_HINT})"
                    if s.api_estimate is not None and cfg.get("tensor_parallel") == 8 else "")
             return line + f"; {' '.join(sets)} would fit ({alt['per_gpu_gib']:.1f} GiB){api}"
-    return line + "; " + NO_FIT_ADVICE.get(s.name, "no single knob fits (see `reproduce plan --optimize`)")
+    # a stage with an API form (the teacher) has one more way out
+    return line + "; " + (NO_FIT_API if s.api_estimate is not None
+                          else "no single knob fits (see `reproduce plan --optimize`)")
 
 
 def calibration_figures() -> dict:

@@ -2,88 +2,23 @@
 
 A bad value is one line naming the key, the value, where it came from and what is accepted:
     sft.num_nodes=-2 (from --set): expected a whole number >= 1
-Rules are data: RULES maps a dotted key (`*` for every item of a list) to a check. A key with no rule is
-refused, so a typo or a key no code reads never passes silently.
+Rules are data: RULES maps a dotted key (`*` for every item of a list) to a check (costmodel.checks). A key with no
+rule is refused, so a typo or a key no code reads never passes silently. A stage's section takes its rules and
+defaults from its row (costmodel.stages: what the row implies, and its `knobs` and `defaults`); what is left here
+is the sections no stage owns and the rules between keys (_cross).
 """
 from __future__ import annotations
 
 import difflib
-import math
 
 from reproduce.errors import UserError
 
+from costmodel.checks import (ACCEL, ACCELS, ANY_TEXT, BOOL, DOMAINS, GPUS_PER_NODE, INFRA_LIST,  # noqa: F401
+                              LAYOUT, MAPPING, MARKET, NON_NEGATIVE, POSITIVE, PREF_LOSSES, SFT_METHODS, SHARE, TEXT,
+                              Check, number, one_of, whole)
 from costmodel import estimates
 from costmodel.errors import BadInput
-from costmodel.estimates import GPU_NAMES
-from costmodel.stages import STAGES, api_backend   # api_backend here too for the schema's callers
-DOMAINS = ("math", "code", "mcq")
-
-
-class Check:
-    def __init__(self, test, accepted: str):
-        self.test, self.accepted = test, accepted
-
-    def __call__(self, value) -> bool:
-        try:
-            return bool(self.test(value))
-        except (TypeError, ValueError):
-            return False
-
-
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def whole(lo: int = 1, hi: int | None = None) -> Check:
-    rng = f">= {lo}" if hi is None else f"from {lo} to {hi}"
-    return Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi),
-                 f"a whole number {rng}")
-
-
-def number(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Check:
-    def test(v):
-        return (_num(v) and (lo is None or (v > lo if lo_open else v >= lo))
-                and (hi is None or (v < hi if hi_open else v <= hi)))
-    parts = []
-    if lo is not None:
-        parts.append(f"{'>' if lo_open else '>='} {lo:g}")
-    if hi is not None:
-        parts.append(f"{'<' if hi_open else '<='} {hi:g}")
-    return Check(test, "a finite number" + (" " + " and ".join(parts) if parts else ""))
-
-
-def one_of(*values) -> Check:
-    return Check(lambda v: v in values and type(v) in {type(x) for x in values},
-                 "one of " + ", ".join(str(x).lower() if isinstance(x, bool) else str(x) for x in values))
-
-
-GPUS_PER_NODE = 8   # the largest node any catalog row offers (costmodel/data/snapshot_8gpu.csv)
-
-
-def _accel(v) -> bool:
-    try:
-        return isinstance(v, str) and estimates.accelerator(v)[1] <= GPUS_PER_NODE
-    except BadInput:
-        return False
-
-
-TEXT = Check(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
-ANY_TEXT = Check(lambda v: isinstance(v, str), "a string")
-BOOL = Check(lambda v: isinstance(v, bool), "true or false")
-POSITIVE = number(0, lo_open=True)
-NON_NEGATIVE = number(0)
-SHARE = number(0, 1, lo_open=True)                       # (0, 1]
-OPTIONAL_POSITIVE = Check(lambda v: v is None or POSITIVE(v), "a finite number > 0, or null (nothing published)")
-ACCEL = Check(_accel, f"NAME:COUNT with NAME one of {', '.join(GPU_NAMES)}, e.g. H100:8, and COUNT the GPUs of "
-                      f"one node (at most {GPUS_PER_NODE}): for more, set the section's num_nodes")
-ACCELS = Check(lambda v: isinstance(v, list) and all(_accel(x) for x in v),
-               f"a list of NAME:COUNT with NAME one of {', '.join(GPU_NAMES)}, e.g. [H200:8]")
-MARKET = Check(lambda v: v in (True, False, "auto"), "true (spot), false (on-demand) or auto (the cheaper)")
-DOMAIN_LIST = Check(lambda v: isinstance(v, list) and all(x in DOMAINS for x in v),
-                    f"a list of domains from {', '.join(DOMAINS)}")
-MAPPING = Check(lambda v: isinstance(v, dict), "a mapping")
-INFRA_LIST = Check(lambda v: v is None or (isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)),
-                   "a list of infra names, e.g. [aws, gcp/us-central1, k8s/lab]")
+from costmodel.stages import GPU, STAGES, Stage, api_backend   # api_backend here too for the schema's callers
 
 # A model entry: an id (costmodel/data/models.yaml), a local config.json, figures overriding either.
 _MODEL = {"id": TEXT, "config": TEXT, "params_b": POSITIVE, "active_params_b": POSITIVE, "layers": whole(),
@@ -91,15 +26,33 @@ _MODEL = {"id": TEXT, "config": TEXT, "params_b": POSITIVE, "active_params_b": P
           "experts": whole(0), "experts_per_token": whole(0), "kv_cache_dim": whole(), "weight_bytes": one_of(1, 2),
           "source": ANY_TEXT}
 MODEL_ROLES = ("teacher", "student")
-SFT_METHODS = ("sft", "dpo", "simpo")
-PREF_LOSSES = {"dpo": ("sigmoid", "hinge", "ipo"), "simpo": ("simpo",)}   # LLaMA-Factory's pref_loss per method
 # A `sources` item must say these; the rest have defaults (an empty filter, the dataset's default subset).
 SOURCE_REQUIRED = ("name", "dataset", "split", "domain", "problems", "keep_rate")
+# What a stage's row implies its section holds (its own knobs are the row's: costmodel.stages)
 _GPU_SECTION = {"accelerator": ACCEL, "fallbacks": ACCELS, "use_spot": MARKET}
-# Where a source's or benchmark's rows are on the hub (reproduce/stages/lib/hub.py): never a loading script.
-_LAYOUT = {"revision": TEXT, "gated": BOOL, "format": one_of("json", "parquet", "arrow", "csv"),
-           "files": Check(lambda v: isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v),
-                          "a non-empty list of paths or globs in the dataset's repository, e.g. [data/train-*.parquet]")}
+_VLLM_SECTION = {"tensor_parallel": whole(), "data_parallel": whole(), "max_tokens": whole(),
+                 "mean_response_tokens": POSITIVE}   # what the memory fit (Stage.vllm_tokens) and _cross read
+
+
+def section_rules(row: Stage) -> dict[str, Check]:
+    """A stage section's rules: what its row implies, then the row's own knobs."""
+    implied = {**(_GPU_SECTION if row.where == GPU else {}), **(_VLLM_SECTION if row.options == "vllm" else {})}
+    if row.may_run_here:
+        implied["where"] = one_of("local", "cpu-node")
+    if row.scratch:
+        implied["keep_checkpoints"] = BOOL
+    return {f"{row.section}.{k}": c for k, c in {**implied, **row.knobs}.items()}
+
+
+def section_defaults(row: Stage) -> dict:
+    """A stage section's defaults: a GPU stage's market auto, a stage kept here by default, scratch deleted."""
+    implied = {"use_spot": "auto"} if row.where == GPU else {}
+    if row.may_run_here:
+        implied["where"] = "local"
+    if row.scratch:
+        implied["keep_checkpoints"] = False
+    return {f"{row.section}.{k}": v for k, v in {**implied, **row.defaults}.items()}
+
 
 RULES: dict[str, Check] = {
     "name": TEXT, "description": ANY_TEXT, "scale": one_of("full", "smoke"), "source_file": TEXT, "bucket": TEXT,
@@ -108,48 +61,9 @@ RULES: dict[str, Check] = {
     "sources.*.domain": one_of(*DOMAINS, "science"), "sources.*.problems": whole(), "sources.*.keep_rate": SHARE,
     "sources.*.subset": TEXT, "sources.*.fields": MAPPING, "sources.*.answer_from": one_of("column", "boxed"),
     **{f"sources.*.fields.{k}": TEXT for k in ("id", "problem", "answer", "tests", "starter_code")},
-    **{f"{where}.*.{k}": c for where in ("sources", "eval.benchmarks") for k, c in _LAYOUT.items()},
+    **{f"sources.*.{k}": c for k, c in LAYOUT.items()},
     "sources.*.traces": one_of("generate", "published"),
-    **{f"generate.{k}": c for k, c in _GPU_SECTION.items()},
-    "generate.samples_per_problem": whole(), "generate.temperature": number(0, 2), "generate.top_p": SHARE,
-    "generate.max_tokens": whole(), "generate.tensor_parallel": whole(), "generate.data_parallel": whole(),
-    "generate.system_prompt": ANY_TEXT, "generate.user_templates": MAPPING,
-    "generate.user_templates.math": TEXT, "generate.user_templates.code": TEXT, "generate.user_templates.mcq": TEXT,
-    **{f"generate.user_templates.{k}": TEXT for k in ("code_call_based", "taco", "taco_call_based")},
-    "generate.mean_prompt_tokens": POSITIVE, "generate.mean_response_tokens": POSITIVE,
-    "generate.backend": one_of("vllm", "api"), "generate.model": Check(lambda v: v is None or TEXT(v), "an API model name, or null (no API)"), "generate.batch": BOOL,
-    "generate.num_nodes": whole(1, 64),
-    "filter.where": one_of("local", "cpu-node"), "filter.grade_after_rewrite": DOMAIN_LIST, "filter.cpus": whole(),
-    "filter.math_timeout_s": number(0, 3600, lo_open=True), "filter.code_timeout_s": number(0, 3600, lo_open=True),
-    "filter.code_memory_mb": whole(64, 65536), "filter.mean_cpu_s_per_math": NON_NEGATIVE,
-    "filter.mean_cpu_s_per_code": NON_NEGATIVE,
-    "rewrite.model": TEXT, "rewrite.batch": BOOL, "rewrite.temperature": number(0, 2), "rewrite.max_tokens": whole(),
-    "rewrite.system_prompt": ANY_TEXT, "rewrite.prompt_overhead_tokens": NON_NEGATIVE,
-    "rewrite.output_ratio": POSITIVE, "rewrite.recheck": BOOL,
-    "convert.pairs": MAPPING, "convert.pairs.chosen": one_of("shortest", "longest"),
-    "convert.pairs.rejected": one_of("shortest", "longest"), "convert.pairs.min_correct": whole(2),
-    "convert.dataset_name": TEXT, "convert.system_prompt": ANY_TEXT, "convert.dedupe": BOOL,
-    "convert.decontaminate": MAPPING, "convert.decontaminate.enabled": BOOL, "convert.decontaminate.ngram": whole(),
-    "convert.decontaminate.common_ngram_problems": whole(0), "convert.decontaminate.near_duplicates": number(0, 1),
-    **{f"sft.{k}": c for k, c in _GPU_SECTION.items()},
-    "sft.num_nodes": whole(1, 64), "sft.samples": whole(), "sft.mean_sample_tokens": POSITIVE, "sft.template": TEXT,
-    "sft.cutoff_len": whole(16), "sft.per_device_train_batch_size": whole(), "sft.gradient_accumulation_steps": whole(),
-    "sft.learning_rate": number(0, 1, lo_open=True), "sft.num_train_epochs": POSITIVE,
-    "sft.lr_scheduler_type": one_of("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
-                                    "polynomial", "inverse_sqrt"),
-    "sft.warmup_ratio": number(0, 1, hi_open=True), "sft.bf16": BOOL, "sft.zero_stage": one_of(0, 3),
-    "sft.cpu_offload": BOOL, "sft.packing": BOOL, "sft.liger_kernel": BOOL, "sft.gradient_checkpointing": BOOL,
-    "sft.save_steps": whole(), "sft.keep_checkpoints": BOOL,
-    "sft.published_hours": OPTIONAL_POSITIVE, "sft.published_usd": OPTIONAL_POSITIVE,
-    "sft.method": one_of(*SFT_METHODS), "sft.pref_loss": one_of(*sorted({x for v in PREF_LOSSES.values() for x in v})),
-    "sft.pref_beta": POSITIVE, "sft.simpo_gamma": NON_NEGATIVE,
-    **{f"eval.{k}": c for k, c in _GPU_SECTION.items()},
-    "eval.tensor_parallel": whole(), "eval.data_parallel": whole(), "eval.max_tokens": whole(),
-    "eval.mean_response_tokens": POSITIVE, "eval.seed": whole(0), "eval.batch_invariant": BOOL,
-    "eval.benchmarks.*.name": TEXT, "eval.benchmarks.*.dataset": TEXT, "eval.benchmarks.*.split": TEXT,
-    "eval.benchmarks.*.subset": TEXT, "eval.benchmarks.*.version": TEXT, "eval.benchmarks.*.domain": one_of(*DOMAINS),
-    "eval.benchmarks.*.problems": whole(), "eval.benchmarks.*.temperature": number(0, 2),
-    "eval.benchmarks.*.n": whole(), "eval.benchmarks.*.published": number(0, 100),
+    **{k: c for row in STAGES for k, c in section_rules(row).items()},
     "costs.spot_preemptions_per_hour": number(0, 10), "costs.recovery_hours": number(0, 48),
     "costs.startup_hours": number(0, 48), "costs.cpu_node_usd_per_hour": NON_NEGATIVE,
     "costs.filter_cpus_local": whole(), "costs.bucket_days": number(0, 3650),
@@ -159,17 +73,10 @@ RULES: dict[str, Check] = {
 }
 # What a key means when a recipe leaves it out, filled in at load so code indexes (recipe["sft"]["num_nodes"])
 # instead of repeating a guess at each read.
-DEFAULTS = {
-    "generate.num_nodes": 1, "generate.use_spot": "auto", "generate.batch": False,
-    "filter.where": "local", "filter.grade_after_rewrite": [],
-    "rewrite.batch": False, "rewrite.recheck": False,
-    "sft.num_nodes": 1, "sft.use_spot": "auto", "sft.method": "sft", "sft.liger_kernel": False,
-    "sft.keep_checkpoints": False,
-    "eval.use_spot": "auto",
-    "costs.local_usd_per_hour": 0.0, "costs.stop_grace_s": 300,
-}
-SECTIONS = ("name", "models", "sources", "generate", "filter", "rewrite", "convert", "sft", "eval", "costs")
-LISTS = ("sources", "eval.benchmarks")         # lists of named mappings
+DEFAULTS = {**{k: v for row in STAGES for k, v in section_defaults(row).items()},
+            "costs.local_usd_per_hour": 0.0, "costs.stop_grace_s": 300}
+SECTIONS = ("name", "models", "sources", *(s.section for s in STAGES), "costs")
+LISTS = tuple(dict.fromkeys(k.split(".*.")[0] for k in RULES if ".*." in k))   # lists of named mappings
 OPEN_MAPPINGS = ("sources.*.filter", "placement.rates")          # dataset filters: the stage program checks them
 
 

@@ -4,9 +4,8 @@ After each finished stage the pipeline calls `facts()` on what it left (its summ
 `replan()` with every fact so far. Facts change the recipe's workload assumptions, then the plan is priced
 again by the same `build_plan`:
 
-    generate  traces written and their tokens   -> generate.mean_response_tokens, sources.*.problems (scaled)
-    filter    records graded and kept by domain -> sources.*.keep_rate of the domains it graded
-    convert   the SFT dataset, tokenized        -> sft.samples, sft.mean_sample_tokens (packed sequences shown)
+    a stage with a handoff (its row's, costmodel.handoff: generate's traces, filter's keep rates, convert's
+                                                SFT dataset) -> the recipe's workload assumptions it measured
     a GPU stage's work hours vs its estimate    -> the same factor on the remaining stages of the same work
                                                    (vLLM decode: generate -> eval); a slowdown (never a
                                                    speedup) also on GPU work not measured yet (training)
@@ -16,36 +15,16 @@ Each re-plan is a ledger event (kind `replan`) with the rows and the reason of e
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 from reproduce import stagetable
 
 
 def facts(stage: str, summary: dict, actual: dict, plan_row, recipe: dict, artifacts: Path) -> dict:
-    """What a finished stage measured that the plan assumed. `actual`: its finished ledger row."""
-    out: dict = {}
-    if stage == "generate":
-        traces = summary.get("records")
-        tokens = summary.get("response_tokens") or summary.get("output_tokens")
-        if traces:
-            out["traces"] = int(traces)
-        if traces and tokens:
-            out["mean_response_tokens"] = float(tokens) / int(traces)
-    elif stage == "filter":
-        deferred = set(recipe["filter"]["grade_after_rewrite"]) if recipe["rewrite"]["recheck"] else set()
-        rates = {}
-        for domain, d in (summary.get("by_domain") or {}).items():   # {domain: {kept, rejected}}
-            graded = (d.get("kept") or 0) + (d.get("rejected") or 0)
-            if graded and domain not in deferred:    # a deferred domain passes through ungraded
-                rates[domain] = (d.get("kept") or 0) / graded
-        if rates:
-            out["keep_rate"] = rates
-    elif stage == "convert":
-        workload = sft_workload(artifacts, recipe)
-        if workload:
-            out["sft"] = workload
+    """What a finished stage measured that the plan assumed: its row's handoff (costmodel.handoff), and for a
+    GPU stage its work hours against the estimate. `actual`: its finished ledger row."""
     row = stagetable.stage(stage)
+    out = row.handoff.read(summary, recipe, artifacts, lambda: _tokenizer(artifacts, recipe)) if row.handoff else {}
     if row.where == stagetable.GPU and plan_row.kind == "gpu" and plan_row.base_hours > 0 and actual.get("hours"):
         costs = recipe["costs"]
         overhead = (costs["startup_hours"] * (plan_row.nodes or 1) if plan_row.price_per_hour else 0.0) \
@@ -53,39 +32,6 @@ def facts(stage: str, summary: dict, actual: dict, plan_row, recipe: dict, artif
         work = max(actual["hours"] - overhead, 0.05 * plan_row.base_hours)
         out["throughput"] = {"work": row.work, "factor": work / plan_row.base_hours, "work_hours": work,
                              "planned_hours": plan_row.base_hours}
-    return out
-
-
-def sft_workload(artifacts: Path, recipe: dict) -> dict | None:
-    """The exact SFT workload convert wrote: samples, tokens each (with the student's tokenizer where one is
-    at hand: tokenizer.json of the smoke model or a local student folder; else bytes / 4, said so), truncated
-    at cutoff_len, and with packing the number of packed sequences."""
-    path = Path(artifacts) / "convert" / "train.json"
-    try:
-        records = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(records, list) or not records:
-        return None
-    def sequences(r: dict) -> list[str]:   # a preference pair trains two: prompt + chosen, prompt + rejected
-        text = "".join(str(m.get("value", "")) for m in r.get("conversations", [])) + str(r.get("system", ""))
-        ends = [str((r.get(k) or {}).get("value", "")) for k in ("chosen", "rejected") if isinstance(r.get(k), dict)]
-        return [text + e for e in ends] or [text]
-
-    count, how = _tokenizer(artifacts, recipe)
-    cutoff = int(recipe["sft"]["cutoff_len"])
-    # tokens per sequence; a pair's two averaged, as sft.mean_sample_tokens is for preference methods
-    lengths = [sum(min(count(t), cutoff) for t in seqs) / len(seqs)
-               for seqs in (sequences(r) for r in records if isinstance(r, dict))]
-    tokens = sum(lengths)
-    out = {"samples": len(lengths), "tokens": tokens, "mean_tokens": tokens / len(lengths), "how": how}
-    if recipe["sft"].get("packing"):   # first-fit in order, as LLaMA-Factory packs: sequences of <= cutoff
-        sequences, room = 0, 0
-        for n in lengths:
-            if n > room:
-                sequences, room = sequences + 1, cutoff
-            room -= n
-        out["packed_sequences"] = sequences
     return out
 
 
@@ -142,31 +88,9 @@ def apply(recipe: dict, known: dict) -> tuple[dict, list[str]]:
     """The recipe with the measured workload in place of its assumptions, and why each change."""
     variant = copy.deepcopy(recipe)
     why = []
-    gen = known.get("generate") or {}
-    if gen.get("mean_response_tokens"):
-        old = variant["generate"]["mean_response_tokens"]
-        variant["generate"]["mean_response_tokens"] = gen["mean_response_tokens"]
-        why.append(f"generate wrote traces of {gen['mean_response_tokens']:,.0f} tokens on average (assumed {old:,.0f})")
-    if gen.get("traces"):
-        planned = sum(s["problems"] for s in variant["sources"]) * variant["generate"]["samples_per_problem"]
-        if planned and gen["traces"] != planned:
-            scale = gen["traces"] / planned
-            for s in variant["sources"]:
-                s["problems"] = max(1, round(s["problems"] * scale))
-            why.append(f"generate wrote {gen['traces']:,} traces (planned {planned:,.0f})")
-    for domain, rate in ((known.get("filter") or {}).get("keep_rate") or {}).items():
-        for s in variant["sources"]:
-            if s["domain"] == domain:
-                s["keep_rate"] = min(max(rate, 1e-6), 1.0)
-        why.append(f"filter kept {rate:.1%} of {domain} traces")
-    sft = (known.get("convert") or {}).get("sft")
-    if sft:
-        old = (variant["sft"]["samples"], variant["sft"]["mean_sample_tokens"])
-        variant["sft"]["samples"] = int(sft["samples"])
-        variant["sft"]["mean_sample_tokens"] = max(float(sft["mean_tokens"]), 1.0)
-        packed = f", {sft['packed_sequences']:,} packed sequences" if "packed_sequences" in sft else ""
-        why.append(f"convert wrote {sft['samples']:,} samples of {sft['mean_tokens']:,.0f} tokens ({sft['tokens']:,} "
-                   f"in all{packed}; {sft['how']}); assumed {old[0]:,} x {old[1]:,.0f}")
+    for row in stagetable.STAGES:   # in pipeline order, as the facts were measured
+        if row.handoff and known.get(row.name):
+            why += row.handoff.apply(variant, known[row.name])
     return variant, why
 
 

@@ -125,6 +125,8 @@ def _price_note(s) -> str:
 
 
 def render(recipe: dict, anchor, best, diff: list, sets: list, variant_name: str | None) -> str:
+    from reproduce import stagetable
+
     rows = []
     for a, b in zip(anchor.stages, best.stages):
         rows.append({"stage": a.stage, "given": placement(a), "h": round(a.hours, 2),
@@ -146,12 +148,13 @@ def render(recipe: dict, anchor, best, diff: list, sets: list, variant_name: str
             lines.append(f"      -> {d['price']['to']}")
         for why in d["why"]:
             lines.append(f"  why: {why}")
-        if d["stage"] == "sft" and d["memory"]:
+        training = stagetable.stage(d["stage"]).work == "training"   # its memory is what the options trade
+        if training and d["memory"]:
             lines.append("  memory (optimized):")
             lines += ["    " + x for x in d["memory"].splitlines()]
             lines.append("  memory (given):")
             lines += ["    " + x for x in d["anchor_memory"].splitlines()]
-        for r in d["rejected"][:3 if d["stage"] == "sft" else 1]:
+        for r in d["rejected"][:3 if training else 1]:
             what = ", ".join(f"{k}={format_value(v)}" for k, v in r["changes"].items()) or "as given"
             lines.append(f"  rejected ({what}): {r['why']}")
         lines.append("")

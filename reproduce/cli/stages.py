@@ -7,14 +7,9 @@ from __future__ import annotations
 
 import typer
 
-PROGRAMS = {
-    "generate": "teacher traces (vLLM on GPU, transformers on CPU)",
-    "filter": "rejection sampling: grade traces (math-verify, sandboxed code, multiple choice)",
-    "rewrite": "reformat kept traces through an OpenAI-compatible API (Batch by default)",
-    "convert": "kept traces -> ShareGPT + dataset_info.json for LLaMA-Factory",
-    "sft": "render the LLaMA-Factory config and train",
-    "evaluate": "benchmarks vs the published table",
-}
+from costmodel.stages import STAGES
+
+PROGRAMS = {s.program: s.help for s in STAGES}   # `reproduce evaluate` runs the eval stage's program
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from costmodel.stages import STAGES
+
 # Provider families whose variables carry or point to credentials.
 FAMILIES = ("AWS_", "OPENAI_", "ANTHROPIC_", "HF_", "HUGGING_FACE_", "HUGGINGFACE_", "WANDB_", "GOOGLE_", "GCP_",
             "GCLOUD_", "CLOUDSDK_", "AZURE_", "ARM_", "GITHUB_", "GH_", "GITLAB_", "LAMBDA_", "RUNPOD_", "KUBE",
@@ -23,9 +25,8 @@ NOT_SECRET = {"HF_HOME", "HF_HUB_CACHE", "HF_DATASETS_CACHE", "HF_HUB_OFFLINE", 
 _WORDS = re.compile(r"(^|_)(KEY|KEYS|APIKEY|TOKEN|TOKENS|SECRET|SECRETS|PASS|PASSWORD|PASSWD|PWD_SECRET|"
                     r"CREDENTIAL|CREDENTIALS|AUTH|COOKIE|SESSION|PRIVATE)(_|$)")
 _INSIDE = ("SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "APIKEY", "API_KEY", "ACCESS_KEY", "PRIVATE_KEY")
-# Controller stages have no task YAML: what each needs (the rewrite's OpenAI-compatible client).
-CONTROLLER_SECRETS = {"rewrite": ("OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_ORG_ID", "OPENAI_PROJECT_ID"),
-                      "convert": ()}
+# Controller stages have no task YAML: what each needs is its row's `secrets` (the rewrite's OpenAI client).
+CONTROLLER_SECRETS = {s.name: s.secrets for s in STAGES if s.task is None}
 ALWAYS = {"SSH_AUTH_SOCK"}      # an agent socket is a credential too
 
 

@@ -14,16 +14,11 @@ LOCAL_MODEL = "local-formatter"   # reproduce.stages.rewrite: the smoke-scale fo
 
 def uses(ctx) -> list[tuple[str, str, bool]]:
     """(stage, model, batch) of each API the plan calls."""
-    from reproduce.recipe_schema import api_backend
+    from reproduce import stagetable
 
-    out = []
-    if "rewrite" in ctx.stages:
-        cfg = ctx.recipe.get("rewrite") or {}
-        out.append(("rewrite", str(cfg.get("model")), bool(cfg.get("batch"))))
-    if "generate" in ctx.stages and api_backend(ctx.recipe):
-        cfg = ctx.recipe.get("generate") or {}
-        out.append(("generate", str(cfg.get("model")), bool(cfg.get("batch"))))
-    return out
+    return [(s.name, str(cfg.get("model")), bool(cfg.get("batch")))
+            for s in stagetable.STAGES if s.name in ctx.stages and s.uses_api(ctx.recipe)
+            for cfg in [ctx.recipe.get(s.section) or {}]]
 
 
 def checks(ctx) -> list:

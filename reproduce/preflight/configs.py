@@ -24,10 +24,12 @@ PARSE = Path(__file__).with_name("lf_parse.py")
 
 
 def checks(ctx) -> list:
+    from reproduce import stagetable
+
     out = []
-    if "sft" in ctx.stages:
+    if any(s.work == "training" and s.name in ctx.stages for s in stagetable.STAGES):
         out += sft_checks(ctx)
-    out += [tensor_parallel(ctx, s) for s in ("generate", "eval") if _vllm(ctx, s)]
+    out += [tensor_parallel(ctx, s.name) for s in stagetable.STAGES if s.options == "vllm" and _vllm(ctx, s.name)]
     return out or [skipped(GROUP, "the plan has no sft, generate or eval stage")]
 
 

@@ -29,7 +29,7 @@ def node_checks(ctx) -> list:
         return [skipped(GROUP_NODE, "no GPU node in this plan" + (f" (--backend {ctx.backend})"
                                                                     if ctx.backend != "sky" else ""))]
     out = [disk(ctx, s) for s in gpu]
-    if "sft" in gpu:
+    if any(stagetable.stage(s).work == "training" for s in gpu):
         out.append(host_ram(ctx))
     return out
 
@@ -138,12 +138,13 @@ def _cpu_node_cost(ctx) -> str:
 
 def artifacts_disk(ctx):
     from costmodel.ledger import home
+    from reproduce import stagetable
 
     name = f"{GROUP_CONTROLLER}/disk"
     storage = ctx.plan.storage or {}
     here = [r for r in storage.get("stages") or [] if r.get("stage") in ctx.stages]
     need = sum(r.get("gb_pulled") or 0.0 for r in here) + sum(
-        r.get("gb_written") or 0.0 for r in here if r.get("stage") in ("rewrite", "convert"))
+        r.get("gb_written") or 0.0 for r in here if stagetable.stage(r["stage"]).where == stagetable.CONTROLLER)
     folder = home()
     probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), folder.anchor)
     free = shutil.disk_usage(probe).free / GB

@@ -17,11 +17,12 @@ GROUP = "models"
 
 def roles(ctx) -> list[tuple[str, list[str]]]:
     """(recipe models.<role>, the stages of the plan that load it)."""
-    from reproduce.recipe_schema import api_backend
+    from reproduce import stagetable
 
-    teacher = [s for s in ("generate",) if s in ctx.stages and not api_backend(ctx.recipe)]
-    student = [s for s in ("sft", "eval") if s in ctx.stages]
-    return [(r, s) for r, s in (("teacher", teacher), ("student", student)) if s]
+    def loading(role: str) -> list[str]:   # an API teacher is loaded by no stage of ours
+        return [s.name for s in stagetable.STAGES
+                if s.model == role and s.name in ctx.stages and s.runs_on(ctx.recipe) == s.where]
+    return [(r, s) for r, s in ((r, loading(r)) for r in ("teacher", "student")) if s]
 
 
 def checks(ctx) -> list:
@@ -64,8 +65,10 @@ def check_model(ctx, role: str, stages: list[str]) -> list:
         out.append(passed(name, f"{mid}: config.json reachable (not in costmodel/data/models.yaml: the recipe's "
                                 f"figures are used)"))
     out.append(_chat_template(ctx, mid, role))
+    from reproduce import stagetable
+
     for stage in stages:
-        if stage in ("generate", "eval"):
+        if stagetable.stage(stage).options == "vllm":
             out.append(_context(ctx, stage, mid, config))
     return out
 
