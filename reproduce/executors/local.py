@@ -109,7 +109,9 @@ class LocalExecutor(BaseExecutor):
         log = artifacts.parent / "logs" / f"{stage}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         secrets = list(tasks.secret_values(cfg, env).values())
-        if stage == "rewrite" and self.scale == "smoke" and not env.get("OPENAI_BASE_URL"):
+        # a controller stage that calls the OpenAI API gets the smoke formatter's server at smoke scale
+        if row.task is None and row.uses_api(run.recipe or {}) and self.scale == "smoke" \
+                and not env.get("OPENAI_BASE_URL"):
             aux, base_url = _start_local_openai(log)
             env.update(OPENAI_BASE_URL=base_url, OPENAI_API_KEY="local")
         # setup and run each in their own bash, as SkyPilot runs them; a failed setup never runs `run`
